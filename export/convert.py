@@ -1,0 +1,94 @@
+"""`phi4mm-edge export CHECKPOINT OUT`: checkpoint folder -> artifact folder."""
+
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .. import artifact
+from ..errors import Phi4MMError
+from .adapters import ADAPTER_DTYPES, write_adapter
+from .checkpoint import Checkpoint
+from .embedding import build_embedding, tied_lm_head, untied_lm_head, write_token_table
+from .linear import Precision
+from .onnx_graph import ExternalData, Graph
+from .text_decoder import build_decoder
+
+# Tokenizer and chat-template files copied next to the graphs when the checkpoint has them.
+TOKENIZER_FILES = artifact.TOKENIZER_FILES + ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+
+
+def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_precision: str = "fp32",
+           show_progress: bool = True) -> dict:
+    """Export the text part of a checkpoint. Returns the manifest that was written."""
+    if adapter_precision not in ADAPTER_DTYPES:
+        raise Phi4MMError(f"adapter precision {adapter_precision!r} is not one of {sorted(ADAPTER_DTYPES)}")
+    if precision.weights not in ("int4", "fp32"):
+        raise Phi4MMError(f"precision {precision.weights!r} is not int4 or fp32")
+    started = time.perf_counter()
+    ckpt = Checkpoint(checkpoint_dir)
+    text = ckpt.text
+    if (text.rotary_dim // 2) % 8:
+        raise Phi4MMError(f"rotary dims {text.rotary_dim}: GroupQueryAttention needs rotary_dim/2 to be a multiple of 8")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / artifact.MANIFEST).unlink(missing_ok=True)  # a half-written folder must not look complete
+    adapters = ckpt.adapter_names()
+    bar = tqdm(total=2 + text.num_layers + len(adapters), desc="export", unit="step", disable=not show_progress)
+
+    def step(label):
+        bar.set_postfix_str(label)
+        bar.update(1)
+
+    shared = ExternalData(out / "embed_tokens.onnx.data")
+    table = write_token_table(ckpt, shared, precision)
+    step("token table")
+
+    embedding_data = ExternalData(out / "embedding.onnx.data")
+    embedding = Graph("embedding", embedding_data)
+    build_embedding(embedding, text, table)
+    embedding.save(out / artifact.EMBEDDING_GRAPH)
+
+    decoder_data = ExternalData(out / "decoder.onnx.data")
+    decoder = Graph("decoder", decoder_data)
+    lm_head = tied_lm_head(table) if text.tie_word_embeddings else untied_lm_head(ckpt, precision)
+    build_decoder(ckpt, decoder, precision, lm_head, progress=step)
+    decoder.save(out / artifact.DECODER_GRAPH)
+    for data in (shared, embedding_data, decoder_data):
+        data.close()
+    step("lm_head")
+
+    adapter_entries = {}
+    for name in adapters:
+        lora = ckpt.lora(name)
+        file_name = f"{name}{artifact.ADAPTER_SUFFIX}"
+        write_adapter(out / file_name, lora, adapter_precision)
+        adapter_entries[name] = {"file": file_name, "rank": lora.rank, "alpha": lora.alpha, "scale": lora.scale,
+                                 "precision": adapter_precision}
+        step(f"{name} adapter")
+    bar.close()
+
+    for file_name in TOKENIZER_FILES:
+        if (ckpt.folder / file_name).is_file():
+            shutil.copyfile(ckpt.folder / file_name, out / file_name)
+    if not (out / "tokenizer.json").is_file():
+        raise Phi4MMError(f"{ckpt.folder} has no tokenizer.json: copy the model's tokenizer files into the checkpoint folder")
+
+    manifest = {
+        "format": artifact.FORMAT_NAME,
+        "format_version": artifact.FORMAT_VERSION,
+        "source": {"layout": ckpt.layout, "config_sha256": ckpt.config_sha256()},
+        "precision": {"weights": precision.weights, "block_size": precision.block_size,
+                      "symmetric": precision.symmetric, "accuracy_level": precision.accuracy_level,
+                      "adapters": adapter_precision},
+        "model": asdict(text),
+        "graphs": {"embedding": artifact.EMBEDDING_GRAPH, "decoder": artifact.DECODER_GRAPH},
+        "adapters": adapter_entries,
+        "export_seconds": round(time.perf_counter() - started, 2),
+    }
+    manifest["files"] = {p.name: artifact.file_entry(p) for p in sorted(out.iterdir())
+                         if p.is_file() and p.name != artifact.MANIFEST and not p.name.startswith(".")}
+    artifact.write_manifest(out, manifest)
+    return manifest

@@ -1,0 +1,120 @@
+"""A small ONNX graph writer whose weights stream straight to an external data file.
+
+Each initializer's bytes are appended to a `.data` file as soon as it is created, so the graph
+proto stays small and a full-size export never holds the model in memory. Offsets are aligned
+to 4096 bytes so ONNX Runtime can memory-map the data.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+IR_VERSION = 10  # onnx writes IR 14 by default; onnxruntime 1.31 reads at most 13
+OPSET = 21
+MS_DOMAIN = "com.microsoft"
+ALIGNMENT = 4096
+INLINE_LIMIT = 65536  # tensors smaller than this many bytes stay inside the .onnx file
+
+NP_TO_ONNX = {
+    np.dtype(np.float32): TensorProto.FLOAT,
+    np.dtype(np.float16): TensorProto.FLOAT16,
+    np.dtype(np.int64): TensorProto.INT64,
+    np.dtype(np.int32): TensorProto.INT32,
+    np.dtype(np.uint8): TensorProto.UINT8,
+    np.dtype(np.bool_): TensorProto.BOOL,
+}
+
+
+class ExternalData:
+    """An append-only external data file shared by any number of graphs in one folder."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = None  # opened on the first write: a graph without large weights leaves no file
+        self._offset = 0
+
+    def tensor(self, name: str, array: np.ndarray, dims=None) -> TensorProto:
+        """Append `array` and return a TensorProto that points at it."""
+        if self._file is None:
+            self._file = open(self.path, "wb")
+        pad = -self._offset % ALIGNMENT
+        self._file.write(b"\0" * pad)
+        self._offset += pad
+        data = np.ascontiguousarray(array).tobytes()
+        self._file.write(data)
+        proto = self.reference(name, array.dtype, dims if dims is not None else array.shape, self._offset, len(data))
+        self._offset += len(data)
+        return proto
+
+    def reference(self, name, dtype, dims, offset, length) -> TensorProto:
+        """A TensorProto naming bytes already in this file (lets two graphs share one copy)."""
+        proto = TensorProto()
+        proto.name = name
+        proto.data_type = NP_TO_ONNX[np.dtype(dtype)]
+        proto.dims.extend(int(d) for d in dims)
+        proto.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
+            entry = proto.external_data.add()
+            entry.key, entry.value = key, value
+        return proto
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+
+
+class Graph:
+    """Collects nodes, inputs, outputs and initializers; `save` writes the .onnx file."""
+
+    def __init__(self, name: str, data: ExternalData):
+        self.name = name
+        self.data = data
+        self.nodes, self.inputs, self.outputs, self.initializers = [], [], [], []
+        self._counter = 0
+
+    def unique(self, base: str) -> str:
+        self._counter += 1
+        return f"{base}_{self._counter}"
+
+    def input(self, name: str, elem_type: int, shape) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+        return name
+
+    def output(self, name: str, elem_type: int, shape) -> str:
+        self.outputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+        return name
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        """An initializer: large ones go to the external data file, small ones inline."""
+        if array.nbytes >= INLINE_LIMIT:
+            self.initializers.append(self.data.tensor(name, array))
+        else:
+            self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def constant(self, base: str, value) -> str:
+        return self.weight(self.unique(base), np.asarray(value))
+
+    def add_initializer(self, proto: TensorProto) -> str:
+        self.initializers.append(proto)
+        return proto.name
+
+    def op(self, op_type: str, inputs, outputs=1, domain: str = "", name: str | None = None, **attrs):
+        """Emit one node; returns its single output name, or a list when `outputs` > 1 / a list."""
+        node_name = name or self.unique(op_type)
+        if isinstance(outputs, int):
+            output_names = [f"{node_name}/out{i}" for i in range(outputs)]
+        else:
+            output_names = list(outputs)
+        self.nodes.append(helper.make_node(op_type, list(inputs), output_names, name=node_name, domain=domain or None, **attrs))
+        return output_names[0] if len(output_names) == 1 else output_names
+
+    def save(self, path: Path) -> None:
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
+        model = helper.make_model(
+            graph, ir_version=IR_VERSION, producer_name="phi4mm-edge",
+            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+        )
+        onnx.save_model(model, str(path))

@@ -1,0 +1,158 @@
+"""`phi4mm-edge make-reference`: a random-weight Phi-4-multimodal in the real on-disk layout.
+
+Tiny in width and depth, faithful in everything that is not a size: the real vocabulary and
+special ids, partial rotary 0.75, LongRoPE with distinct short/long factors (and a small
+original_max_position_embeddings so tests cross the switch cheaply), grouped KV heads, the four
+LoRA targets in every layer with alpha = 2r, different ranks per adapter and non-zero LoRA B.
+Values are a pure function of (seed, tensor name), so both layouts hold identical weights.
+"""
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from . import architecture, layouts
+from .reference_tokenizer import build_tokenizer_json, tokenizer_config
+from .safetensors_file import write_safetensors
+
+IMAGE_TOKEN_ID = 200010
+AUDIO_TOKEN_ID = 200011
+BOS_TOKEN_ID = 199999
+EOS_TOKEN_IDS = [199999, 200020]
+
+
+def _factors(rng: np.random.Generator, count: int, low: float, high: float) -> list[float]:
+    return [round(float(x), 4) for x in np.sort(rng.uniform(low, high, count))]
+
+
+def tiny_config(seed: int = 0) -> dict:
+    """The text, vision and audio sizes of the tiny reference model (transformers-native keys)."""
+    heads, head_dim = 4, 64  # head_dim 64: 0.75 * 64 = 48 rotary dims, ORT's GQA wants a multiple of 16
+    rotary_half = int(head_dim * 0.75) // 2
+    rng = np.random.default_rng([seed, 1])
+    return {
+        "vocab_size": 200064,
+        "hidden_size": heads * head_dim,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "original_max_position_embeddings": 64,
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": 0.75,
+        "rope_scaling": {
+            "type": "longrope",
+            "short_factor": _factors(rng, rotary_half, 1.0, 1.5),
+            "long_factor": _factors(rng, rotary_half, 2.0, 8.0),
+        },
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+        "bos_token_id": BOS_TOKEN_ID,
+        "eos_token_id": EOS_TOKEN_IDS,
+        "pad_token_id": BOS_TOKEN_ID,
+        "vision_config": {
+            "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+            "num_attention_heads": 16,  # the remote code's fixed SigLIP head count, so both layouts agree
+            "image_size": 448, "patch_size": 14, "crop_size": 448, "num_channels": 3,
+            "image_token_id": IMAGE_TOKEN_ID, "feature_layer": -2,
+        },
+        "audio_config": {
+            "hidden_size": 64, "intermediate_size": 128, "num_blocks": 2, "num_attention_heads": 2,
+            "ext_pw_out_channel": 64, "depthwise_separable_out_channel": 64, "nemo_conv_channels": 64,
+            "input_size": 80, "time_reduction": 8, "kernel_size": 3, "left_chunk": 18, "chunk_size": -1,
+            "bias_max_distance": 500, "audio_token_id": AUDIO_TOKEN_ID, "feature_layer": -2,
+        },
+        "lora": {"vision": {"r": 8, "lora_alpha": 16}, "speech": {"r": 12, "lora_alpha": 24}},
+    }
+
+
+def tensor_values(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Deterministic random values for one tensor, scaled like a trained network's."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    if name.endswith("global_invstd"):
+        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    if "norm" in name and name.endswith(".weight") and len(shape) == 1:
+        return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+    if name.endswith("embed_tokens.weight") or name == "lm_head.weight":
+        return (0.1 * rng.standard_normal(shape)).astype(np.float32)
+    if name.endswith("lora_B.weight") or ".lora_B." in name:
+        return (0.5 / np.sqrt(shape[1]) * rng.standard_normal(shape)).astype(np.float32)
+    if len(shape) >= 2 and not name.endswith(("extensor", "probe", "position_embedding.weight", "bias_values.weight")):
+        fan_in = int(np.prod(shape[1:]))
+        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+    return (0.1 * rng.standard_normal(shape)).astype(np.float32)
+
+
+def lora_tensors(config: dict, adapter: str) -> dict[str, tuple[int, ...]]:
+    """PEFT adapter tensor names (native layout) -> shapes: A [r, in], B [out, r]."""
+    rank = config["lora"][adapter]["r"]
+    shapes = {}
+    for layer in range(config["num_hidden_layers"]):
+        for target in architecture.LORA_TARGETS:
+            out_features, in_features = architecture.lora_target_shape(config, target)
+            prefix = f"base_model.model.model.layers.{layer}.{target}"
+            shapes[f"{prefix}.lora_A.weight"] = (rank, in_features)
+            shapes[f"{prefix}.lora_B.weight"] = (out_features, rank)
+    return shapes
+
+
+def _adapter_config(config: dict, adapter: str) -> dict:
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": config["lora"][adapter]["r"],
+        "lora_alpha": config["lora"][adapter]["lora_alpha"],
+        "lora_dropout": 0.0,
+        "bias": "none",
+        # A regex, as transformers' converter writes it: the bare names would also hit the conformer's
+        # o_proj / gate_up_proj / down_proj.
+        "target_modules": r"model.layers.\d+.((self_attn.(qkv|o)_proj)|(mlp.(gate_up|down)_proj))",
+        "base_model_name_or_path": None,
+        "inference_mode": True,
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+    }
+
+
+def _generation_config() -> dict:
+    return {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_IDS, "pad_token_id": BOS_TOKEN_ID, "do_sample": False}
+
+
+def write_reference(folder: Path, seed: int = 0, layout: str = "native", dtype: str = "BF16", config: dict | None = None) -> Path:
+    """Write a reference checkpoint folder and return its path. `layout` is 'native' or 'original'."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = config or tiny_config(seed)
+    shapes = architecture.all_tensors(config)
+
+    if layout == "native":
+        (folder / "config.json").write_text(json.dumps(layouts.native_config(config), indent=2))
+        write_safetensors(folder / "model.safetensors", shapes, lambda name: tensor_values(name, shapes[name], seed), dtype)
+    elif layout == "original":
+        original = layouts.original_tensor_shapes(config)
+        (folder / "config.json").write_text(json.dumps(layouts.original_config(config), indent=2))
+
+        def produce(name):  # values keyed by the native name, so both layouts hold the same weights
+            return tensor_values(layouts.original_to_native(name), original[name], seed)
+
+        layouts.write_sharded(folder, original, produce, dtype)
+    else:
+        raise ValueError(f"unknown layout {layout!r}: use 'native' or 'original'")
+
+    for adapter in architecture.ADAPTERS:
+        lora_folder = folder / f"{adapter}-lora"
+        lora_folder.mkdir(exist_ok=True)
+        (lora_folder / "adapter_config.json").write_text(json.dumps(_adapter_config(config, adapter), indent=2))
+        lora_shapes = lora_tensors(config, adapter)
+        write_safetensors(
+            lora_folder / "adapter_model.safetensors", lora_shapes,
+            lambda name, a=adapter: tensor_values(f"{a}:{name}", lora_shapes[name], seed), dtype,
+        )
+
+    (folder / "tokenizer.json").write_text(build_tokenizer_json())
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2))
+    (folder / "generation_config.json").write_text(json.dumps(_generation_config(), indent=2))
+    return folder
