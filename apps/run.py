@@ -1,0 +1,24 @@
+"""`phi4mm-edge run ARTIFACT --prompt ...`: one answer, streamed or as one JSON object."""
+
+import json
+import sys
+
+from ..runtime import Phi4MMEdge
+
+
+def run(args) -> dict:
+    model = Phi4MMEdge.load(args.artifact, threads=args.threads, context_length=args.context)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
+    generation = model.generate(messages, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_p=args.top_p, top_k=args.top_k, seed=args.seed, adapter=args.adapter)
+    if args.json:
+        generation.text()
+        result = generation.result
+        print(json.dumps({k: result[k] for k in ("text", "token_ids", "adapter", "prompt_tokens", "finish_reason", "timings")},
+                         ensure_ascii=False))
+        return result
+    for piece in generation:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return generation.result

@@ -1,0 +1,100 @@
+"""The `phi4mm-edge` command. Each subcommand imports only what it needs, so `run` works with
+the runtime's dependencies alone and `export` / `make-reference` need the export extra."""
+
+import argparse
+import sys
+
+from .errors import Phi4MMError
+
+
+def _make_reference(args):
+    from .export.reference import write_reference
+
+    folder = write_reference(args.dir, seed=args.seed, layout=args.layout, dtype=args.dtype.upper())
+    print(f"wrote a random-weight Phi-4-multimodal ({args.layout} layout) to {folder}")
+
+
+def _export(args):
+    from .export.convert import export
+    from .export.linear import Precision
+
+    precision = Precision(weights=args.precision, block_size=args.block_size, symmetric=not args.asymmetric,
+                          accuracy_level=args.accuracy_level)
+    manifest = export(args.checkpoint, args.out, precision, args.adapter_precision, show_progress=not args.quiet)
+    sizes = sum(f["size"] for f in manifest["files"].values())
+    print(f"exported {args.checkpoint} -> {args.out} ({precision.weights}, {sizes / 1e6:.1f} MB, "
+          f"{manifest['export_seconds']} s, adapters: {', '.join(manifest['adapters']) or 'none'})")
+
+
+def _run(args):
+    from .apps.run import run
+
+    run(args)
+
+
+def _demo(args):
+    from .apps.demo import demo
+
+    demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phi4mm-edge", description="Phi-4-multimodal on device: export and run.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("make-reference", help="write a tiny random-weight Phi-4-multimodal checkpoint")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=["native", "original"], default="native")
+    p.add_argument("--dtype", choices=["bf16", "f16", "f32"], default="bf16")
+    p.set_defaults(func=_make_reference)
+
+    p = commands.add_parser("export", help="export a checkpoint folder to an artifact folder")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--precision", choices=["int4", "fp32"], default="int4")
+    p.add_argument("--block-size", type=int, choices=[32, 64, 128], default=32)
+    p.add_argument("--asymmetric", action="store_true", help="int4 with per-block zero points")
+    p.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4,
+                   help="MatMulNBits accuracy level; 4 = int8 activations on CPU (fastest)")
+    p.add_argument("--adapter-precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_export)
+
+    p = commands.add_parser("run", help="answer one prompt with an exported artifact")
+    p.add_argument("artifact")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--system")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--adapter", choices=["auto", "none", "vision", "speech"], default="auto")
+    p.add_argument("--context", type=int, help="tokens of KV cache (prompt + answer); default 4096")
+    p.add_argument("--threads", type=int, help="intra-op threads; default one per physical core")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.set_defaults(func=_run)
+
+    p = commands.add_parser("demo", help="make the reference model, export it and answer with each adapter")
+    p.add_argument("--cache-dir", help="where the reference checkpoint and artifact go (default ~/.cache/phi4mm-edge)")
+    p.add_argument("--prompt", default="Describe what an on-device assistant can do.")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except Phi4MMError as error:
+        print(f"phi4mm-edge: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

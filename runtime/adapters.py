@@ -1,0 +1,72 @@
+"""The LoRA adapters of an artifact, loaded once and bound to the decoder's inputs per request.
+
+The adapter tensors are ordinary decoder inputs (`lora.layers.N.<module>.A` / `.B`), so a
+request activates an adapter by binding its tensors; "none" binds rank-0 tensors. Switching is
+a few hundred pointer bindings: no reload, no new session. (ONNX Runtime's own adapter API is
+not used: it does not apply under IOBinding and DirectML rejects it.)
+"""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..artifact import LORA_INPUT_PREFIX
+from ..errors import Phi4MMError
+
+NONE = "none"
+
+
+class AdapterSet:
+    def __init__(self, folder: Path, manifest_adapters: dict, decoder: ort.InferenceSession):
+        self.inputs = {i.name: i.shape for i in decoder.get_inputs() if i.name.startswith(LORA_INPUT_PREFIX)}
+        self.tensors = {NONE: self._rank_zero()}
+        self.ranks = {NONE: 0}
+        for name, entry in manifest_adapters.items():
+            self.tensors[name], self.ranks[name] = self._load(Path(folder) / entry["file"], name)
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def _rank_zero(self) -> dict:
+        zero = {}
+        for name, shape in self.inputs.items():
+            dims = [0 if isinstance(d, str) or d is None else d for d in shape]
+            zero[name] = ort.OrtValue.ortvalue_from_numpy(np.zeros(dims, np.float32))
+        return zero
+
+    def _load(self, path: Path, adapter: str):
+        try:
+            parameters = ort.AdapterFormat.read_adapter(str(path)).get_parameters()
+        except Exception as error:  # a truncated or foreign file
+            raise Phi4MMError(f"cannot read adapter file {path} ({error}): re-export the artifact") from None
+        missing = sorted(set(self.inputs) - set(parameters))
+        extra = sorted(set(parameters) - set(self.inputs))
+        if missing or extra:
+            raise Phi4MMError(
+                f"adapter file {path} does not belong to this model: {len(missing)} decoder inputs it lacks "
+                f"(e.g. {missing[:2]}) and {len(extra)} tensors the decoder does not take (e.g. {extra[:2]}); "
+                f"export the adapter from this model's checkpoint"
+            )
+        tensors, ranks = {}, set()
+        for name, value in parameters.items():
+            shape, expected = value.shape(), self.inputs[name]
+            matrix = name.rsplit(".", 1)[1]
+            if len(shape) != 2 or (shape[0] if matrix == "A" else shape[1]) != (expected[0] if matrix == "A" else expected[1]):
+                raise Phi4MMError(
+                    f"adapter file {path}: tensor {name} has shape {shape}, the decoder expects {expected}; "
+                    f"the adapter is from another model"
+                )
+            ranks.add(shape[1] if matrix == "A" else shape[0])
+            if value.data_type() != "tensor(float)":  # fp16 on disk: widened once here, never per token
+                value = ort.OrtValue.ortvalue_from_numpy(value.numpy().astype(np.float32))
+            tensors[name] = value
+        if len(ranks) != 1:
+            raise Phi4MMError(f"adapter file {path} mixes ranks {sorted(ranks)}: re-export the artifact")
+        return tensors, ranks.pop()
+
+    def bind(self, binding: ort.IOBinding, adapter: str) -> None:
+        if adapter not in self.tensors:
+            raise Phi4MMError(f"adapter {adapter!r} is not in this artifact; it has {self.names()}")
+        for name, value in self.tensors[adapter].items():
+            binding.bind_ortvalue_input(name, value)

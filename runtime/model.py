@@ -1,0 +1,229 @@
+"""Phi4MMEdge: load an artifact folder once, then generate for any number of requests.
+
+    model = Phi4MMEdge.load("artifact/")
+    generation = model.generate("Hello", max_new_tokens=32)
+    for piece in generation:        # text as it streams
+        print(piece, end="")
+    generation.result               # text, token_ids, adapter, prompt_tokens, timings
+
+Per request: the prompt is rendered with the artifact's chat template, embedded
+(embedding.onnx), prefilled and decoded one token at a time (decoder.onnx) through IOBinding
+over a KV cache allocated once, with the chosen adapter's tensors bound as decoder inputs.
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..artifact import DECODER_GRAPH, EMBEDDING_GRAPH, read_manifest
+from ..errors import Phi4MMError
+from .adapters import NONE, AdapterSet
+from .chat import ChatTokenizer
+from .kv_cache import KVCache
+from .providers import open_session, session_options
+from .sampling import choose_token
+from .verify import verify_artifact
+
+ADAPTER_CHOICES = ("auto", NONE, "vision", "speech")
+DEFAULT_CONTEXT = 4096  # tokens of KV cache allocated at load; --context raises it up to the model's maximum
+
+
+def route(adapter: str, has_image: bool = False, has_audio: bool = False) -> str:
+    """The adapter a request runs with. `auto`: image -> vision, audio alone -> speech, text -> none."""
+    if adapter not in ADAPTER_CHOICES:
+        raise Phi4MMError(f"adapter {adapter!r} is not one of {ADAPTER_CHOICES}")
+    if adapter != "auto":
+        return adapter
+    if has_image:
+        return "vision"
+    return "speech" if has_audio else NONE
+
+
+class Generation:
+    """An iterator over streamed text pieces; `.result` is filled once it is exhausted."""
+
+    def __init__(self, pieces):
+        self._pieces = pieces
+        self.result = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def text(self) -> str:
+        """Run to the end and return the whole answer."""
+        for _ in self:
+            pass
+        return self.result["text"]
+
+
+class Phi4MMEdge:
+    def __init__(self, folder, manifest, embedding, decoder, tokenizer, adapters, context_length, load_ms):
+        self.folder, self.manifest = Path(folder), manifest
+        self.embedding, self.decoder = embedding, decoder
+        self.tokenizer, self.adapters = tokenizer, adapters
+        self.model = manifest["model"]
+        self.eos_ids = set(self.model["eos_token_ids"])
+        self.cache = KVCache(self.model["num_layers"], self.model["num_kv_heads"], self.model["head_dim"], context_length)
+        self.load_ms = load_ms
+        hidden = self.model["hidden_size"]
+        self._no_features = np.zeros((0, hidden), np.float32)
+        # Decode-step buffers, allocated once: token id in, embedding, logits out.
+        self._step_id = np.zeros((1, 1), np.int64)
+        self._step_embeds = np.zeros((1, 1, hidden), np.float32)
+        self._step_logits = np.zeros((1, 1, self.model["vocab_size"]), np.float32)
+        self._mask = np.ones((1, context_length), np.int64)
+        self._step_embeds_value = ort.OrtValue.ortvalue_from_numpy(self._step_embeds)
+        self._step_logits_value = ort.OrtValue.ortvalue_from_numpy(self._step_logits)
+        self._embed_binding = embedding.io_binding()
+        self._embed_binding.bind_cpu_input("input_ids", self._step_id)
+        self._embed_binding.bind_cpu_input("image_features", self._no_features)
+        self._embed_binding.bind_cpu_input("audio_features", self._no_features)
+        self._embed_binding.bind_ortvalue_output("inputs_embeds", self._step_embeds_value)
+        self._binding = decoder.io_binding()
+        self.cache.bind(self._binding)
+        self.active_adapter = None
+        self.activate(NONE)
+
+    @classmethod
+    def load(cls, folder, provider: str = "cpu", threads: int | None = None, context_length: int | None = None,
+             verify: bool = True) -> "Phi4MMEdge":
+        """Open an artifact folder. `context_length` (prompt + answer tokens) sizes the KV cache."""
+        started = time.perf_counter()
+        folder = Path(folder)
+        manifest = verify_artifact(folder) if verify else read_manifest(folder)
+        maximum = manifest["model"]["max_position_embeddings"]
+        context_length = context_length or min(DEFAULT_CONTEXT, maximum)
+        if not 0 < context_length <= maximum:
+            raise Phi4MMError(f"context length {context_length} is outside 1..{maximum}, the model's maximum")
+        options = session_options(threads)
+        embedding = open_session(folder / EMBEDDING_GRAPH, options, provider)
+        decoder = open_session(folder / DECODER_GRAPH, options, provider)
+        tokenizer = ChatTokenizer(folder)
+        adapters = AdapterSet(folder, manifest.get("adapters", {}), decoder)
+        load_ms = (time.perf_counter() - started) * 1000
+        return cls(folder, manifest, embedding, decoder, tokenizer, adapters, context_length, load_ms)
+
+    # -- adapters ----------------------------------------------------------------------------
+    def activate(self, adapter: str) -> None:
+        """Bind an adapter's tensors (or rank-0 tensors for 'none') to the decoder inputs."""
+        if adapter != self.active_adapter:
+            self.adapters.bind(self._binding, adapter)
+            self.active_adapter = adapter
+
+    # -- the forward passes --------------------------------------------------------------------
+    def embed(self, input_ids: np.ndarray, image_features=None, audio_features=None) -> np.ndarray:
+        """inputs_embeds [1, n, hidden] for token ids [1, n]."""
+        return self.embedding.run(["inputs_embeds"], {
+            "input_ids": input_ids,
+            "image_features": self._no_features if image_features is None else image_features,
+            "audio_features": self._no_features if audio_features is None else audio_features,
+        })[0]
+
+    def _forward(self, embeds: np.ndarray | None, start: int, count: int) -> np.ndarray:
+        """Run `count` positions starting at `start` (past = start tokens); return last-position logits."""
+        b = self._binding
+        b.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask[:, : start + count]))
+        if embeds is None:  # a decode step: input and output buffers are the preallocated ones
+            b.bind_ortvalue_input("inputs_embeds", self._step_embeds_value)
+            b.bind_ortvalue_output("logits", self._step_logits_value)
+            self.decoder.run_with_iobinding(b)
+            self.cache.length = start + count
+            return self._step_logits[0, -1]
+        return self.run_positions(embeds, start)[0, -1]
+
+    def run_positions(self, embeds: np.ndarray, start: int = 0) -> np.ndarray:
+        """Run inputs_embeds [1, n, hidden] at positions start..start+n-1 over the cached prefix;
+        return logits [1, n, vocab]."""
+        b, count = self._binding, embeds.shape[1]
+        if start + count > self.cache.capacity:
+            raise Phi4MMError(f"{start + count} positions do not fit the context of {self.cache.capacity} tokens")
+        logits = np.empty((1, count, self.model["vocab_size"]), np.float32)
+        b.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask[:, : start + count]))
+        b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
+        b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
+        self.decoder.run_with_iobinding(b)
+        self.cache.length = start + count
+        return logits
+
+    def step_logits(self, token_id: int) -> np.ndarray:
+        """Logits [vocab] after appending one token to the cached sequence."""
+        self._step_id[0, 0] = token_id
+        self.embedding.run_with_iobinding(self._embed_binding)
+        return self._forward(None, self.cache.length, 1).copy()
+
+    # -- generation ----------------------------------------------------------------------------
+    def prompt_ids(self, messages) -> list[int]:
+        return self.tokenizer.encode(self.tokenizer.render(messages))
+
+    def generate(self, messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, seed: int | None = None, adapter: str = "auto") -> Generation:
+        """Stream an answer. `messages` is a string or a list of {role, content}."""
+        adapter = route(adapter)
+        if adapter != NONE and adapter not in self.adapters.names():
+            raise Phi4MMError(f"adapter {adapter!r} is not in this artifact; it has {self.adapters.names()}")
+        ids = self.prompt_ids(messages)
+        if len(ids) >= self.cache.capacity:
+            raise Phi4MMError(
+                f"the prompt is {len(ids)} tokens, the context holds {self.cache.capacity}: shorten the prompt or "
+                f"load with a larger context_length (--context, at most {self.model['max_position_embeddings']})"
+            )
+        if max_new_tokens < 1:
+            raise Phi4MMError("max_new_tokens must be at least 1")
+        generation = Generation(None)
+        generation._pieces = self._stream(generation, ids, max_new_tokens, temperature, top_p, top_k, seed, adapter)
+        return generation
+
+    def _stream(self, generation, ids, max_new_tokens, temperature, top_p, top_k, seed, adapter):
+        rng = np.random.default_rng(seed)
+        started = time.perf_counter()
+        self.activate(adapter)
+        prompt_embeds = self.embed(np.array([ids], np.int64))
+        logits = self._forward(prompt_embeds, 0, len(ids))
+        switch = self.model["original_max_position_embeddings"]
+        generated, text, first_token_at = [], "", None
+        while True:
+            token = choose_token(logits, temperature, top_k, top_p, rng)
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            if token in self.eos_ids:
+                finish = "stop"
+                break
+            generated.append(token)
+            full = self.tokenizer.decode(generated)
+            if not full.endswith("\ufffd"):  # hold back an incomplete UTF-8 sequence
+                piece, text = full[len(text):], full
+                if piece:
+                    yield piece
+            total = len(ids) + len(generated)
+            if len(generated) >= max_new_tokens or total >= self.cache.capacity:
+                finish = "length"
+                break
+            if total - 1 <= switch < total:
+                # The sequence crosses LongRoPE's switch: the long factors now apply to every
+                # position, so the cache is recomputed from the start, as the reference does.
+                all_embeds = np.concatenate([prompt_embeds, self.embed(np.array([generated], np.int64))], axis=1)
+                logits = self._forward(all_embeds, 0, total)
+            else:
+                logits = self.step_logits(token)
+        finished = time.perf_counter()
+        full = self.tokenizer.decode(generated)
+        if full != text:
+            yield full[len(text):]
+        decode_s = finished - first_token_at
+        generation.result = {
+            "text": full,
+            "token_ids": generated,
+            "adapter": adapter,
+            "prompt_tokens": len(ids),
+            "finish_reason": finish,
+            "timings": {
+                "load_ms": round(self.load_ms, 2),
+                "ttft_ms": round((first_token_at - started) * 1000, 2),
+                "decode_tokens_per_s": round((len(generated) - 1) / decode_s, 2) if len(generated) > 1 and decode_s > 0 else None,
+            },
+        }
