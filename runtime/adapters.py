@@ -23,7 +23,11 @@ class AdapterSet:
         self.tensors = {NONE: self._rank_zero()}
         self.ranks = {NONE: 0}
         for name, entry in manifest_adapters.items():
-            self.tensors[name], self.ranks[name] = self._load(Path(folder) / entry["file"], name)
+            self.add(name, Path(folder) / entry["file"])
+
+    def add(self, name: str, path: Path) -> None:
+        """Load an adapter file (validated against the decoder's inputs) under `name`."""
+        self.tensors[name], self.ranks[name] = self._load(Path(path), name)
 
     def names(self) -> list[str]:
         return list(self.tensors)

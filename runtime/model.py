@@ -26,14 +26,11 @@ from .providers import open_session, session_options
 from .sampling import choose_token
 from .verify import verify_artifact
 
-ADAPTER_CHOICES = ("auto", NONE, "vision", "speech")
 DEFAULT_CONTEXT = 4096  # tokens of KV cache allocated at load; --context raises it up to the model's maximum
 
 
 def route(adapter: str, has_image: bool = False, has_audio: bool = False) -> str:
     """The adapter a request runs with. `auto`: image -> vision, audio alone -> speech, text -> none."""
-    if adapter not in ADAPTER_CHOICES:
-        raise Phi4MMError(f"adapter {adapter!r} is not one of {ADAPTER_CHOICES}")
     if adapter != "auto":
         return adapter
     if has_image:
@@ -109,6 +106,15 @@ class Phi4MMEdge:
         return cls(folder, manifest, embedding, decoder, tokenizer, adapters, context_length, load_ms)
 
     # -- adapters ----------------------------------------------------------------------------
+    def load_adapter(self, name: str, path) -> None:
+        """Add or replace an adapter from an `.onnx_adapter` file, e.g. a LoRA fine-tuned for this
+        model. Its tensors must match the decoder's LoRA inputs by name and shape."""
+        if name == NONE:
+            raise Phi4MMError("'none' is reserved for running without an adapter: pick another name")
+        self.adapters.add(name, path)
+        if self.active_adapter == name:
+            self.active_adapter = None  # rebind on the next request
+
     def activate(self, adapter: str) -> None:
         """Bind an adapter's tensors (or rank-0 tensors for 'none') to the decoder inputs."""
         if adapter != self.active_adapter:
@@ -163,10 +169,14 @@ class Phi4MMEdge:
     def generate(self, messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = 0, seed: int | None = None, adapter: str = "auto") -> Generation:
         """Stream an answer. `messages` is a string or a list of {role, content}."""
-        adapter = route(adapter)
+        return self.generate_from_ids(self.prompt_ids(messages), max_new_tokens, temperature, top_p, top_k, seed, route(adapter))
+
+    def generate_from_ids(self, ids: list[int], max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                          top_k: int = 0, seed: int | None = None, adapter: str = NONE) -> Generation:
+        """Stream an answer to an already tokenized prompt, with an explicit adapter."""
         if adapter != NONE and adapter not in self.adapters.names():
             raise Phi4MMError(f"adapter {adapter!r} is not in this artifact; it has {self.adapters.names()}")
-        ids = self.prompt_ids(messages)
+        ids = [int(i) for i in ids]
         if len(ids) >= self.cache.capacity:
             raise Phi4MMError(
                 f"the prompt is {len(ids)} tokens, the context holds {self.cache.capacity}: shorten the prompt or "
@@ -174,6 +184,8 @@ class Phi4MMEdge:
             )
         if max_new_tokens < 1:
             raise Phi4MMError("max_new_tokens must be at least 1")
+        if not ids:
+            raise Phi4MMError("the prompt is empty")
         generation = Generation(None)
         generation._pieces = self._stream(generation, ids, max_new_tokens, temperature, top_p, top_k, seed, adapter)
         return generation

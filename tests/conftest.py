@@ -1,0 +1,85 @@
+"""Shared fixtures: the reference checkpoints, their exports, and the PyTorch reference model.
+
+Everything is made once per test session in a temporary folder; nothing is downloaded.
+"""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from phi4mm_edge.export.convert import export  # noqa: E402
+from phi4mm_edge.export.linear import Precision  # noqa: E402
+from phi4mm_edge.export.reference import write_reference  # noqa: E402
+
+SEED = 0
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """{'native': path, 'original': path}: the same random weights in both layouts."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {layout: write_reference(root / layout, seed=SEED, layout=layout) for layout in ("native", "original")}
+
+
+@pytest.fixture(scope="session")
+def artifacts(checkpoints, tmp_path_factory):
+    """Exports: fp32 of both layouts, int4 (accuracy level 4, what ships) and int4 at level 0."""
+    root = tmp_path_factory.mktemp("artifacts")
+    made = {}
+    for name, layout, precision in (
+        ("fp32-native", "native", Precision(weights="fp32")),
+        ("fp32-original", "original", Precision(weights="fp32")),
+        ("int4", "native", Precision(weights="int4", block_size=32)),
+        ("int4-exact", "native", Precision(weights="int4", block_size=32, accuracy_level=0)),
+    ):
+        export(checkpoints[layout], root / name, precision, show_progress=False)
+        made[name] = root / name
+    return made
+
+
+def _reference(checkpoint, transform=None):
+    import torch
+    from peft import PeftModel
+    from transformers import Phi4MultimodalForCausalLM
+
+    torch.manual_seed(0)
+    base = Phi4MultimodalForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    if transform:
+        transform(base)
+    model = PeftModel.from_pretrained(base, checkpoint / "vision-lora", adapter_name="vision")
+    model.load_adapter(checkpoint / "speech-lora", adapter_name="speech")
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def reference(checkpoints):
+    """transformers' Phi4MultimodalForCausalLM with both PEFT adapters, fp32."""
+    return _reference(checkpoints["native"])
+
+
+@pytest.fixture(scope="session")
+def int4_reference(checkpoints):
+    """The reference with every int4-exported base weight replaced by its dequantized int4 value:
+    the model our int4 artifact computes, up to activation rounding."""
+    import torch
+
+    from phi4mm_edge.quant import int4
+
+    def dequantize_base(model):
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                is_linear = name.startswith("model.layers.") and name.endswith("proj.weight")
+                if is_linear or name == "model.embed_tokens.weight":
+                    q = int4.quantize(parameter.numpy(), 32, symmetric=True)
+                    parameter.copy_(torch.from_numpy(int4.dequantize(q)))
+
+    return _reference(checkpoints["native"], dequantize_base)
+
+
+def prompt_ids(count: int, seed: int = 1) -> np.ndarray:
+    """Random ordinary token ids [1, count] (below the special ids)."""
+    return np.random.default_rng(seed).integers(0, 199_000, (1, count))
