@@ -28,8 +28,10 @@ SPECIAL_TOKENS = {
     200027: "<|tool_response|>",
     200028: "<|tag|>",
 }
-for _i in range(1, 18):
-    SPECIAL_TOKENS.setdefault(ENDOFTEXT_ID + _i, f"<|endoftext{_i}|>")
+# tokenizers numbers added tokens consecutively after the vocabulary, so the ids between the
+# named ones must be filled: 200000 + N is `<|endoftextN|>` (hence 200010 = <|endoftext10|>).
+for _n in range(18):
+    SPECIAL_TOKENS.setdefault(200000 + _n, f"<|endoftext{_n}|>")
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

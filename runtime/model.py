@@ -202,10 +202,10 @@ class Phi4MMEdge:
             token = choose_token(logits, temperature, top_k, top_p, rng)
             if first_token_at is None:
                 first_token_at = time.perf_counter()
+            generated.append(token)  # an eos id is kept in token_ids (it was generated) but never shown
             if token in self.eos_ids:
                 finish = "stop"
                 break
-            generated.append(token)
             full = self.tokenizer.decode(generated)
             if not full.endswith("\ufffd"):  # hold back an incomplete UTF-8 sequence
                 piece, text = full[len(text):], full

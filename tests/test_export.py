@@ -1,0 +1,139 @@
+"""Export writes a complete, self-describing artifact, and refuses bad checkpoints clearly."""
+
+import json
+import shutil
+
+import pytest
+
+from phi4mm_edge import Phi4MMError
+from phi4mm_edge.artifact import sha256_of
+from phi4mm_edge.export.convert import export
+from phi4mm_edge.export.reference import tiny_config, write_reference
+
+GRAPH_FILES = ("embedding.onnx", "decoder.onnx", "embed_tokens.onnx.data", "decoder.onnx.data")
+
+
+def test_artifact_layout_and_manifest(artifacts):
+    folder = artifacts["int4"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name in ("embedding.onnx", "decoder.onnx", "vision.onnx_adapter", "speech.onnx_adapter",
+                 "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (folder / name).is_file(), name
+    on_disk = {p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} - {"manifest.json"}
+    assert set(manifest["files"]) == on_disk
+    for name, entry in manifest["files"].items():
+        assert entry["size"] == (folder / name).stat().st_size
+        assert entry["sha256"] == sha256_of(folder / name)
+    assert manifest["adapters"]["vision"]["rank"] != manifest["adapters"]["speech"]["rank"]
+    assert manifest["model"]["num_kv_heads"] < manifest["model"]["num_heads"]
+    assert manifest["precision"] == {"weights": "int4", "block_size": 32, "symmetric": True, "accuracy_level": 4, "adapters": "fp32"}
+    assert len(manifest["source"]["config_sha256"]) == 64
+
+
+def _graph_bytes(folder):
+    return sum((folder / name).stat().st_size for name in GRAPH_FILES if (folder / name).exists())
+
+
+def test_int4_graph_weights_are_at_most_a_fifth_of_fp32(artifacts):
+    # 4-bit codes plus one fp32 scale per 32 weights is 5 bits a weight: 15.6% of fp32 at best.
+    assert _graph_bytes(artifacts["int4"]) <= 0.20 * _graph_bytes(artifacts["fp32-native"])
+
+
+def test_tied_lm_head_shares_the_embedding_bytes(artifacts):
+    import onnx
+
+    for name in ("int4", "fp32-native"):
+        decoder = onnx.load(str(artifacts[name] / "decoder.onnx"), load_external_data=False)
+        embedding = onnx.load(str(artifacts[name] / "embedding.onnx"), load_external_data=False)
+
+        def shared(model):
+            return {(e.value for e in t.external_data if e.key == "offset").__next__()
+                    for t in model.graph.initializer
+                    if any(e.key == "location" and e.value == "embed_tokens.onnx.data" for e in t.external_data)}
+
+        assert shared(decoder) and shared(decoder) == shared(embedding)
+
+
+@pytest.mark.parametrize("dtype", ["F16", "F32"])
+def test_fp16_and_fp32_checkpoints_export_like_bf16(tmp_path, dtype):
+    # Values are drawn in fp32 and stored rounded; the export only has to read each width.
+    checkpoint = write_reference(tmp_path / "ckpt", dtype=dtype)
+    manifest = export(checkpoint, tmp_path / "out", show_progress=False)
+    assert manifest["model"]["vocab_size"] == 200064
+
+
+def test_untied_checkpoint_exports_its_own_lm_head(tmp_path):
+    config = tiny_config()
+    config["tie_word_embeddings"] = False
+    checkpoint = write_reference(tmp_path / "ckpt", config=config)
+    manifest = export(checkpoint, tmp_path / "out", show_progress=False)
+    assert manifest["model"]["tie_word_embeddings"] is False
+
+
+@pytest.fixture()
+def broken_copy(checkpoints, tmp_path):
+    def copy():
+        target = tmp_path / "broken"
+        shutil.copytree(checkpoints["native"], target)
+        return target
+    return copy
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(Phi4MMError, match="does not exist"):
+        export(tmp_path / "nowhere", tmp_path / "out", show_progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Phi4MMError, match="no config.json"):
+        export(tmp_path / "empty", tmp_path / "out", show_progress=False)
+
+
+def test_corrupt_weights(broken_copy, tmp_path):
+    folder = broken_copy()
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(Phi4MMError, match="truncated"):
+        export(folder, tmp_path / "out", show_progress=False)
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(Phi4MMError, match="not a readable safetensors"):
+        export(folder, tmp_path / "out", show_progress=False)
+
+
+def test_missing_weights(broken_copy, tmp_path):
+    folder = broken_copy()
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(Phi4MMError, match="no .safetensors weights"):
+        export(folder, tmp_path / "out", show_progress=False)
+
+
+def test_checkpoint_of_another_architecture(broken_copy, tmp_path):
+    folder = broken_copy()
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "llama"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Phi4MMError, match="'llama' model, not Phi-4-multimodal"):
+        export(folder, tmp_path / "out", show_progress=False)
+
+
+def test_weights_that_do_not_fit_the_config(broken_copy, tmp_path):
+    folder = broken_copy()
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] *= 2
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Phi4MMError, match="do not belong to this config"):
+        export(folder, tmp_path / "out", show_progress=False)
+
+
+def test_adapter_folder_from_another_model(broken_copy, tmp_path):
+    config = tiny_config()
+    config["intermediate_size"] = 256
+    other = write_reference(tmp_path / "other", config=config)
+    folder = broken_copy()
+    shutil.rmtree(folder / "speech-lora")
+    shutil.copytree(other / "speech-lora", folder / "speech-lora")
+    with pytest.raises(Phi4MMError, match="the adapter does not belong to this model"):
+        export(folder, tmp_path / "out", show_progress=False)
+
+
+def test_bad_options(checkpoints, tmp_path):
+    with pytest.raises(Phi4MMError, match="adapter precision"):
+        export(checkpoints["native"], tmp_path / "out", adapter_precision="int8", show_progress=False)

@@ -1,0 +1,213 @@
+"""The runtime: greedy ids equal the reference's, adapter swaps are exact, bad input is refused."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from phi4mm_edge import Phi4MMError
+from phi4mm_edge.runtime import Phi4MMEdge
+from conftest import prompt_ids
+from reference_steps import reference_adapter
+
+PROMPT = "Tell me a short story about a robot who learns to listen."
+
+
+def phi4mm_edge(*args, check=True):
+    """Run the installed console command; returns the completed process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "phi4mm_edge.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env, check=check, timeout=300)
+
+
+def reference_greedy(reference, adapter, ids, count, eos_ids):
+    import torch
+
+    with torch.no_grad(), reference_adapter(reference, adapter):
+        out = reference.generate(torch.tensor([ids]), max_new_tokens=count, do_sample=False,
+                                 eos_token_id=sorted(eos_ids), pad_token_id=199999)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("adapter", ["none", "vision", "speech"])
+def test_run_json_greedy_ids_equal_the_reference(artifacts, reference, adapter):
+    result = json.loads(phi4mm_edge("run", artifacts["fp32-native"], "--prompt", PROMPT, "--max-new-tokens", 32,
+                                    "--adapter", adapter, "--json").stdout)
+    model = Phi4MMEdge.load(artifacts["fp32-native"])
+    ids = model.prompt_ids(PROMPT)
+    assert len(ids) + 32 < model.model["original_max_position_embeddings"]  # stays on one side of the switch
+    assert result["token_ids"] == reference_greedy(reference, adapter, ids, 32, model.eos_ids)
+    assert result["adapter"] == adapter and result["prompt_tokens"] == len(ids)
+    assert set(result["timings"]) == {"load_ms", "ttft_ms", "decode_tokens_per_s"}
+    assert result["text"] == model.tokenizer.decode(result["token_ids"])
+
+
+def test_prompt_ids_equal_transformers_chat_template(artifacts, checkpoints):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints["native"])
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]
+    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    expected = expected["input_ids"] if isinstance(expected, dict) or hasattr(expected, "keys") else expected
+    model = Phi4MMEdge.load(artifacts["int4"])
+    assert model.prompt_ids(messages) == list(expected)
+    assert model.tokenizer.render(messages) == "<|system|>Be brief.<|end|><|user|>" + PROMPT + "<|end|><|assistant|>"
+
+
+def _answer(model, adapter):
+    """Prefill logits and greedy ids of one request."""
+    ids = prompt_ids(16, seed=5)
+    model.activate(adapter)
+    logits = model.run_positions(model.embed(ids))[0]
+    generation = model.generate_from_ids(ids[0].tolist(), max_new_tokens=12, adapter=adapter)
+    generation.text()
+    return logits, generation.result["token_ids"]
+
+
+def test_swapping_adapters_gives_exactly_what_fresh_loads_give(artifacts):
+    fresh = {adapter: _answer(Phi4MMEdge.load(artifacts["int4"]), adapter) for adapter in ("none", "speech", "vision")}
+    model = Phi4MMEdge.load(artifacts["int4"])
+    for adapter in ("none", "speech", "vision", "none"):
+        logits, ids = _answer(model, adapter)
+        np.testing.assert_array_equal(logits, fresh[adapter][0])
+        assert ids == fresh[adapter][1]
+
+
+def test_streamed_pieces_add_up_to_the_answer(artifacts):
+    model = Phi4MMEdge.load(artifacts["int4"])
+    generation = model.generate(PROMPT, max_new_tokens=20)
+    pieces = list(generation)
+    assert len(pieces) > 1 and "".join(pieces) == generation.result["text"]
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(artifacts):
+    model = Phi4MMEdge.load(artifacts["int4"])
+
+    def ids(**options):
+        generation = model.generate(PROMPT, max_new_tokens=16, **options)
+        generation.text()
+        return generation.result["token_ids"]
+
+    sampled = ids(temperature=1.0, top_p=0.9, seed=3)
+    assert sampled == ids(temperature=1.0, top_p=0.9, seed=3)
+    assert sampled != ids(temperature=1.0, top_p=0.9, seed=4)
+    assert ids(temperature=0.7, top_k=1, seed=9) == ids()
+
+
+def test_auto_routes_text_to_no_adapter(artifacts):
+    model = Phi4MMEdge.load(artifacts["int4"])
+    generation = model.generate(PROMPT, max_new_tokens=2)
+    generation.text()
+    assert generation.result["adapter"] == "none"
+
+
+def test_runtime_needs_no_torch_transformers_or_export(artifacts):
+    code = (
+        "import sys\n"
+        "from phi4mm_edge.runtime import Phi4MMEdge\n"
+        f"m = Phi4MMEdge.load({str(artifacts['int4'])!r})\n"
+        "m.generate('hi', max_new_tokens=3, adapter='speech').text()\n"
+        "bad = [n for n in sys.modules if n.split('.')[0] in ('torch', 'transformers', 'peft', 'onnx')"
+        " or n.startswith('phi4mm_edge.export')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# -- bad input -----------------------------------------------------------------------------------
+@pytest.fixture()
+def artifact_copy(artifacts, tmp_path):
+    target = tmp_path / "artifact"
+    shutil.copytree(artifacts["int4"], target)
+    return target
+
+
+def test_modified_artifact_is_refused(artifact_copy):
+    Phi4MMEdge.load(artifact_copy)  # a first load records the verified state
+    data = artifact_copy / "decoder.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(Phi4MMError, match="no longer matches the sha256"):
+        Phi4MMEdge.load(artifact_copy)
+
+
+def test_missing_or_truncated_artifact_files_are_refused(artifact_copy, tmp_path):
+    with pytest.raises(Phi4MMError, match="does not exist"):
+        Phi4MMEdge.load(tmp_path / "nowhere")
+    (artifact_copy / "speech.onnx_adapter").write_bytes(b"")
+    with pytest.raises(Phi4MMError, match="truncated or was replaced"):
+        Phi4MMEdge.load(artifact_copy)
+    (artifact_copy / "decoder.onnx").unlink()
+    with pytest.raises(Phi4MMError, match="missing"):
+        Phi4MMEdge.load(artifact_copy)
+
+
+def test_adapter_file_from_another_model_is_refused(artifacts, tmp_path):
+    import onnxruntime as ort
+
+    from phi4mm_edge.export.convert import export
+    from phi4mm_edge.export.reference import tiny_config, write_reference
+
+    config = tiny_config()
+    config["intermediate_size"] = 256  # same names, other shapes
+    other = export(write_reference(tmp_path / "ckpt", config=config), tmp_path / "other", show_progress=False)
+    assert other["adapters"]
+    model = Phi4MMEdge.load(artifacts["int4"])
+    with pytest.raises(Phi4MMError, match="the adapter is from another model"):
+        model.load_adapter("custom", tmp_path / "other" / "speech.onnx_adapter")
+    # Same shapes, wrong names: e.g. an adapter exported for another graph.
+    parameters = ort.AdapterFormat.read_adapter(str(artifacts["int4"] / "speech.onnx_adapter")).get_parameters()
+    renamed = ort.AdapterFormat()
+    renamed.set_parameters({name.replace("lora.", "lora_"): value for name, value in parameters.items()})
+    renamed.export_adapter(str(tmp_path / "renamed.onnx_adapter"))
+    with pytest.raises(Phi4MMError, match="does not belong to this model"):
+        model.load_adapter("custom", tmp_path / "renamed.onnx_adapter")
+    with pytest.raises(Phi4MMError, match="cannot read adapter file"):
+        model.load_adapter("custom", tmp_path / "nowhere.onnx_adapter")
+
+
+def test_custom_adapter_file_is_usable(artifacts):
+    model = Phi4MMEdge.load(artifacts["int4"])
+    model.load_adapter("my-speech", artifacts["int4"] / "speech.onnx_adapter")
+    ids = prompt_ids(10)[0].tolist()
+    ours = model.generate_from_ids(ids, max_new_tokens=6, adapter="my-speech")
+    builtin = model.generate_from_ids(ids, max_new_tokens=6, adapter="speech")
+    ours.text(), builtin.text()
+    assert ours.result["token_ids"] == builtin.result["token_ids"]
+
+
+def test_prompt_longer_than_the_context_is_refused(artifacts):
+    model = Phi4MMEdge.load(artifacts["int4"], context_length=32)
+    with pytest.raises(Phi4MMError, match="the context holds 32"):
+        model.generate("word " * 40)
+    with pytest.raises(Phi4MMError, match="outside 1..4096"):
+        Phi4MMEdge.load(artifacts["int4"], context_length=10**6)
+
+
+def test_generation_stops_at_the_context_end(artifacts):
+    model = Phi4MMEdge.load(artifacts["int4"], context_length=24)
+    ids = prompt_ids(20)[0].tolist()
+    generation = model.generate_from_ids(ids, max_new_tokens=50)
+    generation.text()
+    assert generation.result["finish_reason"] == "length" and len(generation.result["token_ids"]) == 4
+
+
+def test_bad_requests_are_refused(artifacts):
+    model = Phi4MMEdge.load(artifacts["int4"])
+    with pytest.raises(Phi4MMError, match="not in this artifact"):
+        model.generate("hi", adapter="music")
+    with pytest.raises(Phi4MMError, match="bad message"):
+        model.generate([{"role": "robot", "content": "hi"}])
+    with pytest.raises(Phi4MMError, match="max_new_tokens"):
+        model.generate("hi", max_new_tokens=0)
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path):
+    process = phi4mm_edge("run", tmp_path / "nowhere", "--prompt", "hi", check=False)
+    assert process.returncode == 2
+    assert "phi4mm-edge: error:" in process.stderr and "Traceback" not in process.stderr
