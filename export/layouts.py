@@ -16,44 +16,37 @@ from pathlib import Path
 from . import architecture
 from .safetensors_file import write_safetensors
 
-_AUDIO_BLOCK = r"(audio_embed\.encoder\.encoders\.\d+\."
-# (pattern in an original name, replacement giving the native name)
-_ORIGINAL_TO_NATIVE = [
-    (_AUDIO_BLOCK + r"feed_forward_(?:in|out))\.net\.0\.linear\.", r"\1.gate_up_proj."),
-    (_AUDIO_BLOCK + r"feed_forward_(?:in|out))\.net\.2\.", r"\1.down_proj."),
-    (_AUDIO_BLOCK + r"self_attn)\.linear_(q|k|v)\.", r"\1.\2_proj."),
-    (_AUDIO_BLOCK + r"self_attn)\.linear_out\.", r"\1.o_proj."),
-    (r"image_embed\.img_projection\.0\.", "image_embed.img_projection_up."),
-    (r"image_embed\.img_projection\.2\.", "image_embed.img_projection_down."),
-    (r"image_embed\.glb_GN$", "image_embed.global_img_feature_extensor"),
-    (r"image_embed\.sub_GN$", "image_embed.sub_img_feature_extensor"),
-    (r"audio_embed\.audio_projection\.speech\.0\.", "audio_embed.up_proj_for_speech."),
-    (r"audio_embed\.audio_projection\.speech\.2\.", "audio_embed.down_proj_for_speech."),
-    (r"audio_embed\.audio_projection\.vision\.0\.", "audio_embed.up_proj_for_vision_speech."),
-    (r"audio_embed\.audio_projection\.vision\.2\.", "audio_embed.down_proj_for_vision_speech."),
-    (r"\.base_layer\.", "."),
-]
-_NATIVE_TO_ORIGINAL = [
-    (_AUDIO_BLOCK + r"feed_forward_(?:in|out))\.gate_up_proj\.", r"\1.net.0.linear."),
-    (_AUDIO_BLOCK + r"feed_forward_(?:in|out))\.down_proj\.", r"\1.net.2."),
-    (_AUDIO_BLOCK + r"self_attn)\.(q|k|v)_proj\.", r"\1.linear_\2."),
-    (_AUDIO_BLOCK + r"self_attn)\.o_proj\.", r"\1.linear_out."),
-    (r"image_embed\.img_projection_up\.", "image_embed.img_projection.0."),
-    (r"image_embed\.img_projection_down\.", "image_embed.img_projection.2."),
-    (r"image_embed\.global_img_feature_extensor$", "image_embed.glb_GN"),
-    (r"image_embed\.sub_img_feature_extensor$", "image_embed.sub_GN"),
-    (r"audio_embed\.up_proj_for_speech\.", "audio_embed.audio_projection.speech.0."),
-    (r"audio_embed\.down_proj_for_speech\.", "audio_embed.audio_projection.speech.2."),
-    (r"audio_embed\.up_proj_for_vision_speech\.", "audio_embed.audio_projection.vision.0."),
-    (r"audio_embed\.down_proj_for_vision_speech\.", "audio_embed.audio_projection.vision.2."),
-    (r"^(model\.layers\.\d+\.(?:self_attn\.(?:qkv|o)_proj|mlp\.(?:gate_up|down)_proj))\.weight$", r"\1.base_layer.weight"),
+_AUDIO_BLOCK = r"audio_embed\.encoder\.encoders\.\d+\."
+# (context, name part in the original layout, name part in the native layout): a name is renamed
+# where the part follows its context. One table serves both directions.
+_RENAMES = [
+    (_AUDIO_BLOCK + r"feed_forward_(?:in|out)\.", "net.0.linear.", "gate_up_proj."),
+    (_AUDIO_BLOCK + r"feed_forward_(?:in|out)\.", "net.2.", "down_proj."),
+    (_AUDIO_BLOCK + r"self_attn\.", "linear_q.", "q_proj."),
+    (_AUDIO_BLOCK + r"self_attn\.", "linear_k.", "k_proj."),
+    (_AUDIO_BLOCK + r"self_attn\.", "linear_v.", "v_proj."),
+    (_AUDIO_BLOCK + r"self_attn\.", "linear_out.", "o_proj."),
+    (r"image_embed\.", "img_projection.0.", "img_projection_up."),
+    (r"image_embed\.", "img_projection.2.", "img_projection_down."),
+    (r"image_embed\.", "glb_GN", "global_img_feature_extensor"),
+    (r"image_embed\.", "sub_GN", "sub_img_feature_extensor"),
+    (r"audio_embed\.", "audio_projection.speech.0.", "up_proj_for_speech."),
+    (r"audio_embed\.", "audio_projection.speech.2.", "down_proj_for_speech."),
+    (r"audio_embed\.", "audio_projection.vision.0.", "up_proj_for_vision_speech."),
+    (r"audio_embed\.", "audio_projection.vision.2.", "down_proj_for_vision_speech."),
+    # The LoRA-wrapped decoder linears keep their base weight under `base_layer`.
+    (r"^model\.layers\.\d+\.(?:self_attn\.(?:qkv|o)_proj|mlp\.(?:gate_up|down)_proj)\.", "base_layer.weight", "weight"),
 ]
 _INLINE_LORA = re.compile(r"^(model\.layers\.\d+\.[\w.]+)\.lora_([AB])\.(vision|speech)\.weight$")
 
 
-def _apply_first(rules, name: str) -> str:
-    for pattern, replacement in rules:
-        renamed, count = re.subn(pattern, replacement, name)
+def _rename(name: str, source: int) -> str:
+    """Apply the first rule whose context + part matches; `source` 1 = original, 2 = native.
+    A part ending in "." is followed by more of the name; any other part ends the name."""
+    for rule in _RENAMES:
+        part, replacement = rule[source], rule[3 - source]
+        pattern = f"({rule[0]}){re.escape(part)}" + ("" if part.endswith(".") else "$")
+        renamed, count = re.subn(pattern, lambda match: match.group(1) + replacement, name)
         if count:
             return renamed
     return name
@@ -66,11 +59,11 @@ def original_to_native(name: str) -> str:
     if lora:
         module, matrix, adapter = lora.groups()
         return f"{adapter}:base_model.model.{module}.lora_{matrix}.weight"
-    return _apply_first(_ORIGINAL_TO_NATIVE, name)
+    return _rename(name, 1)
 
 
 def native_to_original(name: str) -> str:
-    return _apply_first(_NATIVE_TO_ORIGINAL, name)
+    return _rename(name, 2)
 
 
 def native_config(config: dict) -> dict:

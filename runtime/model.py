@@ -130,17 +130,8 @@ class Phi4MMEdge:
             "audio_features": self._no_features if audio_features is None else audio_features,
         })[0]
 
-    def _forward(self, embeds: np.ndarray | None, start: int, count: int) -> np.ndarray:
-        """Run `count` positions starting at `start` (past = start tokens); return last-position logits."""
-        b = self._binding
-        b.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask[:, : start + count]))
-        if embeds is None:  # a decode step: input and output buffers are the preallocated ones
-            b.bind_ortvalue_input("inputs_embeds", self._step_embeds_value)
-            b.bind_ortvalue_output("logits", self._step_logits_value)
-            self.decoder.run_with_iobinding(b)
-            self.cache.length = start + count
-            return self._step_logits[0, -1]
-        return self.run_positions(embeds, start)[0, -1]
+    def _bind_mask(self, total: int) -> None:
+        self._binding.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask[:, :total]))
 
     def run_positions(self, embeds: np.ndarray, start: int = 0) -> np.ndarray:
         """Run inputs_embeds [1, n, hidden] at positions start..start+n-1 over the cached prefix;
@@ -149,7 +140,7 @@ class Phi4MMEdge:
         if start + count > self.cache.capacity:
             raise Phi4MMError(f"{start + count} positions do not fit the context of {self.cache.capacity} tokens")
         logits = np.empty((1, count, self.model["vocab_size"]), np.float32)
-        b.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask[:, : start + count]))
+        self._bind_mask(start + count)
         b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
         b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
         self.decoder.run_with_iobinding(b)
@@ -157,10 +148,16 @@ class Phi4MMEdge:
         return logits
 
     def step_logits(self, token_id: int) -> np.ndarray:
-        """Logits [vocab] after appending one token to the cached sequence."""
+        """Logits [vocab] after appending one token to the cached sequence. The array is the
+        preallocated step buffer: it is valid until the next step (copy it to keep it)."""
         self._step_id[0, 0] = token_id
         self.embedding.run_with_iobinding(self._embed_binding)
-        return self._forward(None, self.cache.length, 1).copy()
+        self._bind_mask(self.cache.length + 1)
+        self._binding.bind_ortvalue_input("inputs_embeds", self._step_embeds_value)
+        self._binding.bind_ortvalue_output("logits", self._step_logits_value)
+        self.decoder.run_with_iobinding(self._binding)
+        self.cache.length += 1
+        return self._step_logits[0, -1]
 
     # -- generation ----------------------------------------------------------------------------
     def prompt_ids(self, messages) -> list[int]:
@@ -195,9 +192,10 @@ class Phi4MMEdge:
         started = time.perf_counter()
         self.activate(adapter)
         prompt_embeds = self.embed(np.array([ids], np.int64))
-        logits = self._forward(prompt_embeds, 0, len(ids))
+        logits = self.run_positions(prompt_embeds)[0, -1]
         switch = self.model["original_max_position_embeddings"]
-        generated, text, first_token_at = [], "", None
+        generated, first_token_at = [], None
+        shown, prefix, read = "", 0, 0  # incremental detokenization window over `generated`
         while True:
             token = choose_token(logits, temperature, top_k, top_p, rng)
             if first_token_at is None:
@@ -206,11 +204,14 @@ class Phi4MMEdge:
             if token in self.eos_ids:
                 finish = "stop"
                 break
-            full = self.tokenizer.decode(generated)
-            if not full.endswith("\ufffd"):  # hold back an incomplete UTF-8 sequence
-                piece, text = full[len(text):], full
-                if piece:
-                    yield piece
+            # Decode only a short window: the tokens since the last emitted piece, plus the ones
+            # before it for context; hold back while the window ends in an incomplete UTF-8 sequence.
+            before, after = self.tokenizer.decode(generated[prefix:read]), self.tokenizer.decode(generated[prefix:])
+            if len(after) > len(before) and not after.endswith("\ufffd"):
+                piece = after[len(before):]
+                shown += piece
+                prefix, read = read, len(generated)
+                yield piece
             total = len(ids) + len(generated)
             if len(generated) >= max_new_tokens or total >= self.cache.capacity:
                 finish = "length"
@@ -219,16 +220,16 @@ class Phi4MMEdge:
                 # The sequence crosses LongRoPE's switch: the long factors now apply to every
                 # position, so the cache is recomputed from the start, as the reference does.
                 all_embeds = np.concatenate([prompt_embeds, self.embed(np.array([generated], np.int64))], axis=1)
-                logits = self._forward(all_embeds, 0, total)
+                logits = self.run_positions(all_embeds)[0, -1]
             else:
                 logits = self.step_logits(token)
         finished = time.perf_counter()
-        full = self.tokenizer.decode(generated)
-        if full != text:
-            yield full[len(text):]
+        text = self.tokenizer.decode(generated)
+        if text.startswith(shown) and text != shown:
+            yield text[len(shown):]
         decode_s = finished - first_token_at
         generation.result = {
-            "text": full,
+            "text": text,
             "token_ids": generated,
             "adapter": adapter,
             "prompt_tokens": len(ids),

@@ -36,7 +36,15 @@ def runtime_logits(model, adapter: str, ids: np.ndarray, tokens):
     """Our prefill logits [n, vocab] and decode-step logits for the same fed tokens."""
     model.activate(adapter)
     prefill = model.run_positions(model.embed(ids), 0)[0]
-    return prefill, [model.step_logits(t) for t in tokens]
+    return prefill, [model.step_logits(t).copy() for t in tokens]
+
+
+def paired_logits(model, reference, adapter: str, ids: np.ndarray, steps: int = 8):
+    """Ours and the reference's, teacher-forced on the reference's greedy tokens:
+    (prefill, reference prefill, decode steps, reference decode steps)."""
+    ref_prefill, ref_decode, tokens = reference_logits(reference, adapter, ids, steps)
+    prefill, decode = runtime_logits(model, adapter, ids, tokens)
+    return prefill, ref_prefill, decode, ref_decode
 
 
 def max_relative_error(ours, reference) -> float:

@@ -5,7 +5,7 @@ import pytest
 
 from phi4mm_edge.runtime import Phi4MMEdge
 from conftest import prompt_ids
-from reference_steps import max_relative_error, reference_logits, runtime_logits
+from reference_steps import max_relative_error, paired_logits
 
 ADAPTERS = ("none", "vision", "speech")
 # fp32 export vs fp32 reference: the same math in a different order (fused attention, MLAS GEMMs).
@@ -21,9 +21,7 @@ def fp32_models(artifacts):
 @pytest.mark.parametrize("layout", ["native", "original"])
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_fp32_prefill_and_decode_match_reference(fp32_models, reference, layout, adapter):
-    ids = prompt_ids(20)
-    ref_prefill, ref_decode, tokens = reference_logits(reference, adapter, ids, steps=8)
-    prefill, decode = runtime_logits(fp32_models[layout], adapter, ids, tokens)
+    prefill, ref_prefill, decode, ref_decode = paired_logits(fp32_models[layout], reference, adapter, prompt_ids(20))
     assert max_relative_error(prefill, ref_prefill) <= FP32_TOLERANCE
     for step, (ours, theirs) in enumerate(zip(decode, ref_decode)):
         assert max_relative_error(ours, theirs) <= FP32_TOLERANCE, f"decode step {step}"
@@ -34,8 +32,7 @@ def test_prompt_past_longrope_switch_matches_reference(fp32_models, reference, a
     model = fp32_models["native"]
     switch = model.model["original_max_position_embeddings"]
     ids = prompt_ids(switch + 37, seed=2)  # every position uses the long factors
-    ref_prefill, ref_decode, tokens = reference_logits(reference, adapter, ids, steps=8)
-    prefill, decode = runtime_logits(model, adapter, ids, tokens)
+    prefill, ref_prefill, decode, ref_decode = paired_logits(model, reference, adapter, ids)
     assert max_relative_error(prefill, ref_prefill) <= FP32_TOLERANCE
     assert max(max_relative_error(a, b) for a, b in zip(decode, ref_decode)) <= FP32_TOLERANCE
 
@@ -81,9 +78,7 @@ def test_generation_across_the_switch_matches_cache_free_reference(fp32_models, 
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_int4_weights_are_exactly_the_dequantized_reference(artifacts, int4_reference, adapter):
     model = Phi4MMEdge.load(artifacts["int4-exact"])
-    ids = prompt_ids(20)
-    ref_prefill, ref_decode, tokens = reference_logits(int4_reference, adapter, ids, steps=8)
-    prefill, decode = runtime_logits(model, adapter, ids, tokens)
+    prefill, ref_prefill, decode, ref_decode = paired_logits(model, int4_reference, adapter, prompt_ids(20))
     assert max_relative_error(prefill, ref_prefill) <= FP32_TOLERANCE
     assert max(max_relative_error(a, b) for a, b in zip(decode, ref_decode)) <= FP32_TOLERANCE
 
@@ -106,9 +101,7 @@ INT4_WORST_TOLERANCE = 0.08
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_int4_as_shipped_stays_close_to_the_dequantized_reference(artifacts, int4_reference, adapter):
     model = Phi4MMEdge.load(artifacts["int4"])
-    ids = prompt_ids(20)
-    ref_prefill, ref_decode, tokens = reference_logits(int4_reference, adapter, ids, steps=8)
-    prefill, decode = runtime_logits(model, adapter, ids, tokens)
+    prefill, ref_prefill, decode, ref_decode = paired_logits(model, int4_reference, adapter, prompt_ids(20))
     errors = [relative_norm_error(prefill[i], ref_prefill[i]) for i in range(len(prefill))]
     errors += [relative_norm_error(ours, theirs) for ours, theirs in zip(decode, ref_decode)]
     assert np.median(errors) <= INT4_MEDIAN_TOLERANCE
