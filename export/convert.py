@@ -1,5 +1,6 @@
 """`phi4mm-edge export CHECKPOINT OUT`: checkpoint folder -> artifact folder."""
 
+import json
 import shutil
 import time
 from dataclasses import asdict
@@ -15,9 +16,23 @@ from .embedding import build_embedding, tied_lm_head, untied_lm_head, write_toke
 from .linear import Precision
 from .onnx_graph import ExternalData, Graph
 from .text_decoder import build_decoder
+from .vision import ENCODER as VISION_ENCODER
+from .vision import build_vision
 
 # Tokenizer and chat-template files copied next to the graphs when the checkpoint has them.
-TOKENIZER_FILES = artifact.TOKENIZER_FILES + ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+TOKENIZER_FILES = artifact.TOKENIZER_FILES + ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+                                               "chat_template.json", "preprocessor_config.json")
+MAX_CROPS = 36  # the processor's dynamic_hd when preprocessor_config.json does not say
+
+
+def _max_crops(folder: Path) -> int:
+    path = folder / "preprocessor_config.json"
+    if path.is_file():
+        try:
+            return int(json.loads(path.read_text()).get("dynamic_hd", MAX_CROPS))
+        except (json.JSONDecodeError, ValueError, TypeError):
+            raise Phi4MMError(f"{path} is not valid: re-download the checkpoint's preprocessor_config.json") from None
+    return MAX_CROPS
 
 
 def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_precision: str = "fp32",
@@ -34,9 +49,13 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         raise Phi4MMError(f"rotary dims {text.rotary_dim}: GroupQueryAttention needs rotary_dim/2 to be a multiple of 8")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / artifact.MANIFEST).unlink(missing_ok=True)  # a half-written folder must not look complete
+    # A half-written folder must not look complete, and a previous export's graphs must not linger.
+    for stale in [out / artifact.MANIFEST, out / ".verified.json", *out.glob("*.onnx"), *out.glob("*.onnx.data"),
+                  *out.glob("*" + artifact.ADAPTER_SUFFIX)]:
+        stale.unlink(missing_ok=True)
     adapters = ckpt.adapter_names()
-    bar = tqdm(total=2 + text.num_layers + len(adapters), desc="export", unit="step", disable=not show_progress)
+    has_vision = ckpt.has(VISION_ENCODER + "embeddings.patch_embedding.weight")
+    bar = tqdm(total=2 + text.num_layers + len(adapters) + has_vision, desc="export", unit="step", disable=not show_progress)
 
     def step(label):
         bar.set_postfix_str(label)
@@ -59,6 +78,17 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     for data in (shared, embedding_data, decoder_data):
         data.close()
     step("lm_head")
+
+    vision_entry = None
+    if has_vision:
+        vision_data = ExternalData(out / "vision.onnx.data")
+        vision = Graph("vision", vision_data)
+        config = build_vision(ckpt, vision, precision)
+        vision.save(out / artifact.VISION_GRAPH)
+        vision_data.close()
+        vision_entry = {"graph": artifact.VISION_GRAPH, "crop_size": config.crop_size, "patch_size": config.patch_size,
+                        "max_crops": _max_crops(ckpt.folder), "mean": 0.5, "std": 0.5, "encoder": asdict(config)}
+        step("vision")
 
     adapter_entries = {}
     for name in adapters:
@@ -85,6 +115,7 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
                       "adapters": adapter_precision},
         "model": asdict(text),
         "graphs": {"embedding": artifact.EMBEDDING_GRAPH, "decoder": artifact.DECODER_GRAPH},
+        "vision": vision_entry,
         "adapters": adapter_entries,
         "export_seconds": round(time.perf_counter() - started, 2),
     }

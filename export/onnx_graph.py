@@ -91,7 +91,7 @@ class Graph:
         if array.nbytes >= INLINE_LIMIT:
             self.initializers.append(self.data.tensor(name, array))
         else:
-            self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+            self.initializers.append(numpy_helper.from_array(np.require(array, requirements="C"), name))  # keeps 0-d scalars 0-d
         return name
 
     def constant(self, base: str, value) -> str:

@@ -121,6 +121,26 @@ def _generation_config() -> dict:
     return {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_IDS, "pad_token_id": BOS_TOKEN_ID, "do_sample": False}
 
 
+def _preprocessor_config(config: dict) -> dict:
+    """The image/audio processor settings transformers' Phi4MultimodalProcessor reads."""
+    crop = config["vision_config"]["crop_size"]
+    return {
+        "image_processor_type": "Phi4MultimodalImageProcessor",
+        "feature_extractor_type": "Phi4MultimodalFeatureExtractor",
+        "processor_class": "Phi4MultimodalProcessor",
+        "dynamic_hd": 36,
+        "patch_size": config["vision_config"]["patch_size"],
+        "size": {"height": crop, "width": crop},
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "audio_compression_rate": config["audio_config"]["time_reduction"],
+        "audio_downsample_rate": 1,
+        "audio_feat_stride": 1,
+        "feature_size": config["audio_config"]["input_size"],
+        "sampling_rate": 16000,
+    }
+
+
 def write_reference(folder: Path, seed: int = 0, layout: str = "native", dtype: str = "BF16", config: dict | None = None) -> Path:
     """Write a reference checkpoint folder and return its path. `layout` is 'native' or 'original'."""
     folder = Path(folder)
@@ -155,4 +175,5 @@ def write_reference(folder: Path, seed: int = 0, layout: str = "native", dtype: 
     (folder / "tokenizer.json").write_text(build_tokenizer_json())
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2))
     (folder / "generation_config.json").write_text(json.dumps(_generation_config(), indent=2))
+    (folder / "preprocessor_config.json").write_text(json.dumps(_preprocessor_config(config), indent=2))
     return folder

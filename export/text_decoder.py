@@ -3,7 +3,8 @@
 Inputs: inputs_embeds [batch, seq, hidden], attention_mask [batch, total] (int64; total = past +
 seq), past_key_values.N.{key,value} [batch, kv_heads, cache, head_dim], and for every LoRA
 target `lora.layers.N.<module>.A` [in, rank] / `.B` [rank, out] (rank 0 = no adapter).
-Outputs: logits [batch, seq, vocab] and present.N.{key,value}. Attention is ONNX Runtime's
+logits_to_keep [1] says how many of the last positions get logits.
+Outputs: logits [batch, logits_to_keep, vocab] and present.N.{key,value}. Attention is ONNX Runtime's
 GroupQueryAttention: past and present may share one buffer of the maximum length.
 """
 
@@ -108,5 +109,10 @@ def build_decoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, lm
         if progress:
             progress(f"decoder layer {layer}")
     x = rms_norm(g, x, checkpoint.tensor("model.norm.weight"), t.rms_norm_eps, "norm")
+    # Only the last `logits_to_keep` positions reach lm_head: generation needs one row, and at
+    # vocab 200064 all rows of a long prompt would cost ~0.8 MB each, all thrown away.
+    keep = g.input("logits_to_keep", TensorProto.INT64, [1])
+    x = g.op("Slice", [x, g.op("Neg", [keep]), g.constant("end", np.array([np.iinfo(np.int64).max], np.int64)),
+                       g.constant("axis1", np.array([1], np.int64))], name="last_positions")
     g.op("Identity", [lm_head(g, x)], outputs=["logits"], name="logits")
-    g.output("logits", TensorProto.FLOAT, ["batch", "sequence", t.vocab_size])
+    g.output("logits", TensorProto.FLOAT, ["batch", "kept_positions", t.vocab_size])

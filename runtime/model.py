@@ -22,9 +22,11 @@ from ..errors import Phi4MMError
 from .adapters import NONE, AdapterSet
 from .chat import ChatTokenizer
 from .kv_cache import KVCache
+from .prompt import PLACEHOLDER, expand, place_media
 from .providers import open_session, session_options
 from .sampling import choose_token
 from .verify import verify_artifact
+from .vision import VisionEncoder
 
 DEFAULT_CONTEXT = 4096  # tokens of KV cache allocated at load; --context raises it up to the model's maximum
 
@@ -59,9 +61,9 @@ class Generation:
 
 
 class Phi4MMEdge:
-    def __init__(self, folder, manifest, embedding, decoder, tokenizer, adapters, context_length, load_ms):
+    def __init__(self, folder, manifest, embedding, decoder, tokenizer, adapters, context_length, load_ms, vision=None):
         self.folder, self.manifest = Path(folder), manifest
-        self.embedding, self.decoder = embedding, decoder
+        self.embedding, self.decoder, self.vision = embedding, decoder, vision
         self.tokenizer, self.adapters = tokenizer, adapters
         self.model = manifest["model"]
         self.eos_ids = set(self.model["eos_token_ids"])
@@ -74,6 +76,7 @@ class Phi4MMEdge:
         self._step_embeds = np.zeros((1, 1, hidden), np.float32)
         self._step_logits = np.zeros((1, 1, self.model["vocab_size"]), np.float32)
         self._mask = np.ones((1, context_length), np.int64)
+        self._keep_last = np.ones(1, np.int64)
         self._step_embeds_value = ort.OrtValue.ortvalue_from_numpy(self._step_embeds)
         self._step_logits_value = ort.OrtValue.ortvalue_from_numpy(self._step_logits)
         self._embed_binding = embedding.io_binding()
@@ -102,8 +105,9 @@ class Phi4MMEdge:
         decoder = open_session(folder / DECODER_GRAPH, options, provider)
         tokenizer = ChatTokenizer(folder)
         adapters = AdapterSet(folder, manifest.get("adapters", {}), decoder)
+        vision = VisionEncoder(folder, manifest["vision"], options, provider) if manifest.get("vision") else None
         load_ms = (time.perf_counter() - started) * 1000
-        return cls(folder, manifest, embedding, decoder, tokenizer, adapters, context_length, load_ms)
+        return cls(folder, manifest, embedding, decoder, tokenizer, adapters, context_length, load_ms, vision)
 
     # -- adapters ----------------------------------------------------------------------------
     def load_adapter(self, name: str, path) -> None:
@@ -133,13 +137,15 @@ class Phi4MMEdge:
     def _bind_mask(self, total: int) -> None:
         self._binding.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask[:, :total]))
 
-    def run_positions(self, embeds: np.ndarray, start: int = 0) -> np.ndarray:
+    def run_positions(self, embeds: np.ndarray, start: int = 0, keep: int | None = None) -> np.ndarray:
         """Run inputs_embeds [1, n, hidden] at positions start..start+n-1 over the cached prefix;
-        return logits [1, n, vocab]."""
+        return the logits of the last `keep` positions (all by default), [1, keep, vocab]."""
         b, count = self._binding, embeds.shape[1]
         if start + count > self.cache.capacity:
             raise Phi4MMError(f"{start + count} positions do not fit the context of {self.cache.capacity} tokens")
-        logits = np.empty((1, count, self.model["vocab_size"]), np.float32)
+        keep = count if keep is None else keep
+        logits = np.empty((1, keep, self.model["vocab_size"]), np.float32)
+        b.bind_cpu_input("logits_to_keep", np.array([keep], np.int64))
         self._bind_mask(start + count)
         b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
         b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
@@ -153,6 +159,7 @@ class Phi4MMEdge:
         self._step_id[0, 0] = token_id
         self.embedding.run_with_iobinding(self._embed_binding)
         self._bind_mask(self.cache.length + 1)
+        self._binding.bind_cpu_input("logits_to_keep", self._keep_last)
         self._binding.bind_ortvalue_input("inputs_embeds", self._step_embeds_value)
         self._binding.bind_ortvalue_output("logits", self._step_logits_value)
         self.decoder.run_with_iobinding(self._binding)
@@ -163,13 +170,41 @@ class Phi4MMEdge:
     def prompt_ids(self, messages) -> list[int]:
         return self.tokenizer.encode(self.tokenizer.render(messages))
 
-    def generate(self, messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+    def prepare_prompt(self, messages, images=()) -> tuple[list[int], np.ndarray | None]:
+        """Token ids with the placeholders expanded, and the image feature rows in prompt order."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        images = list(images or [])
+        if images and self.vision is None:
+            raise Phi4MMError("this artifact has no vision.onnx: re-export it from a checkpoint with the vision encoder")
+        prepared = [self.vision.prepare(image) for image in images]
+        text = self.tokenizer.render(place_media(list(messages), len(images), 0))
+        order = [int(n) for kind, n in PLACEHOLDER.findall(text) if kind == "image"]
+        image_token = self.tokenizer.tokenizer.id_to_token(self.model["image_token_id"])
+        text = expand(text, {"image": image_token}, {"image": [p.num_tokens for p in prepared]})
+        ids = self.tokenizer.encode(text)
+        features = None
+        if prepared:
+            per_image = {n: self.vision.features(prepared[n - 1]) for n in sorted(set(order))}
+            features = np.concatenate([per_image[n] for n in order])
+        if ids.count(self.model["image_token_id"]) != (0 if features is None else features.shape[0]):
+            raise Phi4MMError(f"the prompt text contains the image placeholder token {image_token!r} itself: "
+                              f"refer to images with <|image_N|> and pass them as images")
+        return ids, features
+
+    def generate(self, messages, images=(), max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = 0, seed: int | None = None, adapter: str = "auto") -> Generation:
-        """Stream an answer. `messages` is a string or a list of {role, content}."""
-        return self.generate_from_ids(self.prompt_ids(messages), max_new_tokens, temperature, top_p, top_k, seed, route(adapter))
+        """Stream an answer. `messages` is a string or a list of {role, content}; `images` are
+        paths, bytes, PIL images or HxWx3 BGR arrays, referred to as <|image_1|>, <|image_2|> ..."""
+        started = time.perf_counter()
+        ids, image_features = self.prepare_prompt(messages, images)
+        return self.generate_from_ids(ids, max_new_tokens, temperature, top_p, top_k, seed,
+                                      route(adapter, has_image=image_features is not None),
+                                      image_features=image_features, started=started)
 
     def generate_from_ids(self, ids: list[int], max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                          top_k: int = 0, seed: int | None = None, adapter: str = NONE) -> Generation:
+                          top_k: int = 0, seed: int | None = None, adapter: str = NONE, image_features=None,
+                          started: float | None = None) -> Generation:
         """Stream an answer to an already tokenized prompt, with an explicit adapter."""
         if adapter != NONE and adapter not in self.adapters.names():
             raise Phi4MMError(f"adapter {adapter!r} is not in this artifact; it has {self.adapters.names()}")
@@ -184,15 +219,15 @@ class Phi4MMEdge:
         if not ids:
             raise Phi4MMError("the prompt is empty")
         generation = Generation(None)
-        generation._pieces = self._stream(generation, ids, max_new_tokens, temperature, top_p, top_k, seed, adapter)
+        generation._pieces = self._stream(generation, ids, max_new_tokens, temperature, top_p, top_k, seed, adapter,
+                                          image_features, started or time.perf_counter())
         return generation
 
-    def _stream(self, generation, ids, max_new_tokens, temperature, top_p, top_k, seed, adapter):
+    def _stream(self, generation, ids, max_new_tokens, temperature, top_p, top_k, seed, adapter, image_features, started):
         rng = np.random.default_rng(seed)
-        started = time.perf_counter()
         self.activate(adapter)
-        prompt_embeds = self.embed(np.array([ids], np.int64))
-        logits = self.run_positions(prompt_embeds)[0, -1]
+        prompt_embeds = self.embed(np.array([ids], np.int64), image_features)
+        logits = self.run_positions(prompt_embeds, keep=1)[0, -1]
         switch = self.model["original_max_position_embeddings"]
         generated, first_token_at = [], None
         shown, prefix, read = "", 0, 0  # incremental detokenization window over `generated`
@@ -220,7 +255,7 @@ class Phi4MMEdge:
                 # The sequence crosses LongRoPE's switch: the long factors now apply to every
                 # position, so the cache is recomputed from the start, as the reference does.
                 all_embeds = np.concatenate([prompt_embeds, self.embed(np.array([generated], np.int64))], axis=1)
-                logits = self.run_positions(all_embeds)[0, -1]
+                logits = self.run_positions(all_embeds, keep=1)[0, -1]
             else:
                 logits = self.step_logits(token)
         finished = time.perf_counter()

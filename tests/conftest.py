@@ -47,7 +47,9 @@ def _reference(checkpoint, transform=None):
     from transformers import Phi4MultimodalForCausalLM
 
     torch.manual_seed(0)
-    base = Phi4MultimodalForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    # eager attention: with SDPA, transformers 5.23 runs the SigLIP encoder causally whenever no
+    # patch is padded (its vision attention declares is_causal=True); SigLIP is bidirectional.
+    base = Phi4MultimodalForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, attn_implementation="eager")
     if transform:
         transform(base)
     model = PeftModel.from_pretrained(base, checkpoint / "vision-lora", adapter_name="vision")

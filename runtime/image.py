@@ -1,0 +1,177 @@
+"""Image preprocessing for Phi-4-multimodal, in numpy and Pillow (no torch).
+
+It matches transformers' `Phi4MultimodalImageProcessor`:
+1. Dynamic HD tiling. The image is resized (bilinear, antialiased, uint8) to fill a grid of
+   crop-sized tiles that fits the crop limit, then padded with white to the whole grid.
+2. Each crop gets a 32x32 mask of its real (unpadded) patches.
+3. A global view: the whole padded image, normalized, resized bicubic to one crop.
+4. The crop order is [global, row-major tiles].
+
+The constants below are the real model's; an artifact's manifest can override them.
+"""
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import Phi4MMError
+from .resize import resize_bicubic, resize_uint8_antialiased
+
+CROP_SIZE = 448
+PATCH_SIZE = 14
+MAX_CROPS = 36
+IMAGE_MEAN = 0.5
+IMAGE_STD = 0.5
+MAX_PIXELS = 64_000_000  # larger images are refused (a decompression bomb costs GBs before any check)
+BASE_TOKENS = 256 + 1 + 16  # global crop's 16x16 features, the global/sub separator, the global row separators
+
+
+@dataclass
+class ImageSettings:
+    crop_size: int = CROP_SIZE
+    patch_size: int = PATCH_SIZE
+    max_crops: int = MAX_CROPS
+    mean: float = IMAGE_MEAN
+    std: float = IMAGE_STD
+
+    @property
+    def mask_size(self) -> int:
+        return self.crop_size // self.patch_size
+
+
+@dataclass
+class ImageInput:
+    """One image, ready for vision.onnx."""
+
+    pixel_values: np.ndarray  # float32 [1 + tiles, 3, crop, crop], global view first
+    attention_mask: np.ndarray  # float32 [1 + tiles, mask, mask], 1 = a real patch
+    image_size: tuple[int, int]  # (height, width) of the padded HD image
+    crop_grid: tuple[int, int]  # (rows, columns) of tiles
+    num_tokens: int  # image placeholder tokens this image takes in the prompt
+
+
+# -- loading -------------------------------------------------------------------------------------
+def load_image(source) -> Image.Image:
+    """An RGB PIL image from a path, bytes, a PIL image or a numpy HxWx3 frame (opencv BGR).
+    EXIF orientation is applied; transparency is composited onto white; 16-bit is scaled to 8."""
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise Phi4MMError(f"image file {path} does not exist")
+        source = path.read_bytes()
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise Phi4MMError("the image is empty (0 bytes)")
+        try:
+            with Image.open(io.BytesIO(source)) as opened:
+                _check_pixels(opened.size)
+                opened.load()
+                image = opened.copy()
+                image.info.update(opened.info)
+        except Image.DecompressionBombError:
+            raise Phi4MMError(f"the image has more than {MAX_PIXELS} pixels: downscale it first") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise Phi4MMError(f"cannot decode the image ({error}): pass a PNG, JPEG, WebP, BMP, GIF or TIFF file") from None
+    elif isinstance(source, Image.Image):
+        image = source
+    else:
+        raise Phi4MMError(f"unsupported image input {type(source).__name__}: pass a path, bytes, a PIL image or an HxWx3 array")
+    _check_pixels(image.size)
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+def _check_pixels(size) -> None:
+    if size[0] * size[1] > MAX_PIXELS:
+        raise Phi4MMError(f"the image is {size[0]}x{size[1]}, more than {MAX_PIXELS} pixels: downscale it first")
+    if size[0] < 1 or size[1] < 1:
+        raise Phi4MMError(f"the image is {size[0]}x{size[1]}: it has no pixels")
+
+
+def _from_array(frame: np.ndarray) -> Image.Image:
+    if frame.ndim == 2:
+        frame = np.repeat(frame[..., None], 3, axis=-1)
+    if frame.ndim != 3 or frame.shape[-1] not in (3, 4) or frame.dtype != np.uint8:
+        raise Phi4MMError(f"an image array must be HxWx3 (BGR, as opencv gives) uint8; got {frame.shape} {frame.dtype}")
+    _check_pixels((frame.shape[1], frame.shape[0]))
+    return Image.fromarray(np.ascontiguousarray(frame[..., 2::-1]))  # BGR(A) -> RGB
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto white (as transformers does)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # Pillow's RGB conversion clips 16-bit values at 255: scale to 8 bits first.
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(np.round(values * 255.0 / peak), 0, 255).astype(np.uint8), "L")
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+# -- tiling --------------------------------------------------------------------------------------
+def _closest_grid(aspect: float, width: int, height: int, settings: ImageSettings) -> tuple[int, int]:
+    """(columns, rows) with at most max_crops tiles whose aspect is closest to the image's;
+    ties go to the larger grid when the image is large enough to use it."""
+    grids = sorted({(i, j) for n in range(1, settings.max_crops + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+                    if i * j <= settings.max_crops}, key=lambda g: g[0] * g[1])
+    best, best_diff = (1, 1), float("inf")
+    for grid in grids:
+        diff = abs(aspect - grid[0] / grid[1])
+        if diff < best_diff:
+            best, best_diff = grid, diff
+        elif diff == best_diff and width * height > 0.5 * settings.crop_size ** 2 * grid[0] * grid[1]:
+            best = grid
+    return best
+
+
+def preprocess(image: Image.Image, settings: ImageSettings = ImageSettings()) -> ImageInput:
+    """Tiles, masks and the global view of one RGB image."""
+    crop, patch, mask_size = settings.crop_size, settings.patch_size, settings.mask_size
+    width, height = image.size
+    columns, rows = math.ceil(width / crop), math.ceil(height / crop)
+    if columns * rows > settings.max_crops:
+        columns, rows = _closest_grid(width / height, width, height, settings)
+    target_w, target_h = crop * columns, crop * rows
+    if target_w / width < target_h / height:
+        new_w, new_h = target_w, int(height * (target_w / width))
+    else:
+        new_w, new_h = int(width * (target_h / height)), target_h
+    if min(new_h, target_h) < 10 or min(new_w, target_w) < 10:
+        raise Phi4MMError(f"the image is {width}x{height}: its aspect ratio is too extreme (a side would shrink "
+                          f"below 10 pixels); crop it closer to its subject")
+    pad_w, pad_h = target_w - new_w, target_h - new_h
+
+    mask = np.ones((mask_size * rows, mask_size * columns), np.float32)
+    if pad_w >= patch:
+        mask[:, -(pad_w // patch):] = 0
+    if pad_h >= patch:
+        mask[-(pad_h // patch):, :] = 0
+
+    resized = resize_uint8_antialiased(np.asarray(image, np.uint8), new_h, new_w)
+    canvas = np.full((target_h, target_w, 3), 255, np.uint8)
+    canvas[:new_h, :new_w] = resized
+    normalized = ((canvas.astype(np.float32) / 255.0 - settings.mean) / settings.std).transpose(2, 0, 1)
+
+    global_view = resize_bicubic(normalized, crop, crop)
+    tiles = normalized.reshape(3, rows, crop, columns, crop).transpose(1, 3, 0, 2, 4).reshape(-1, 3, crop, crop)
+    tile_masks = mask.reshape(rows, mask_size, columns, mask_size).transpose(0, 2, 1, 3).reshape(-1, mask_size, mask_size)
+
+    # Tokens: the sub-image features after 2x2 pooling keep the real rows/columns, plus one
+    # separator per row; then the fixed global part.
+    pooled = mask[0::2, 0::2]
+    useful_rows, useful_columns = int(pooled[:, 0].sum()), int(pooled[0, :].sum())
+    num_tokens = BASE_TOKENS + useful_rows * useful_columns + useful_rows
+    return ImageInput(
+        pixel_values=np.concatenate([global_view[None], tiles]).astype(np.float32),
+        attention_mask=np.concatenate([np.ones((1, mask_size, mask_size), np.float32), tile_masks]),
+        image_size=(target_h, target_w),
+        crop_grid=(rows, columns),
+        num_tokens=num_tokens,
+    )
