@@ -4,12 +4,16 @@ import json
 import sys
 
 from ..runtime import Phi4MMEdge
+from ..runtime.camera import grab_frame
 
 
 def run(args) -> dict:
+    images = list(args.image)
+    if args.camera is not None:
+        images.append(grab_frame(args.camera))
     model = Phi4MMEdge.load(args.artifact, threads=args.threads, context_length=args.context)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
-    generation = model.generate(messages, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    generation = model.generate(messages, images=images, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, top_k=args.top_k, seed=args.seed, adapter=args.adapter)
     if args.json:
         generation.text()

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, help="tokens of KV cache (prompt + answer); default 4096")
     p.add_argument("--threads", type=int, help="intra-op threads; default one per physical core")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="an image (repeatable); refer to it as <|image_1|>, <|image_2|> ... or it goes before the text")
+    p.add_argument("--camera", nargs="?", const="0", metavar="INDEX|VIDEO_FILE",
+                   help="add one frame from a camera (default 0) or a video file as the last image")
     p.set_defaults(func=_run)
 
     p = commands.add_parser("demo", help="make the reference model, export it and answer with each adapter")

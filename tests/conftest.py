@@ -63,6 +63,21 @@ def reference(checkpoints):
     return _reference(checkpoints["native"])
 
 
+VISION = "model.embed_tokens_extend.image_embed."
+
+
+def is_int4_exported(name: str) -> bool:
+    """The weights an int4 export quantizes: decoder linears, the token table, and the vision
+    encoder's and projection's linears (the patch convolution and the unused pooling head stay)."""
+    if name == "model.embed_tokens.weight":
+        return True
+    if name.startswith("model.layers.") and name.endswith("proj.weight"):
+        return True
+    if name.startswith(VISION + "img_processor.encoder.layers.") and name.endswith(("proj.weight", "fc1.weight", "fc2.weight")):
+        return True
+    return name in (VISION + "img_projection_up.weight", VISION + "img_projection_down.weight")
+
+
 @pytest.fixture(scope="session")
 def int4_reference(checkpoints):
     """The reference with every int4-exported base weight replaced by its dequantized int4 value:
@@ -74,8 +89,7 @@ def int4_reference(checkpoints):
     def dequantize_base(model):
         with torch.no_grad():
             for name, parameter in model.named_parameters():
-                is_linear = name.startswith("model.layers.") and name.endswith("proj.weight")
-                if is_linear or name == "model.embed_tokens.weight":
+                if is_int4_exported(name):
                     q = int4.quantize(parameter.numpy(), 32, symmetric=True)
                     parameter.copy_(torch.from_numpy(int4.dequantize(q)))
 
