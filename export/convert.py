@@ -16,6 +16,8 @@ from .embedding import build_embedding, tied_lm_head, untied_lm_head, write_toke
 from .linear import Precision
 from .onnx_graph import ExternalData, Graph
 from .text_decoder import build_decoder
+from .speech import ENCODER as SPEECH_ENCODER
+from .speech import build_speech
 from .vision import ENCODER as VISION_ENCODER
 from .vision import build_vision
 
@@ -55,7 +57,8 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         stale.unlink(missing_ok=True)
     adapters = ckpt.adapter_names()
     has_vision = ckpt.has(VISION_ENCODER + "embeddings.patch_embedding.weight")
-    bar = tqdm(total=2 + text.num_layers + len(adapters) + has_vision, desc="export", unit="step", disable=not show_progress)
+    has_speech = ckpt.has(SPEECH_ENCODER + "embed.conv.0.weight")
+    bar = tqdm(total=2 + text.num_layers + len(adapters) + has_vision + has_speech, desc="export", unit="step", disable=not show_progress)
 
     def step(label):
         bar.set_postfix_str(label)
@@ -90,6 +93,17 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
                         "max_crops": _max_crops(ckpt.folder), "mean": 0.5, "std": 0.5, "encoder": asdict(config)}
         step("vision")
 
+    speech_entry = None
+    if has_speech:
+        speech_data = ExternalData(out / "speech.onnx.data")
+        speech = Graph("speech", speech_data)
+        config = build_speech(ckpt, speech, precision)
+        speech.save(out / artifact.SPEECH_GRAPH)
+        speech_data.close()
+        speech_entry = {"graph": artifact.SPEECH_GRAPH, "sample_rate": 16000, "mel_bins": config.input_size,
+                        "compression_rate": config.time_reduction, "encoder": asdict(config)}
+        step("speech")
+
     adapter_entries = {}
     for name in adapters:
         lora = ckpt.lora(name)
@@ -116,6 +130,7 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         "model": asdict(text),
         "graphs": {"embedding": artifact.EMBEDDING_GRAPH, "decoder": artifact.DECODER_GRAPH},
         "vision": vision_entry,
+        "speech": speech_entry,
         "adapters": adapter_entries,
         "export_seconds": round(time.perf_counter() - started, 2),
     }

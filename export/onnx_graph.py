@@ -111,6 +111,17 @@ class Graph:
         self.nodes.append(helper.make_node(op_type, list(inputs), output_names, name=node_name, domain=domain or None, **attrs))
         return output_names[0] if len(output_names) == 1 else output_names
 
+    def branch(self, name: str) -> "Graph":
+        """A subgraph (for If) sharing this graph's data file and name counter."""
+        child = Graph(name, self.data)
+        child._counter = self._counter + 100000 * (1 + len(self.nodes))
+        return child
+
+    def subgraph(self, child: "Graph", outputs: list[str]):
+        """Close a branch (float outputs): its initializers move to this (outer) graph, which the subgraph can see."""
+        self.initializers.extend(child.initializers)
+        return helper.make_graph(child.nodes, child.name, [], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs])
+
     def save(self, path: Path) -> None:
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
         model = helper.make_model(

@@ -17,6 +17,7 @@ MANIFEST = "manifest.json"
 EMBEDDING_GRAPH = "embedding.onnx"
 DECODER_GRAPH = "decoder.onnx"
 VISION_GRAPH = "vision.onnx"
+SPEECH_GRAPH = "speech.onnx"
 ADAPTER_SUFFIX = ".onnx_adapter"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
 # Decoder graph input names: the runtime binds adapter tensors to these names.

@@ -1,0 +1,129 @@
+"""Audio input for Phi-4-multimodal: decode, resample to 16 kHz mono, log-mel features.
+
+The log-mel matches transformers' `Phi4MultimodalFeatureExtractor`: 25 ms Hamming frames
+(non-periodic) every 10 ms, pre-emphasis inside each frame, 16-bit scaling, a 512-point FFT
+power spectrum, 80 Kaldi-style mel filters (0-7690 Hz, triangles in mel space), log(max(x, 1)).
+"""
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import Phi4MMError
+
+SAMPLE_RATE = 16000
+N_FFT = 512
+WIN_LENGTH = 400  # 25 ms
+HOP_LENGTH = 160  # 10 ms
+N_MELS = 80
+PREEMPHASIS = 0.97
+PCM_SCALE = 32768  # features are computed on 16-bit sample values
+MEL_MIN_HZ, MEL_MAX_HZ = 0.0, 7690.0
+COMPRESSION_RATE = 8  # the conformer's time reduction: one audio token per 8 frames (80 ms)
+MAX_SECONDS = 600.0  # default limit on one clip
+
+
+def _kaldi_mel(hz):
+    return 1127.0 * np.log(1.0 + np.asarray(hz, np.float64) / 700.0)
+
+
+def mel_filters(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS) -> np.ndarray:
+    """[n_fft/2 + 1, n_mels] triangular filters, equally spaced and triangular on the Kaldi mel scale."""
+    edges = np.linspace(_kaldi_mel(MEL_MIN_HZ), _kaldi_mel(MEL_MAX_HZ), n_mels + 2)
+    bins = _kaldi_mel(np.arange(n_fft // 2 + 1) * sample_rate / n_fft)[:, None]
+    rising = (bins - edges[None, :-2]) / (edges[1:-1] - edges[:-2])
+    falling = (edges[None, 2:] - bins) / (edges[2:] - edges[1:-1])
+    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+
+
+_MEL_FILTERS = mel_filters()
+_WINDOW = np.hamming(WIN_LENGTH)  # symmetric ("non-periodic"), float64
+
+
+def frame_count(samples: int) -> int:
+    return (samples - WIN_LENGTH) // HOP_LENGTH + 1
+
+
+def token_count(frames: int) -> int:
+    """Audio placeholder tokens for a clip of `frames` feature frames: ceil(frames / 8)."""
+    return -(-frames // COMPRESSION_RATE)
+
+
+def log_mel_spectrogram(wave: np.ndarray) -> np.ndarray:
+    """16 kHz mono float waveform in [-1, 1] -> log-mel features [frames, 80], float32."""
+    frames = frame_count(len(wave))
+    if frames < 1:
+        raise Phi4MMError(f"the audio is {len(wave) / SAMPLE_RATE * 1000:.1f} ms long; at least "
+                          f"{WIN_LENGTH / SAMPLE_RATE * 1000:.0f} ms are needed")
+    wave = np.asarray(wave, np.float32)
+    index = np.arange(WIN_LENGTH)[None, :] + HOP_LENGTH * np.arange(frames)[:, None]
+    chunks = wave[index]
+    previous = np.concatenate([chunks[:, :1], chunks[:, :-1]], axis=1)  # each frame's first sample is its own predecessor
+    chunks = (chunks - PREEMPHASIS * previous) * PCM_SCALE
+    spectrum = np.fft.rfft(_WINDOW * chunks, n=N_FFT, axis=1).astype(np.complex64)
+    power = np.abs(spectrum) ** 2
+    return np.log(np.maximum(power @ _MEL_FILTERS, 1.0)).astype(np.float32)
+
+
+# -- loading -------------------------------------------------------------------------------------
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """[samples] or [samples, channels] int/float PCM -> float32 mono in [-1, 1]."""
+    samples = np.asarray(samples)
+    if samples.dtype.kind in "iu":
+        info = np.iinfo(samples.dtype)
+        samples = (samples.astype(np.float64) - (info.min + info.max + 1) / 2) / ((info.max - info.min + 1) / 2)
+    elif samples.dtype.kind != "f":
+        raise Phi4MMError(f"audio samples must be integer or float PCM, not {samples.dtype}")
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1)  # stereo (or more) mixed down
+    elif samples.ndim != 1:
+        raise Phi4MMError(f"audio must be [samples] or [samples, channels], got shape {samples.shape}")
+    return samples.astype(np.float32)
+
+
+def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    if rate == target:
+        return samples
+    import soxr
+
+    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32)
+
+
+def load_audio(source, sample_rate: int | None = None, max_seconds: float = MAX_SECONDS) -> np.ndarray:
+    """16 kHz mono float32 from a path or bytes (WAV, FLAC, OGG, MP3: libsndfile), or from a numpy
+    array with its `sample_rate`. Raises Phi4MMError for empty, NaN, undecodable or too long audio."""
+    if isinstance(source, np.ndarray):
+        if sample_rate is None:
+            raise Phi4MMError("an audio array needs its sample rate: pass (array, rate) or sample_rate=")
+        samples, rate = source, int(sample_rate)
+    elif isinstance(source, tuple) and len(source) == 2:
+        samples, rate = np.asarray(source[0]), int(source[1])
+    else:
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            if not path.is_file():
+                raise Phi4MMError(f"audio file {path} does not exist")
+            source = path.read_bytes()
+        if not isinstance(source, (bytes, bytearray)):
+            raise Phi4MMError(f"unsupported audio input {type(source).__name__}: pass a path, bytes or (array, sample_rate)")
+        if not source:
+            raise Phi4MMError("the audio is empty (0 bytes)")
+        import soundfile
+
+        try:
+            samples, rate = soundfile.read(io.BytesIO(source), dtype="float32", always_2d=False)
+        except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+            raise Phi4MMError(f"cannot decode the audio ({error}): pass WAV, FLAC, OGG or MP3") from None
+    if rate <= 0:
+        raise Phi4MMError(f"sample rate {rate} is not positive")
+    samples = to_mono(samples)
+    if samples.size == 0:
+        raise Phi4MMError("the audio has no samples")
+    if not np.all(np.isfinite(samples)):
+        raise Phi4MMError("the audio contains NaN or infinite samples")
+    seconds = samples.size / rate
+    if seconds > max_seconds:
+        raise Phi4MMError(f"the audio is {seconds:.1f} s long, the limit is {max_seconds:.0f} s: split it, or raise "
+                          f"the limit (max_audio_seconds=)")
+    return resample(samples, rate)
