@@ -5,15 +5,20 @@ import sys
 
 from ..runtime import Phi4MMEdge
 from ..runtime.camera import grab_frame
+from ..runtime.microphone import record
 
 
 def run(args) -> dict:
     images = list(args.image)
     if args.camera is not None:
         images.append(grab_frame(args.camera))
-    model = Phi4MMEdge.load(args.artifact, threads=args.threads, context_length=args.context)
+    audios = list(args.audio)
+    if args.mic is not None:
+        audios.append(record(args.mic))
+    model = Phi4MMEdge.load(args.artifact, threads=args.threads, context_length=args.context,
+                            max_audio_seconds=args.max_audio_seconds)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
-    generation = model.generate(messages, images=images, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    generation = model.generate(messages, images=images, audios=audios, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, top_k=args.top_k, seed=args.seed, adapter=args.adapter)
     if args.json:
         generation.text()

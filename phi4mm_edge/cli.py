@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an image (repeatable); refer to it as <|image_1|>, <|image_2|> ... or it goes before the text")
     p.add_argument("--camera", nargs="?", const="0", metavar="INDEX|VIDEO_FILE",
                    help="add one frame from a camera (default 0) or a video file as the last image")
+    p.add_argument("--audio", action="append", default=[], metavar="PATH",
+                   help="an audio clip, WAV/FLAC/OGG/MP3 (repeatable); refer to it as <|audio_1|> ... or it goes before the text")
+    p.add_argument("--mic", type=float, metavar="SECONDS", help="record SECONDS from the default microphone as the last clip")
+    p.add_argument("--max-audio-seconds", type=float, default=600.0, help="refuse longer clips (default 600)")
     p.set_defaults(func=_run)
 
     p = commands.add_parser("demo", help="make the reference model, export it and answer with each adapter")

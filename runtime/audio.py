@@ -124,6 +124,6 @@ def load_audio(source, sample_rate: int | None = None, max_seconds: float = MAX_
         raise Phi4MMError("the audio contains NaN or infinite samples")
     seconds = samples.size / rate
     if seconds > max_seconds:
-        raise Phi4MMError(f"the audio is {seconds:.1f} s long, the limit is {max_seconds:.0f} s: split it, or raise "
+        raise Phi4MMError(f"the audio is {seconds:.1f} s long, the limit is {max_seconds:g} s: split it, or raise "
                           f"the limit (max_audio_seconds=)")
     return resample(samples, rate)

@@ -20,12 +20,14 @@ import onnxruntime as ort
 from ..artifact import DECODER_GRAPH, EMBEDDING_GRAPH, read_manifest
 from ..errors import Phi4MMError
 from .adapters import NONE, AdapterSet
+from .audio import MAX_SECONDS
 from .chat import ChatTokenizer
 from .kv_cache import KVCache
 from .prompt import PLACEHOLDER, expand, place_media
 from .providers import open_session, session_options
 from .sampling import choose_token
 from .verify import verify_artifact
+from .speech import SpeechEncoder
 from .vision import VisionEncoder
 
 DEFAULT_CONTEXT = 4096  # tokens of KV cache allocated at load; --context raises it up to the model's maximum
@@ -61,9 +63,10 @@ class Generation:
 
 
 class Phi4MMEdge:
-    def __init__(self, folder, manifest, embedding, decoder, tokenizer, adapters, context_length, load_ms, vision=None):
+    def __init__(self, folder, manifest, embedding, decoder, tokenizer, adapters, context_length, load_ms, vision=None,
+                 speech=None):
         self.folder, self.manifest = Path(folder), manifest
-        self.embedding, self.decoder, self.vision = embedding, decoder, vision
+        self.embedding, self.decoder, self.vision, self.speech = embedding, decoder, vision, speech
         self.tokenizer, self.adapters = tokenizer, adapters
         self.model = manifest["model"]
         self.eos_ids = set(self.model["eos_token_ids"])
@@ -91,8 +94,9 @@ class Phi4MMEdge:
 
     @classmethod
     def load(cls, folder, provider: str = "cpu", threads: int | None = None, context_length: int | None = None,
-             verify: bool = True) -> "Phi4MMEdge":
-        """Open an artifact folder. `context_length` (prompt + answer tokens) sizes the KV cache."""
+             verify: bool = True, max_audio_seconds: float = MAX_SECONDS) -> "Phi4MMEdge":
+        """Open an artifact folder. `context_length` (prompt + answer tokens) sizes the KV cache;
+        longer audio clips than `max_audio_seconds` are refused."""
         started = time.perf_counter()
         folder = Path(folder)
         manifest = verify_artifact(folder) if verify else read_manifest(folder)
@@ -106,8 +110,9 @@ class Phi4MMEdge:
         tokenizer = ChatTokenizer(folder)
         adapters = AdapterSet(folder, manifest.get("adapters", {}), decoder)
         vision = VisionEncoder(folder, manifest["vision"], options, provider) if manifest.get("vision") else None
+        speech = SpeechEncoder(folder, manifest["speech"], options, provider, max_audio_seconds) if manifest.get("speech") else None
         load_ms = (time.perf_counter() - started) * 1000
-        return cls(folder, manifest, embedding, decoder, tokenizer, adapters, context_length, load_ms, vision)
+        return cls(folder, manifest, embedding, decoder, tokenizer, adapters, context_length, load_ms, vision, speech)
 
     # -- adapters ----------------------------------------------------------------------------
     def load_adapter(self, name: str, path) -> None:
@@ -170,41 +175,51 @@ class Phi4MMEdge:
     def prompt_ids(self, messages) -> list[int]:
         return self.tokenizer.encode(self.tokenizer.render(messages))
 
-    def prepare_prompt(self, messages, images=()) -> tuple[list[int], np.ndarray | None]:
-        """Token ids with the placeholders expanded, and the image feature rows in prompt order."""
+    def prepare_prompt(self, messages, images=(), audios=()):
+        """Token ids with the placeholders expanded, and the image and audio feature rows in prompt
+        order: (ids, image_features or None, audio_features or None)."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
-        images = list(images or [])
+        images, audios = list(images or []), list(audios or [])
         if images and self.vision is None:
             raise Phi4MMError("this artifact has no vision.onnx: re-export it from a checkpoint with the vision encoder")
-        prepared = [self.vision.prepare(image) for image in images]
-        text = self.tokenizer.render(place_media(list(messages), len(images), 0))
-        order = [int(n) for kind, n in PLACEHOLDER.findall(text) if kind == "image"]
-        image_token = self.tokenizer.tokenizer.id_to_token(self.model["image_token_id"])
-        text = expand(text, {"image": image_token}, {"image": [p.num_tokens for p in prepared]})
+        if audios and self.speech is None:
+            raise Phi4MMError("this artifact has no speech.onnx: re-export it from a checkpoint with the speech encoder")
+        prepared = {"image": [self.vision.prepare(image) for image in images],
+                    "audio": [self.speech.prepare(*a) if isinstance(a, tuple) else self.speech.prepare(a) for a in audios]}
+        text = self.tokenizer.render(place_media(list(messages), len(images), len(audios)))
+        order = {kind: [int(n) for k, n in PLACEHOLDER.findall(text) if k == kind] for kind in prepared}
+        token_ids = {"image": self.model["image_token_id"], "audio": self.model["audio_token_id"]}
+        token_strings = {kind: self.tokenizer.tokenizer.id_to_token(token_ids[kind]) for kind in prepared}
+        text = expand(text, token_strings, {kind: [p.num_tokens for p in items] for kind, items in prepared.items()})
         ids = self.tokenizer.encode(text)
-        features = None
-        if prepared:
-            per_image = {n: self.vision.features(prepared[n - 1]) for n in sorted(set(order))}
-            features = np.concatenate([per_image[n] for n in order])
-        if ids.count(self.model["image_token_id"]) != (0 if features is None else features.shape[0]):
-            raise Phi4MMError(f"the prompt text contains the image placeholder token {image_token!r} itself: "
-                              f"refer to images with <|image_N|> and pass them as images")
-        return ids, features
+        # Audio heard together with an image uses the vision-mode projection, as the reference does.
+        encode = {"image": lambda item: self.vision.features(item),
+                  "audio": lambda item: self.speech.features(item, vision_mode=bool(images))}
+        features = {}
+        for kind, items in prepared.items():
+            rows = {n: encode[kind](items[n - 1]) for n in sorted(set(order[kind]))}
+            features[kind] = np.concatenate([rows[n] for n in order[kind]]) if items else None
+            expected = 0 if features[kind] is None else features[kind].shape[0]
+            if ids.count(token_ids[kind]) != expected:
+                raise Phi4MMError(f"the prompt text contains the {kind} placeholder token {token_strings[kind]!r} itself: "
+                                  f"refer to {kind}s with <|{kind}_N|> and pass them as {kind}s")
+        return ids, features["image"], features["audio"]
 
-    def generate(self, messages, images=(), max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None, adapter: str = "auto") -> Generation:
-        """Stream an answer. `messages` is a string or a list of {role, content}; `images` are
-        paths, bytes, PIL images or HxWx3 BGR arrays, referred to as <|image_1|>, <|image_2|> ..."""
+    def generate(self, messages, images=(), audios=(), max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, adapter: str = "auto") -> Generation:
+        """Stream an answer. `messages` is a string or a list of {role, content}. `images` are paths,
+        bytes, PIL images or HxWx3 BGR arrays (<|image_1|> ...); `audios` are paths, bytes or
+        (array, sample_rate) pairs (<|audio_1|> ...)."""
         started = time.perf_counter()
-        ids, image_features = self.prepare_prompt(messages, images)
-        return self.generate_from_ids(ids, max_new_tokens, temperature, top_p, top_k, seed,
-                                      route(adapter, has_image=image_features is not None),
-                                      image_features=image_features, started=started)
+        ids, image_features, audio_features = self.prepare_prompt(messages, images, audios)
+        adapter = route(adapter, has_image=image_features is not None, has_audio=audio_features is not None)
+        return self.generate_from_ids(ids, max_new_tokens, temperature, top_p, top_k, seed, adapter,
+                                      image_features=image_features, audio_features=audio_features, started=started)
 
     def generate_from_ids(self, ids: list[int], max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                           top_k: int = 0, seed: int | None = None, adapter: str = NONE, image_features=None,
-                          started: float | None = None) -> Generation:
+                          audio_features=None, started: float | None = None) -> Generation:
         """Stream an answer to an already tokenized prompt, with an explicit adapter."""
         if adapter != NONE and adapter not in self.adapters.names():
             raise Phi4MMError(f"adapter {adapter!r} is not in this artifact; it has {self.adapters.names()}")
@@ -220,13 +235,14 @@ class Phi4MMEdge:
             raise Phi4MMError("the prompt is empty")
         generation = Generation(None)
         generation._pieces = self._stream(generation, ids, max_new_tokens, temperature, top_p, top_k, seed, adapter,
-                                          image_features, started or time.perf_counter())
+                                          image_features, audio_features, started or time.perf_counter())
         return generation
 
-    def _stream(self, generation, ids, max_new_tokens, temperature, top_p, top_k, seed, adapter, image_features, started):
+    def _stream(self, generation, ids, max_new_tokens, temperature, top_p, top_k, seed, adapter, image_features,
+                audio_features, started):
         rng = np.random.default_rng(seed)
         self.activate(adapter)
-        prompt_embeds = self.embed(np.array([ids], np.int64), image_features)
+        prompt_embeds = self.embed(np.array([ids], np.int64), image_features, audio_features)
         logits = self.run_positions(prompt_embeds, keep=1)[0, -1]
         switch = self.model["original_max_position_embeddings"]
         generated, first_token_at = [], None

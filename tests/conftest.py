@@ -64,6 +64,10 @@ def reference(checkpoints):
 
 
 VISION = "model.embed_tokens_extend.image_embed."
+AUDIO = "model.embed_tokens_extend.audio_embed."
+# The conformer weights export runs through linear() (int4 at --precision int4): the 1x1
+# convolutions included, the 2-D subsampling and depthwise convolutions excluded.
+AUDIO_LINEARS = ("_proj.weight", "ext_pw_conv_1d.weight", "pw_conv.weight", "embed.out.weight", "_speech.weight")
 
 
 def is_int4_exported(name: str) -> bool:
@@ -74,6 +78,8 @@ def is_int4_exported(name: str) -> bool:
     if name.startswith("model.layers.") and name.endswith("proj.weight"):
         return True
     if name.startswith(VISION + "img_processor.encoder.layers.") and name.endswith(("proj.weight", "fc1.weight", "fc2.weight")):
+        return True
+    if name.startswith(AUDIO) and name.endswith(AUDIO_LINEARS) and "dw_conv" not in name:
         return True
     return name in (VISION + "img_projection_up.weight", VISION + "img_projection_down.weight")
 
@@ -90,8 +96,9 @@ def int4_reference(checkpoints):
         with torch.no_grad():
             for name, parameter in model.named_parameters():
                 if is_int4_exported(name):
-                    q = int4.quantize(parameter.numpy(), 32, symmetric=True)
-                    parameter.copy_(torch.from_numpy(int4.dequantize(q)))
+                    matrix = parameter.numpy().reshape(parameter.shape[0], -1)
+                    q = int4.quantize(matrix, 32, symmetric=True)
+                    parameter.copy_(torch.from_numpy(int4.dequantize(q).reshape(parameter.shape)))
 
     return _reference(checkpoints["native"], dequantize_base)
 

@@ -180,7 +180,7 @@ def test_image_prompt_greedy_ids_equal_reference(vision_models, reference, proce
     generation = model.generate(prompt, images=images, max_new_tokens=16)
     generation.text()
     assert generation.result["adapter"] == "vision"
-    ids, _ = model.prepare_prompt(prompt, images)
+    ids, _, _ = model.prepare_prompt(prompt, images)
     assert ids.count(200010) == sum(model.vision.prepare(i).num_tokens for i in images)
     assert generation.result["token_ids"] == reference_greedy(reference, processor, ids, images, 16)
 
@@ -214,11 +214,11 @@ def test_int4_image_features_as_shipped_stay_close(vision_models, int4_reference
 def test_placeholders_order_and_errors(vision_models):
     model = vision_models["int4"]
     small, other = load_image(IMAGES["1x1"]()), load_image(IMAGES["grayscale"]())
-    ids_implicit, features_implicit = model.prepare_prompt("hello", [small])
-    ids_explicit, features_explicit = model.prepare_prompt("<|image_1|>hello", [small])
+    ids_implicit, features_implicit, _ = model.prepare_prompt("hello", [small])
+    ids_explicit, features_explicit, _ = model.prepare_prompt("<|image_1|>hello", [small])
     assert ids_implicit == ids_explicit  # an image without a placeholder goes before the text
     np.testing.assert_array_equal(features_implicit, features_explicit)
-    _, swapped = model.prepare_prompt("<|image_2|> then <|image_1|>", [small, other])
+    _, swapped, _ = model.prepare_prompt("<|image_2|> then <|image_1|>", [small, other])
     first = model.vision.features(model.vision.prepare(other))
     np.testing.assert_array_equal(swapped[: len(first)], first)  # features follow the prompt's order
     with pytest.raises(Phi4MMError, match="refers to <\\|image_3\\|>"):
@@ -248,7 +248,7 @@ def test_run_with_image_and_camera_video(artifacts, tmp_path):
     assert result["adapter"] == "vision"
     model = Phi4MMEdge.load(artifacts["int4"])
     frame = cv2.VideoCapture(str(video)).read()[1]
-    ids, features = model.prepare_prompt("What changed between <|image_1|> and <|image_2|>?", [picture, frame])
+    ids, features, _ = model.prepare_prompt("What changed between <|image_1|> and <|image_2|>?", [picture, frame])
     assert result["prompt_tokens"] == len(ids) and features.shape[0] == ids.count(200010)
     missing = phi4mm_edge("run", artifacts["int4"], "--prompt", "hi", "--camera", "7", check=False)
     assert missing.returncode == 2 and "cannot open camera 7" in missing.stderr
