@@ -1,0 +1,79 @@
+"""Speech encoder real-time factor (encoder seconds per second of audio; below 1 is faster than
+real time), for an artifact and for one full-size conformer block.
+
+    python -m phi4mm_edge.benchmarks.speech_latency ARTIFACT
+    python -m phi4mm_edge.benchmarks.speech_latency --full-size-block
+
+`--full-size-block` writes checkpoints whose speech encoder has the real width (1024, MLP
+1536, 16 heads, 1024 subsampling channels) and one or three conformer blocks, exports them at
+fp32 and int4 and times them; the full encoder's factor is estimated as the rest + 24 x (block).
+The projection there maps to the tiny text width, so the full-size projection is not counted. Figures
+are medians after a warm-up, for 10 s and 30 s of audio.
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime import Phi4MMEdge
+
+FULL_SIZE_BLOCKS = 24
+
+
+def real_time_factor(model: Phi4MMEdge, seconds: float, repeats: int = 5) -> float:
+    rng = np.random.default_rng(0)
+    audio = model.speech.prepare((0.1 * rng.standard_normal(int(seconds * 16000)).astype(np.float32), 16000))
+    model.speech.features(audio)  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model.speech.features(audio)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) / seconds
+
+
+def full_size_block(folder: Path, blocks: int) -> dict:
+    from ..export.convert import export
+    from ..export.linear import Precision
+    from ..export.reference import tiny_config, write_reference
+
+    config = tiny_config()
+    config["audio_config"].update(hidden_size=1024, intermediate_size=1536, num_blocks=blocks, num_attention_heads=16,
+                                  ext_pw_out_channel=1024, depthwise_separable_out_channel=1024, nemo_conv_channels=1024)
+    checkpoint = write_reference(folder / f"checkpoint{blocks}", config=config)
+    results = {}
+    for precision in ("fp32", "int4"):
+        export(checkpoint, folder / f"{precision}{blocks}", Precision(weights=precision), show_progress=False)
+        model = Phi4MMEdge.load(folder / f"{precision}{blocks}")
+        results[precision] = {seconds: real_time_factor(model, seconds) for seconds in (10.0, 30.0)}
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifact", nargs="?")
+    parser.add_argument("--full-size-block", action="store_true")
+    args = parser.parse_args(argv)
+    if args.artifact:
+        model = Phi4MMEdge.load(args.artifact)
+        for seconds in (10.0, 30.0):
+            print(f"{args.artifact}: speech encoder real-time factor {real_time_factor(model, seconds):.4f} for {seconds:.0f} s")
+    if args.full_size_block:
+        with tempfile.TemporaryDirectory() as folder:
+            # One block and three blocks: half the difference isolates a block from the subsampling
+            # and projection (a single block's time is within the machine's noise).
+            one, three = full_size_block(Path(folder), 1), full_size_block(Path(folder), 3)
+            for precision in one:
+                for seconds in (10.0, 30.0):
+                    block = (three[precision][seconds] - one[precision][seconds]) / 2
+                    rest = one[precision][seconds] - block
+                    print(f"full-size conformer, {precision}, {seconds:.0f} s audio: one block RTF {block:.4f}, "
+                          f"subsampling+projection {rest:.4f}, estimated 24-block encoder RTF {rest + FULL_SIZE_BLOCKS * block:.3f}")
+
+
+if __name__ == "__main__":
+    main()
