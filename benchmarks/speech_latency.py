@@ -12,14 +12,14 @@ are medians after a warm-up, for 10 s and 30 s of audio.
 """
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ..runtime import Phi4MMEdge
+from ..export.reference import tiny_config
+from .timing import measure_at_both_precisions, median_seconds
 
 FULL_SIZE_BLOCKS = 24
 
@@ -27,30 +27,15 @@ FULL_SIZE_BLOCKS = 24
 def real_time_factor(model: Phi4MMEdge, seconds: float, repeats: int = 5) -> float:
     rng = np.random.default_rng(0)
     audio = model.speech.prepare((0.1 * rng.standard_normal(int(seconds * 16000)).astype(np.float32), 16000))
-    model.speech.features(audio)  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        model.speech.features(audio)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) / seconds
+    return median_seconds(lambda: model.speech.features(audio), repeats) / seconds
 
 
 def full_size_block(folder: Path, blocks: int) -> dict:
-    from ..export.convert import export
-    from ..export.linear import Precision
-    from ..export.reference import tiny_config, write_reference
-
     config = tiny_config()
     config["audio_config"].update(hidden_size=1024, intermediate_size=1536, num_blocks=blocks, num_attention_heads=16,
                                   ext_pw_out_channel=1024, depthwise_separable_out_channel=1024, nemo_conv_channels=1024)
-    checkpoint = write_reference(folder / f"checkpoint{blocks}", config=config)
-    results = {}
-    for precision in ("fp32", "int4"):
-        export(checkpoint, folder / f"{precision}{blocks}", Precision(weights=precision), show_progress=False)
-        model = Phi4MMEdge.load(folder / f"{precision}{blocks}")
-        results[precision] = {seconds: real_time_factor(model, seconds) for seconds in (10.0, 30.0)}
-    return results
+    return measure_at_both_precisions(folder / f"blocks{blocks}", config,
+                                      lambda model: {seconds: real_time_factor(model, seconds) for seconds in (10.0, 30.0)})
 
 
 def main(argv=None):

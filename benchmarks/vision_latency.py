@@ -9,16 +9,15 @@ exports it at fp32 and int4 and times both. Figures are medians over repeats aft
 """
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
+from PIL import Image
 
 from ..runtime import Phi4MMEdge
 from ..runtime.image import ImageSettings, preprocess
-from PIL import Image
+from ..export.reference import tiny_config
+from .timing import measure_at_both_precisions, median_seconds
 
 FRAME_SIZES = ((1920, 1080), (1280, 720), (448, 448), (4032, 3024))
 
@@ -26,13 +25,7 @@ FRAME_SIZES = ((1920, 1080), (1280, 720), (448, 448), (4032, 3024))
 def per_crop_ms(model: Phi4MMEdge, repeats: int = 5) -> float:
     """Median milliseconds per crop for a 448x448 image (the global view plus one tile)."""
     image = model.vision.prepare(Image.new("RGB", (448, 448), (120, 30, 200)))
-    model.vision.features(image)  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        model.vision.features(image)
-        times.append((time.perf_counter() - started) * 1000 / image.pixel_values.shape[0])
-    return statistics.median(times)
+    return median_seconds(lambda: model.vision.features(image), repeats) * 1000 / image.pixel_values.shape[0]
 
 
 def frame_table(settings: ImageSettings) -> list[str]:
@@ -45,18 +38,9 @@ def frame_table(settings: ImageSettings) -> list[str]:
 
 
 def full_size_layer(folder: Path) -> dict:
-    from ..export.convert import export
-    from ..export.linear import Precision
-    from ..export.reference import tiny_config, write_reference
-
     config = tiny_config()
     config["vision_config"].update(hidden_size=1152, intermediate_size=4304, num_hidden_layers=2, num_attention_heads=16)
-    checkpoint = write_reference(folder / "checkpoint", config=config)
-    results = {}
-    for precision in ("fp32", "int4"):
-        export(checkpoint, folder / precision, Precision(weights=precision), show_progress=False)
-        results[precision] = per_crop_ms(Phi4MMEdge.load(folder / precision))
-    return results
+    return measure_at_both_precisions(folder, config, per_crop_ms)
 
 
 def main(argv=None):

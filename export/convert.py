@@ -37,6 +37,16 @@ def _max_crops(folder: Path) -> int:
     return MAX_CROPS
 
 
+def write_graph(out: Path, file_name: str, build):
+    """Build one graph with its weights streaming to `<file_name>.data`; returns build's result."""
+    data = ExternalData(out / f"{file_name}.data")
+    graph = Graph(file_name.removesuffix(".onnx"), data)
+    result = build(graph)
+    graph.save(out / file_name)
+    data.close()
+    return result
+
+
 def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_precision: str = "fp32",
            show_progress: bool = True) -> dict:
     """Export the text part of a checkpoint. Returns the manifest that was written."""
@@ -68,38 +78,22 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     table = write_token_table(ckpt, shared, precision)
     step("token table")
 
-    embedding_data = ExternalData(out / "embedding.onnx.data")
-    embedding = Graph("embedding", embedding_data)
-    build_embedding(embedding, text, table)
-    embedding.save(out / artifact.EMBEDDING_GRAPH)
-
-    decoder_data = ExternalData(out / "decoder.onnx.data")
-    decoder = Graph("decoder", decoder_data)
+    write_graph(out, artifact.EMBEDDING_GRAPH, lambda g: build_embedding(g, text, table))
     lm_head = tied_lm_head(table) if text.tie_word_embeddings else untied_lm_head(ckpt, precision)
-    build_decoder(ckpt, decoder, precision, lm_head, progress=step)
-    decoder.save(out / artifact.DECODER_GRAPH)
-    for data in (shared, embedding_data, decoder_data):
-        data.close()
+    write_graph(out, artifact.DECODER_GRAPH, lambda g: build_decoder(ckpt, g, precision, lm_head, progress=step))
+    shared.close()
     step("lm_head")
 
     vision_entry = None
     if has_vision:
-        vision_data = ExternalData(out / "vision.onnx.data")
-        vision = Graph("vision", vision_data)
-        config = build_vision(ckpt, vision, precision)
-        vision.save(out / artifact.VISION_GRAPH)
-        vision_data.close()
+        config = write_graph(out, artifact.VISION_GRAPH, lambda g: build_vision(ckpt, g, precision))
         vision_entry = {"graph": artifact.VISION_GRAPH, "crop_size": config.crop_size, "patch_size": config.patch_size,
                         "max_crops": _max_crops(ckpt.folder), "mean": 0.5, "std": 0.5, "encoder": asdict(config)}
         step("vision")
 
     speech_entry = None
     if has_speech:
-        speech_data = ExternalData(out / "speech.onnx.data")
-        speech = Graph("speech", speech_data)
-        config = build_speech(ckpt, speech, precision)
-        speech.save(out / artifact.SPEECH_GRAPH)
-        speech_data.close()
+        config = write_graph(out, artifact.SPEECH_GRAPH, lambda g: build_speech(ckpt, g, precision))
         speech_entry = {"graph": artifact.SPEECH_GRAPH, "sample_rate": 16000, "mel_bins": config.input_size,
                         "compression_rate": config.time_reduction, "encoder": asdict(config)}
         step("speech")

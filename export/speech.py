@@ -15,6 +15,7 @@ import numpy as np
 from onnx import TensorProto
 
 from ..errors import Phi4MMError
+from .attention import multi_head_attention
 from .checkpoint import Checkpoint
 from .linear import Precision, linear
 from .onnx_graph import Graph
@@ -132,17 +133,7 @@ class ConformerBuilder:
         return self.linear(g.op("Mul", [up, self.swish(gate)]), name + ".down_proj")
 
     def attention(self, x, bias, name):
-        g, c = self.g, self.c
-        head_dim = c.hidden_size // c.num_heads
-        split = g.constant("heads", _i64([0, 0, c.num_heads, head_dim]))
-
-        def heads(proj, perm):
-            return g.op("Transpose", [g.op("Reshape", [self.linear(x, f"{name}.{proj}"), split])], perm=perm)
-
-        q, k, v = heads("q_proj", [0, 2, 1, 3]), heads("k_proj", [0, 2, 3, 1]), heads("v_proj", [0, 2, 1, 3])
-        scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [q, k]), g.constant("scale", np.float32(head_dim ** -0.5))]), bias])
-        context = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
-        context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 1, 3]), g.constant("merge", _i64([0, 0, -1]))])
+        context = multi_head_attention(self.g, x, bias, self.c.hidden_size, self.c.num_heads, lambda h, proj: self.linear(h, f"{name}.{proj}"))
         return self.linear(context, f"{name}.o_proj")
 
     def convolution(self, x, name):

@@ -13,6 +13,7 @@ import numpy as np
 from onnx import TensorProto
 
 from ..errors import Phi4MMError
+from .attention import multi_head_attention
 from .checkpoint import Checkpoint
 from .linear import Precision, linear
 from .onnx_graph import Graph
@@ -133,18 +134,8 @@ class VisionBuilder:
         return g.op("Add", [patches, g.op("Gather", [table, position], axis=0)])
 
     def attention(self, x: str, bias: str, layer: int) -> str:
-        g, c = self.g, self.c
         p = f"{ENCODER}encoder.layers.{layer}.self_attn."
-        head_dim = c.hidden_size // c.num_heads
-        split = g.constant("heads_shape", _i64([0, 0, c.num_heads, head_dim]))
-
-        def heads(name, perm):
-            return g.op("Transpose", [g.op("Reshape", [self.linear(x, p + name), split])], perm=perm)
-
-        q, k, v = heads("q_proj", [0, 2, 1, 3]), heads("k_proj", [0, 2, 3, 1]), heads("v_proj", [0, 2, 1, 3])
-        scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [q, k]), g.constant("scale", np.float32(head_dim ** -0.5))]), bias])
-        context = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
-        context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 1, 3]), g.constant("merge", _i64([0, 0, -1]))])
+        context = multi_head_attention(self.g, x, bias, self.c.hidden_size, self.c.num_heads, lambda h, name: self.linear(h, p + name))
         return self.linear(context, p + "out_proj")
 
     def encoder_layer(self, x: str, bias: str, layer: int) -> str:
