@@ -27,6 +27,32 @@ def _factors(rng: np.random.Generator, count: int, low: float, high: float) -> l
     return [round(float(x), 4) for x in np.sort(rng.uniform(low, high, count))]
 
 
+# Phi-4-multimodal-instruct's long_factor (its config.json): used by the full-size checkpoint.
+REAL_LONG_FACTOR = [
+    1, 1.118320672, 1.250641126, 1.398617824, 1.564103225, 1.74916897, 1.956131817, 2.187582649, 2.446418898,
+    2.735880826, 3.059592084, 3.421605075, 3.826451687, 4.279200023, 4.785517845, 5.351743533, 5.984965424,
+    6.693110555, 7.485043894, 8.370679318, 9.36110372, 10.4687158, 11.70738129, 13.09260651, 14.64173252,
+    16.37415215, 18.31155283, 20.47818807, 22.90118105, 25.61086418, 28.64115884, 32.03, 32.1, 32.13, 32.23,
+    32.6, 32.61, 32.64, 32.66, 32.7, 32.71, 32.93, 32.97, 33.28, 33.49, 33.5, 44.16, 47.77,
+]
+
+
+def full_size_config(seed: int = 0) -> dict:
+    """The real Phi-4-multimodal sizes (text 3072 x 32 layers, 24/8 heads; SigLIP 1152 x 27;
+    conformer 1024 x 24; LoRA ranks 256 and 320) with random weights."""
+    config = tiny_config(seed)
+    config.update({
+        "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32, "num_attention_heads": 24,
+        "num_key_value_heads": 8, "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+        "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 48, "long_factor": list(REAL_LONG_FACTOR)},
+    })
+    config["vision_config"].update(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16)
+    config["audio_config"].update(hidden_size=1024, intermediate_size=1536, num_blocks=24, num_attention_heads=16,
+                                  ext_pw_out_channel=1024, depthwise_separable_out_channel=1024, nemo_conv_channels=1024)
+    config["lora"] = {"vision": {"r": 256, "lora_alpha": 512}, "speech": {"r": 320, "lora_alpha": 640}}
+    return config
+
+
 def tiny_config(seed: int = 0) -> dict:
     """The text, vision and audio sizes of the tiny reference model (transformers-native keys)."""
     heads, head_dim = 4, 64  # head_dim 64: 0.75 * 64 = 48 rotary dims, ORT's GQA wants a multiple of 16
@@ -70,20 +96,25 @@ def tiny_config(seed: int = 0) -> dict:
 
 
 def tensor_values(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """Deterministic random values for one tensor, scaled like a trained network's."""
+    """Deterministic random float32 values for one tensor, scaled like a trained network's:
+    linears ~ N(0, 1/fan_in), norms ~ 1, embeddings 0.1. Generated in float32 and scaled in
+    place, so a full-size embedding costs one copy of itself."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     if name.endswith("global_invstd"):
         return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    values = rng.standard_normal(shape, dtype=np.float32)
     if "norm" in name and name.endswith(".weight") and len(shape) == 1:
-        return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-    if name.endswith("embed_tokens.weight") or name == "lm_head.weight":
-        return (0.1 * rng.standard_normal(shape)).astype(np.float32)
-    if name.endswith("lora_B.weight") or ".lora_B." in name:
-        return (0.5 / np.sqrt(shape[1]) * rng.standard_normal(shape)).astype(np.float32)
-    if len(shape) >= 2 and not name.endswith(("extensor", "probe", "position_embedding.weight", "bias_values.weight")):
-        fan_in = int(np.prod(shape[1:]))
-        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
-    return (0.1 * rng.standard_normal(shape)).astype(np.float32)
+        values *= 0.1
+        values += 1.0
+    elif name.endswith("embed_tokens.weight") or name == "lm_head.weight":
+        values *= 0.1
+    elif name.endswith("lora_B.weight"):
+        values *= 0.5 / np.sqrt(shape[1])
+    elif len(shape) >= 2 and not name.endswith(("extensor", "probe", "position_embedding.weight", "bias_values.weight")):
+        values *= 1.0 / np.sqrt(np.prod(shape[1:]))
+    else:
+        values *= 0.1
+    return values
 
 
 def lora_tensors(config: dict, adapter: str) -> dict[str, tuple[int, ...]]:

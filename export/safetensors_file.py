@@ -18,6 +18,7 @@ _NUMPY_DTYPES = {
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
 FLOAT_DTYPES = ("BF16", "F16", "F32")
+WRITE_CHUNK = 1 << 24  # elements converted and written at a time
 
 
 class SafetensorsFile:
@@ -91,8 +92,7 @@ def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], produce, d
         f.write(struct.pack("<Q", len(header_bytes)))
         f.write(header_bytes)
         for name, shape in shapes.items():
-            value = np.asarray(produce(name), dtype=np.float32).reshape(shape)
-            if dtype == "BF16":
-                f.write(to_bf16_bits(value).tobytes())
-            else:
-                f.write(np.ascontiguousarray(value, dtype=_NUMPY_DTYPES[dtype]).tobytes())
+            flat = np.asarray(produce(name), dtype=np.float32).reshape(-1)
+            for start in range(0, flat.size, WRITE_CHUNK):  # converted a slice at a time: bounded temporaries
+                part = flat[start : start + WRITE_CHUNK]
+                f.write(to_bf16_bits(part).tobytes() if dtype == "BF16" else part.astype(_NUMPY_DTYPES[dtype]).tobytes())

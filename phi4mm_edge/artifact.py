@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import Phi4MMError
 
 FORMAT_NAME = "phi4mm-edge-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: decoder takes logits_to_keep; vision.onnx and speech.onnx
 MANIFEST = "manifest.json"
 EMBEDDING_GRAPH = "embedding.onnx"
 DECODER_GRAPH = "decoder.onnx"

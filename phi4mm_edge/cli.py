@@ -8,10 +8,13 @@ from .errors import Phi4MMError
 
 
 def _make_reference(args):
-    from .export.reference import write_reference
+    from .export.reference import full_size_config, write_reference
 
-    folder = write_reference(args.dir, seed=args.seed, layout=args.layout, dtype=args.dtype.upper())
-    print(f"wrote a random-weight Phi-4-multimodal ({args.layout} layout) to {folder}")
+    # The full-size checkpoint is what users download: the original layout, bf16, sharded.
+    layout = args.layout or ("original" if args.full_size else "native")
+    config = full_size_config(args.seed) if args.full_size else None
+    folder = write_reference(args.dir, seed=args.seed, layout=layout, dtype=args.dtype.upper(), config=config)
+    print(f"wrote a {'full-size' if args.full_size else 'tiny'} random-weight Phi-4-multimodal ({layout} layout) to {folder}")
 
 
 def _export(args):
@@ -32,6 +35,12 @@ def _run(args):
     run(args)
 
 
+def _bench(args):
+    from .benchmarks.bench import main as bench
+
+    bench(args)
+
+
 def _demo(args):
     from .apps.demo import demo
 
@@ -45,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("make-reference", help="write a tiny random-weight Phi-4-multimodal checkpoint")
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layout", choices=["native", "original"], default="native")
+    p.add_argument("--layout", choices=["native", "original"], help="default: native (tiny), original (--full-size)")
     p.add_argument("--dtype", choices=["bf16", "f16", "f32"], default="bf16")
+    p.add_argument("--full-size", action="store_true", help="the real sizes (~11 GB of bf16), streamed to disk")
     p.set_defaults(func=_make_reference)
 
     p = commands.add_parser("export", help="export a checkpoint folder to an artifact folder")
@@ -83,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mic", type=float, metavar="SECONDS", help="record SECONDS from the default microphone as the last clip")
     p.add_argument("--max-audio-seconds", type=float, default=600.0, help="refuse longer clips (default 600)")
     p.set_defaults(func=_run)
+
+    p = commands.add_parser("bench", help="latency and memory of an artifact (min/median/max), table + JSON + PNG")
+    from .benchmarks.bench import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_bench)
 
     p = commands.add_parser("demo", help="make the reference model, export it and answer with each adapter")
     p.add_argument("--cache-dir", help="where the reference checkpoint and artifact go (default ~/.cache/phi4mm-edge)")

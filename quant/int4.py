@@ -53,10 +53,26 @@ def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
     return out
 
 
+CHUNK_ELEMENTS = 1 << 24  # rows are quantized in chunks of ~16M weights: float temporaries stay ~64 MB each
+
+
 def quantize(weight: np.ndarray, block_size: int, symmetric: bool = True) -> Int4Weight:
-    """Quantize a float weight [N, K] block-wise along K. Returns an Int4Weight."""
+    """Quantize a float weight [N, K] block-wise along K. Returns an Int4Weight.
+    Large weights (a 200064 x 3072 embedding) are done a slice of rows at a time, so the
+    temporaries never approach the weight's own size."""
     if block_size not in BLOCK_SIZES:
         raise ValueError(f"block size {block_size} is not one of {BLOCK_SIZES}")
+    n, k = weight.shape
+    rows = max(1, CHUNK_ELEMENTS // max(k, 1))
+    if n > rows:
+        parts = [_quantize_rows(weight[i : i + rows], block_size, symmetric) for i in range(0, n, rows)]
+        zero_points = None if symmetric else np.concatenate([p.zero_points for p in parts])
+        return Int4Weight(np.concatenate([p.packed for p in parts]), np.concatenate([p.scales for p in parts]),
+                          zero_points, (n, k), block_size)
+    return _quantize_rows(weight, block_size, symmetric)
+
+
+def _quantize_rows(weight: np.ndarray, block_size: int, symmetric: bool) -> Int4Weight:
     n, k = weight.shape
     k_blocks = -(-k // block_size)
     padded = np.zeros((n, k_blocks * block_size), np.float32)

@@ -97,3 +97,16 @@ def test_gather_block_quantized_reads_the_same_bytes_as_matmulnbits(symmetric):
     session = _session(node, [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])], initializers)
     ids = np.array([0, 7, 99, 7, 42], np.int64)
     np.testing.assert_array_equal(session.run(None, {"ids": ids})[0], int4.dequantize(q)[ids])
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_row_chunking_does_not_change_the_result(monkeypatch, symmetric):
+    # Large tables are quantized a slice of rows at a time to bound memory; the bytes must not move.
+    w = weight(n=300, k=64)
+    whole = int4.quantize(w, 32, symmetric)
+    monkeypatch.setattr(int4, "CHUNK_ELEMENTS", 64 * 7)  # 7 rows per chunk, 43 chunks
+    chunked = int4.quantize(w, 32, symmetric)
+    np.testing.assert_array_equal(whole.packed, chunked.packed)
+    np.testing.assert_array_equal(whole.scales, chunked.scales)
+    if not symmetric:
+        np.testing.assert_array_equal(whole.zero_points, chunked.zero_points)

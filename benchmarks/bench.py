@@ -1,0 +1,169 @@
+"""`phi4mm-edge bench ARTIFACT`: latency and memory of one artifact, as min / median / max over
+repeats after a warm-up. Prints a table, and writes a JSON file and a PNG chart.
+
+Measured: load time; time to first token for 128- and 1024-token text prompts; decode tokens/s
+with no adapter, the vision adapter and the speech adapter; adapter swap latency (100 swaps);
+the vision encoder for an image of 1 and of 4 tiles; the speech encoder for 10 s and 30 s of
+audio; peak RSS; artifact size per file. `--quick` runs the tiny reference model in seconds.
+(Peers and the memory-bandwidth roofline are measured by the benchmarks issue's next part.)
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..runtime import Phi4MMEdge
+
+PROMPT_LENGTHS = (128, 1024)
+DECODE_TOKENS = 32
+
+
+def summary(values) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+def timed(run, repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        run()
+    out = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def prompt(length: int, seed: int = 0) -> list[int]:
+    return np.random.default_rng(seed).integers(0, 199_000, length).tolist()
+
+
+def run_bench(artifact: Path, repeats: int = 3, context: int = 1100) -> dict:
+    """The measurements of one artifact; `context` holds the 1024-token prompt and its answer."""
+    artifact = Path(artifact)
+    results = {"artifact": str(artifact), "repeats": repeats}
+    loads = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model = Phi4MMEdge.load(artifact, context_length=context)
+        loads.append(time.perf_counter() - started)
+    results["load_s"] = summary(loads)
+
+    def ttft(length):
+        ids = prompt(length)
+        return lambda: model.generate_from_ids(ids, max_new_tokens=1).text()
+
+    results["ttft_s"] = {str(n): summary(timed(ttft(n), repeats)) for n in PROMPT_LENGTHS if n < model.cache.capacity}
+
+    decode = {}
+    for adapter in ("none", "vision", "speech"):
+        if adapter != "none" and adapter not in model.adapters.names():
+            continue
+        rates = []
+        for _ in range(repeats + 1):  # the first is the warm-up
+            generation = model.generate_from_ids(prompt(16, seed=1), max_new_tokens=DECODE_TOKENS, adapter=adapter)
+            generation.text()
+            rates.append(generation.result["timings"]["decode_tokens_per_s"])
+        decode[adapter] = summary(rates[1:])
+    results["decode_tokens_per_s"] = decode
+
+    names = [a for a in ("vision", "speech") if a in model.adapters.names()] or ["none"]
+    swaps = []
+    for i in range(100):  # alternate none <-> an adapter: every call rebinds
+        started = time.perf_counter()
+        model.activate(names[i % len(names)] if i % 2 else "none")
+        swaps.append(time.perf_counter() - started)
+    results["adapter_swap_ms"] = {k: v * 1000 if k != "n" else v for k, v in summary(swaps).items()}
+
+    if model.vision is not None:
+        vision = {}
+        for tiles, size in ((1, (448, 448)), (4, (896, 896))):
+            image = model.vision.prepare(Image.new("RGB", size, (90, 140, 200)))
+            vision[f"{tiles}_tiles"] = summary(timed(lambda: model.vision.features(image), repeats))
+        results["vision_encoder_s"] = vision
+    if model.speech is not None:
+        rng = np.random.default_rng(0)
+        speech = {}
+        for seconds in (10, 30):
+            audio = model.speech.prepare((0.1 * rng.standard_normal(seconds * 16000).astype(np.float32), 16000))
+            speech[f"{seconds}s"] = summary(timed(lambda: model.speech.features(audio), repeats))
+        results["speech_encoder_s"] = speech
+
+    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["artifact_mb"] = {name: entry["size"] / 1e6 for name, entry in model.manifest["files"].items()}
+    return results
+
+
+def table(results: dict) -> str:
+    rows = [("load", "s", results["load_s"])]
+    rows += [(f"ttft {n} tokens", "s", s) for n, s in results["ttft_s"].items()]
+    rows += [(f"decode, adapter {a}", "tok/s", s) for a, s in results["decode_tokens_per_s"].items()]
+    rows.append(("adapter swap", "ms", results["adapter_swap_ms"]))
+    rows += [(f"vision encoder, {k.replace('_', ' ')}", "s", s) for k, s in results.get("vision_encoder_s", {}).items()]
+    rows += [(f"speech encoder, {k} audio", "s", s) for k, s in results.get("speech_encoder_s", {}).items()]
+    lines = [f"{'measure':34} {'unit':>6} {'min':>10} {'median':>10} {'max':>10}"]
+    lines += [f"{name:34} {unit:>6} {s['min']:10.4g} {s['median']:10.4g} {s['max']:10.4g}" for name, unit, s in rows]
+    lines.append(f"{'peak RSS':34} {'MB':>6} {results['peak_rss_mb']:10.1f}")
+    lines.append(f"{'artifact total':34} {'MB':>6} {sum(results['artifact_mb'].values()):10.1f}")
+    return "\n".join(lines)
+
+
+def chart(results: dict, path: Path) -> bool:
+    """A bar chart of the medians (log scale), with min-max whiskers. False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    labels, medians, lows, highs = [], [], [], []
+    for group, unit in (("ttft_s", "s"), ("vision_encoder_s", "s"), ("speech_encoder_s", "s")):
+        for key, s in results.get(group, {}).items():
+            labels.append(f"{group.split('_')[0]} {key}")
+            medians.append(s["median"])
+            lows.append(s["median"] - s["min"])
+            highs.append(s["max"] - s["median"])
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.barh(labels, medians, xerr=[lows, highs], color="#4477aa")
+    left.set_xscale("log")
+    left.set_xlabel("seconds (median, min-max)")
+    decode = results["decode_tokens_per_s"]
+    right.bar(list(decode), [s["median"] for s in decode.values()], color="#cc6677")
+    right.set_ylabel("decode tokens/s (median)")
+    right.set_xlabel("adapter")
+    figure.suptitle(f"phi4mm-edge bench: {Path(results['artifact']).name}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return True
+
+
+def main(args) -> dict:
+    artifact = args.artifact
+    if args.quick:
+        from ..apps.demo import default_cache_dir, prepare_reference_artifact
+
+        artifact = prepare_reference_artifact(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    if artifact is None:
+        raise SystemExit("phi4mm-edge bench: give an ARTIFACT folder, or --quick for the bundled reference model")
+    results = run_bench(Path(artifact), repeats=args.repeats or (2 if args.quick else 3))
+    print(table(results))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=2))
+    drawn = chart(results, out / "bench.png")
+    print(f"\nwrote {out / 'bench.json'}" + (f" and {out / 'bench.png'}" if drawn else " (no chart: pip install matplotlib)"))
+    return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("artifact", nargs="?")
+    parser.add_argument("--quick", action="store_true", help="the tiny reference model, in seconds")
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
+    parser.add_argument("--cache-dir", help="with --quick: where the reference model is cached")

@@ -1,0 +1,21 @@
+"""`phi4mm-edge bench --quick`: every figure the benchmarks issue lists, with its spread."""
+
+import json
+
+from test_runtime import phi4mm_edge
+
+
+def test_bench_quick_reports_every_figure(tmp_path):
+    out = phi4mm_edge("bench", "--quick", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "results").stdout
+    assert "ttft 1024 tokens" in out and "adapter swap" in out
+    results = json.loads((tmp_path / "results" / "bench.json").read_text())
+    spreads = [results["load_s"], results["adapter_swap_ms"], *results["ttft_s"].values(),
+               *results["decode_tokens_per_s"].values(), *results["vision_encoder_s"].values(),
+               *results["speech_encoder_s"].values()]
+    assert set(results["ttft_s"]) == {"128", "1024"}
+    assert set(results["decode_tokens_per_s"]) == {"none", "vision", "speech"}
+    assert set(results["vision_encoder_s"]) == {"1_tiles", "4_tiles"} and set(results["speech_encoder_s"]) == {"10s", "30s"}
+    assert all(0 < s["min"] <= s["median"] <= s["max"] for s in spreads)
+    assert results["adapter_swap_ms"]["n"] == 100
+    assert results["peak_rss_mb"] > 0 and results["artifact_mb"]["decoder.onnx.data"] > 0
+    assert (tmp_path / "results" / "bench.png").stat().st_size > 10_000
