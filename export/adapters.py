@@ -17,21 +17,22 @@ from .text_decoder import LORA_MODULES
 ADAPTER_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 
 
-def adapter_tensors(adapter: LoraAdapter, precision: str = "fp32") -> dict[str, np.ndarray]:
-    """Graph-input name -> array for one adapter."""
+def adapter_tensors(adapter: LoraAdapter, precision: str = "fp32"):
+    """(graph-input name, array) for one adapter, produced one LoRA pair at a time."""
     dtype = ADAPTER_DTYPES[precision]
-    tensors = {}
-    for (layer, target), (a, b) in adapter.weights.items():
+    for (layer, target), a, b in adapter.pairs():
         module = LORA_MODULES[target]
-        tensors[lora_input_name(layer, module, "A")] = np.ascontiguousarray(a.T, dtype=dtype)
-        tensors[lora_input_name(layer, module, "B")] = np.ascontiguousarray((b * adapter.scale).T, dtype=dtype)
-    return tensors
+        yield lora_input_name(layer, module, "A"), np.ascontiguousarray(a.T, dtype=dtype)
+        b *= adapter.scale  # B was read into its own buffer: scaled in place
+        yield lora_input_name(layer, module, "B"), np.ascontiguousarray(b.T, dtype=dtype)
 
 
 def write_adapter(path: Path, adapter: LoraAdapter, precision: str = "fp32") -> None:
-    tensors = adapter_tensors(adapter, precision)
+    """One AdapterFormat file. Each tensor is held once (the OrtValue wraps the numpy buffer);
+    the writer then serializes them, so the peak is about twice the adapter's size."""
+    arrays = dict(adapter_tensors(adapter, precision))
     adapter_format = ort.AdapterFormat()
     adapter_format.set_adapter_version(1)
     adapter_format.set_model_version(1)
-    adapter_format.set_parameters({name: ort.OrtValue.ortvalue_from_numpy(value) for name, value in tensors.items()})
+    adapter_format.set_parameters({name: ort.OrtValue.ortvalue_from_numpy(value) for name, value in arrays.items()})
     adapter_format.export_adapter(str(path))

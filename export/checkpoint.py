@@ -53,13 +53,14 @@ class TextConfig:
 
 @dataclass
 class LoraAdapter:
-    """One adapter: rank, scale (alpha / r) and per-target (A [r, in], B [out, r]) as stored."""
+    """One adapter: rank, scale (alpha / r), and `pairs()`: per target ((layer, target), A [r, in],
+    B [out, r]) as stored, read one pair at a time (a full-size adapter is ~1.8 GB in fp32)."""
 
     name: str
     rank: int
     alpha: float
     scale: float
-    weights: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]
+    pairs: object  # () -> iterator of ((layer, target), A, B)
 
 
 def _rope_settings(config: dict, head_dim: int) -> dict:
@@ -234,19 +235,20 @@ class Checkpoint:
             rank, alpha, scale, read = self._peft(adapter)
         else:
             raise Phi4MMError(f"{self.folder} has no {adapter} adapter (neither inline nor {adapter}-lora/)")
-        weights = {}
-        for layer in range(self.text.num_layers):
-            for target in architecture.LORA_TARGETS:
-                key = f"model.layers.{layer}.{target}"
-                a, b = read(f"{key}.lora_A.weight"), read(f"{key}.lora_B.weight")
-                out_features, in_features = self.shape(f"{key}.weight")
-                if a.shape != (rank, in_features) or b.shape != (out_features, rank):
-                    raise Phi4MMError(
-                        f"{adapter} adapter tensor {key} has A {a.shape}, B {b.shape}; expected A ({rank}, {in_features}) "
-                        f"and B ({out_features}, {rank}): the adapter does not belong to this model"
-                    )
-                weights[(layer, target)] = (a, b)
-        return LoraAdapter(adapter, rank, alpha, scale, weights)
+        def pairs():
+            for layer in range(self.text.num_layers):
+                for target in architecture.LORA_TARGETS:
+                    key = f"model.layers.{layer}.{target}"
+                    a, b = read(f"{key}.lora_A.weight"), read(f"{key}.lora_B.weight")
+                    out_features, in_features = self.shape(f"{key}.weight")
+                    if a.shape != (rank, in_features) or b.shape != (out_features, rank):
+                        raise Phi4MMError(
+                            f"{adapter} adapter tensor {key} has A {a.shape}, B {b.shape}; expected A ({rank}, {in_features}) "
+                            f"and B ({out_features}, {rank}): the adapter does not belong to this model"
+                        )
+                    yield (layer, target), a, b
+
+        return LoraAdapter(adapter, rank, alpha, scale, pairs)
 
     def _peft(self, adapter: str):
         folder = self.folder / f"{adapter}-lora"

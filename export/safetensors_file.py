@@ -1,8 +1,10 @@
 """Read and write .safetensors files with numpy, one tensor at a time.
 
 The format is an 8-byte little-endian header length, a JSON header {name: {dtype, shape,
-data_offsets}}, then raw little-endian bytes. Reading memory-maps the file, so a tensor costs
-memory only while it is being converted. bf16 is widened to fp32 by a 16-bit shift, exactly.
+data_offsets}}, then raw little-endian bytes. Each tensor is read into its own buffer (no
+lasting memory map: a mapped 11 GB checkpoint would count every page read in the process's
+resident size), so a tensor costs memory only while it is being converted. bf16 is widened to
+fp32 by a 16-bit shift, exactly.
 """
 
 import json
@@ -37,7 +39,7 @@ class SafetensorsFile:
         header.pop("__metadata__", None)
         self.header = header
         self._data_start = 8 + header_len
-        self._map = None
+        self._size = self.path.stat().st_size
 
     def names(self) -> list[str]:
         return list(self.header)
@@ -49,22 +51,23 @@ class SafetensorsFile:
         return self.header[name]["dtype"]
 
     def read(self, name: str) -> np.ndarray:
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
         info = self.header[name]
         begin, end = info["data_offsets"]
-        start = self._data_start + begin
-        if self._data_start + end > self._map.size:
+        if self._data_start + end > self._size:
             raise Phi4MMError(f"{self.path} is truncated (tensor {name} runs past the end): re-download the checkpoint")
-        raw = self._map[start : self._data_start + end]
+        with open(self.path, "rb") as f:
+            raw = np.fromfile(f, dtype=np.uint8, count=end - begin, offset=self._data_start + begin)
         dtype, shape = info["dtype"], tuple(info["shape"])
         if dtype == "BF16":
-            return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
+            widened = np.zeros(raw.size // 2, np.uint32)
+            widened[:] = raw.view(np.uint16)
+            widened <<= 16
+            return widened.view(np.float32).reshape(shape)
         if dtype in ("F16", "F64"):
             return raw.view(_NUMPY_DTYPES[dtype]).astype(np.float32).reshape(shape)
         if dtype not in _NUMPY_DTYPES:
             raise Phi4MMError(f"{self.path}: tensor {name} has unsupported dtype {dtype}")
-        return np.array(raw.view(_NUMPY_DTYPES[dtype]).reshape(shape))
+        return raw.view(_NUMPY_DTYPES[dtype]).reshape(shape)
 
 
 def to_bf16_bits(values: np.ndarray) -> np.ndarray:

@@ -57,9 +57,9 @@ def test_lora_on_all_four_targets_of_every_layer_with_alpha_2r_and_nonzero_b(che
         adapter = ckpt.lora(name)
         assert adapter.alpha == 2 * adapter.rank
         ranks.add(adapter.rank)
-        assert set(adapter.weights) == {(layer, target) for layer in range(ckpt.text.num_layers)
-                                        for target in architecture.LORA_TARGETS}
-        assert all(np.abs(b).max() > 0 for _, b in adapter.weights.values())
+        pairs = {key: (a, b) for key, a, b in adapter.pairs()}
+        assert set(pairs) == {(layer, target) for layer in range(ckpt.text.num_layers) for target in architecture.LORA_TARGETS}
+        assert all(np.abs(b).max() > 0 for _, b in pairs.values())
     assert len(ranks) == 2  # the two adapters have different ranks
 
 
@@ -74,9 +74,10 @@ def test_both_layouts_hold_the_same_weights(checkpoints):
     for adapter in ("vision", "speech"):
         a, b = native.lora(adapter), original.lora(adapter)
         assert (a.rank, a.alpha) == (b.rank, b.alpha)
-        for key in a.weights:
-            np.testing.assert_array_equal(a.weights[key][0], b.weights[key][0])
-            np.testing.assert_array_equal(a.weights[key][1], b.weights[key][1])
+        for (key, a_native, b_native), (key2, a_original, b_original) in zip(a.pairs(), b.pairs()):
+            assert key == key2
+            np.testing.assert_array_equal(a_native, a_original)
+            np.testing.assert_array_equal(b_native, b_original)
 
 
 def test_original_layout_uses_the_remote_code_names(checkpoints):
