@@ -94,9 +94,52 @@ def run_bench(artifact: Path, repeats: int = 3, context: int = 1100) -> dict:
             speech[f"{seconds}s"] = summary(timed(lambda: model.speech.features(audio), repeats))
         results["speech_encoder_s"] = speech
 
+    results["roofline"] = roofline(model, results["decode_tokens_per_s"], repeats)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["artifact_mb"] = {name: entry["size"] / 1e6 for name, entry in model.manifest["files"].items()}
     return results
+
+
+BANDWIDTH_BYTES = 1 << 30  # read per bandwidth measurement: far beyond any cache
+
+
+def read_bandwidth(repeats: int, threads: int | None = None) -> list[float]:
+    """GB/s that ONNX Runtime reaches reading memory: a row-wise ReduceSum over 1 GiB, which its
+    threads split by rows (a flat ReduceSum runs on one core and reads ~35% slower here)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("ReduceSum", ["x", "axis"], ["y"], keepdims=0)], "bandwidth",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor("axis", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    data = np.ones(BANDWIDTH_BYTES // 4, np.float32).reshape(1024, -1)
+    return [BANDWIDTH_BYTES / 1e9 / t for t in timed(lambda: session.run(None, {"x": data}), repeats)]
+
+
+def roofline(model: Phi4MMEdge, decode: dict, repeats: int) -> dict:
+    """Decode tokens/s as a fraction of bandwidth / bytes read per token. A token reads every
+    decoder weight and the whole lm_head table (the embedding lookup reads one row), plus the
+    active adapter's tensors (held as fp32 in memory whatever their file precision)."""
+    files = model.manifest["files"]
+    base = files["decoder.onnx.data"]["size"] + files["embed_tokens.onnx.data"]["size"]
+    adapter_bytes = {"none": 0}
+    for name, tensors in model.adapters.tensors.items():
+        if name != "none":
+            adapter_bytes[name] = sum(int(np.prod(v.shape())) * 4 for v in tensors.values())
+    bandwidth = summary(read_bandwidth(repeats))
+    out = {"read_bandwidth_gb_s": bandwidth, "per_adapter": {}}
+    for adapter, rates in decode.items():
+        per_token = base + adapter_bytes.get(adapter, 0)
+        ceiling = bandwidth["median"] * 1e9 / per_token
+        out["per_adapter"][adapter] = {"bytes_per_token": per_token, "roofline_tokens_per_s": ceiling,
+                                       "fraction": rates["median"] / ceiling}
+    return out
 
 
 def table(results: dict) -> str:
@@ -108,6 +151,12 @@ def table(results: dict) -> str:
     rows += [(f"speech encoder, {k} audio", "s", s) for k, s in results.get("speech_encoder_s", {}).items()]
     lines = [f"{'measure':34} {'unit':>6} {'min':>10} {'median':>10} {'max':>10}"]
     lines += [f"{name:34} {unit:>6} {s['min']:10.4g} {s['median']:10.4g} {s['max']:10.4g}" for name, unit, s in rows]
+    roof = results["roofline"]
+    lines.append(f"{'read bandwidth':34} {'GB/s':>6} {roof['read_bandwidth_gb_s']['min']:10.4g} "
+                 f"{roof['read_bandwidth_gb_s']['median']:10.4g} {roof['read_bandwidth_gb_s']['max']:10.4g}")
+    for adapter, r in roof["per_adapter"].items():
+        lines.append(f"{'decode / roofline, ' + adapter:34} {'%':>6} {100 * r['fraction']:10.1f}   "
+                     f"(roofline {r['roofline_tokens_per_s']:.1f} tok/s, {r['bytes_per_token'] / 1e6:.0f} MB/token)")
     lines.append(f"{'peak RSS':34} {'MB':>6} {results['peak_rss_mb']:10.1f}")
     lines.append(f"{'artifact total':34} {'MB':>6} {sum(results['artifact_mb'].values()):10.1f}")
     return "\n".join(lines)

@@ -19,3 +19,7 @@ def test_bench_quick_reports_every_figure(tmp_path):
     assert results["adapter_swap_ms"]["n"] == 100
     assert results["peak_rss_mb"] > 0 and results["artifact_mb"]["decoder.onnx.data"] > 0
     assert (tmp_path / "results" / "bench.png").stat().st_size > 10_000
+    roof = results["roofline"]
+    assert roof["read_bandwidth_gb_s"]["median"] > 0.1
+    per_token = {a: r["bytes_per_token"] for a, r in roof["per_adapter"].items()}
+    assert per_token["vision"] > per_token["none"] and per_token["speech"] > per_token["vision"]  # speech has the larger rank
