@@ -23,3 +23,21 @@ def test_bench_quick_reports_every_figure(tmp_path):
     assert roof["read_bandwidth_gb_s"]["median"] > 0.1
     per_token = {a: r["bytes_per_token"] for a, r in roof["per_adapter"].items()}
     assert per_token["vision"] > per_token["none"] and per_token["speech"] > per_token["vision"]  # speech has the larger rank
+
+
+def test_genai_peer_checkpoint_is_the_same_text_model(checkpoints, reference, tmp_path):
+    """The Phi-3 checkpoint handed to onnxruntime-genai's builder computes exactly our base model
+    (fp32 reference, no adapter; 1e-5 of the logit scale covers summation order)."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from phi4mm_edge.benchmarks.genai_peer import write_phi3
+
+    peer = AutoModelForCausalLM.from_pretrained(write_phi3(checkpoints["original"], tmp_path / "phi3"), dtype=torch.float32)
+    assert type(peer).__name__ == "Phi3ForCausalLM"
+    ids = torch.tensor([np.random.default_rng(0).integers(0, 199_000, 100).tolist()])  # past the LongRoPE switch
+    with torch.no_grad(), reference.disable_adapter():
+        expected = reference(input_ids=ids).logits
+        ours = peer(input_ids=ids).logits
+    assert float((ours - expected).abs().max() / expected.abs().max()) <= 1e-5
