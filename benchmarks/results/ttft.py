@@ -1,9 +1,20 @@
-import time, statistics, numpy as np
+"""Re-measure TTFT for a 128-token prompt alone (as `bench` does it):
+python benchmarks/results/ttft.py ARTIFACT"""
+
+import statistics
+import sys
+import time
+
+import numpy as np
+
 from phi4mm_edge.runtime import Phi4MMEdge
-m = Phi4MMEdge.load(__import__("sys").argv[1], context_length=1100)
-ids = np.random.default_rng(128).integers(0, 199000, 128).tolist()
-m.generate_from_ids(ids, max_new_tokens=1).text()
-ts = []
+
+model = Phi4MMEdge.load(sys.argv[1], context_length=1100)
+ids = np.random.default_rng(128).integers(0, 199_000, 128).tolist()
+model.generate_from_ids(ids, max_new_tokens=1).text()  # warm-up
+times = []
 for _ in range(3):
-    t = time.perf_counter(); m.generate_from_ids(ids, max_new_tokens=1).text(); ts.append(time.perf_counter() - t)
-print("ours ttft 128: min %.2f median %.2f max %.2f s" % (min(ts), statistics.median(ts), max(ts)))
+    started = time.perf_counter()
+    model.generate_from_ids(ids, max_new_tokens=1).text()
+    times.append(time.perf_counter() - started)
+print(f"ttft 128: min {min(times):.2f} median {statistics.median(times):.2f} max {max(times):.2f} s")
