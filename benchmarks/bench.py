@@ -47,8 +47,9 @@ def run_bench(artifact: Path, repeats: int = 3, context: int = 1100) -> dict:
     """The measurements of one artifact; `context` holds the 1024-token prompt and its answer."""
     artifact = Path(artifact)
     results = {"artifact": str(artifact), "repeats": repeats}
-    loads = []
+    loads, model = [], None
     for _ in range(repeats):
+        model = None  # release the previous load first: peak RSS is one model, not two
         started = time.perf_counter()
         model = Phi4MMEdge.load(artifact, context_length=context)
         loads.append(time.perf_counter() - started)
