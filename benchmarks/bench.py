@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..runtime import Phi4MMEdge
+from .timing import timed
 
 PROMPT_LENGTHS = (128, 1024)
 DECODE_TOKENS = 32
@@ -26,17 +27,6 @@ DECODE_TOKENS = 32
 
 def summary(values) -> dict:
     return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
-
-
-def timed(run, repeats: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
-        run()
-    out = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        out.append(time.perf_counter() - started)
-    return out
 
 
 def prompt(length: int, seed: int = 0) -> list[int]:

@@ -17,8 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ..export import architecture
-from ..export.checkpoint import Checkpoint
+from ..export.checkpoint import Checkpoint, text_shapes
 from ..export.safetensors_file import write_safetensors
 
 COPIED = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json")
@@ -43,12 +42,7 @@ def phi3_config(ckpt: Checkpoint) -> dict:
 def write_phi3(checkpoint, out) -> Path:
     ckpt, out = Checkpoint(checkpoint), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t = ckpt.text
-    shapes = architecture.text_tensors({
-        "vocab_size": t.vocab_size, "hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size,
-        "num_attention_heads": t.num_heads, "num_key_value_heads": t.num_kv_heads, "num_hidden_layers": t.num_layers,
-        "tie_word_embeddings": t.tie_word_embeddings,
-    })
+    shapes = text_shapes(ckpt.text)
     (out / "config.json").write_text(json.dumps(phi3_config(ckpt), indent=2))
     write_safetensors(out / "model.safetensors", shapes, ckpt.tensor, "BF16")  # one tensor in memory at a time
     for name in COPIED:

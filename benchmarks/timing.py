@@ -4,8 +4,8 @@ import statistics
 import time
 
 
-def median_seconds(run, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of `run()` over `repeats` calls, after `warmup` untimed calls."""
+def timed(run, repeats: int = 5, warmup: int = 1) -> list[float]:
+    """Wall seconds of `run()` for each of `repeats` calls, after `warmup` untimed calls."""
     for _ in range(warmup):
         run()
     times = []
@@ -13,7 +13,11 @@ def median_seconds(run, repeats: int = 5, warmup: int = 1) -> float:
         started = time.perf_counter()
         run()
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(run, repeats: int = 5, warmup: int = 1) -> float:
+    return statistics.median(timed(run, repeats, warmup))
 
 
 def measure_at_both_precisions(folder, config: dict, measure) -> dict:

@@ -51,6 +51,15 @@ class TextConfig:
     audio_token_id: int
 
 
+def text_shapes(text: "TextConfig") -> dict[str, tuple[int, ...]]:
+    """The language model's tensors (native names) and shapes for these dimensions."""
+    return architecture.text_tensors({
+        "vocab_size": text.vocab_size, "hidden_size": text.hidden_size, "intermediate_size": text.intermediate_size,
+        "num_attention_heads": text.num_heads, "num_key_value_heads": text.num_kv_heads,
+        "num_hidden_layers": text.num_layers, "tie_word_embeddings": text.tie_word_embeddings,
+    })
+
+
 @dataclass
 class LoraAdapter:
     """One adapter: rank, scale (alpha / r), and `pairs()`: per target ((layer, target), A [r, in],
@@ -197,12 +206,7 @@ class Checkpoint:
             raise Phi4MMError(f"{self.folder / 'config.json'} lacks {error}: the checkpoint's config is incomplete") from None
         if not self.has("lm_head.weight") and not text.tie_word_embeddings:
             text.tie_word_embeddings = True  # an untied config without lm_head weights: the head is the embedding
-        expected = architecture.text_tensors({
-            "vocab_size": text.vocab_size, "hidden_size": hidden, "intermediate_size": text.intermediate_size,
-            "num_attention_heads": heads, "num_key_value_heads": text.num_kv_heads,
-            "num_hidden_layers": text.num_layers, "tie_word_embeddings": text.tie_word_embeddings,
-        })
-        for name, shape in expected.items():
+        for name, shape in text_shapes(text).items():
             if self.shape(name) != shape:
                 raise Phi4MMError(
                     f"tensor {name} has shape {self.shape(name)}, config.json implies {shape}: "

@@ -73,6 +73,7 @@ class Graph:
         self.data = data
         self.nodes, self.inputs, self.outputs, self.initializers = [], [], [], []
         self._counter = 0
+        self._constants = {}  # (dtype, shape, bytes) -> name: a repeated small constant is stored once
 
     def unique(self, base: str) -> str:
         self._counter += 1
@@ -95,7 +96,11 @@ class Graph:
         return name
 
     def constant(self, base: str, value) -> str:
-        return self.weight(self.unique(base), np.asarray(value))
+        array = np.asarray(value)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._constants:
+            self._constants[key] = self.weight(self.unique(base), array)
+        return self._constants[key]
 
     def add_initializer(self, proto: TensorProto) -> str:
         self.initializers.append(proto)
@@ -115,6 +120,7 @@ class Graph:
         """A subgraph (for If) sharing this graph's data file and name counter."""
         child = Graph(name, self.data)
         child._counter = self._counter + 100000 * (1 + len(self.nodes))
+        child._constants = dict(self._constants)  # outer-scope constants are visible in the branch
         return child
 
     def subgraph(self, child: "Graph", outputs: list[str]):
