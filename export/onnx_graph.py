@@ -27,6 +27,11 @@ NP_TO_ONNX = {
 }
 
 
+def int64s(values) -> np.ndarray:
+    """An int64 array, for shapes, axes and indices."""
+    return np.array(values, np.int64)
+
+
 class ExternalData:
     """An append-only external data file shared by any number of graphs in one folder."""
 

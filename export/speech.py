@@ -18,7 +18,7 @@ from ..errors import Phi4MMError
 from .attention import multi_head_attention
 from .checkpoint import Checkpoint
 from .linear import Precision, linear
-from .onnx_graph import Graph
+from .onnx_graph import Graph, int64s
 
 PREFIX = "model.embed_tokens_extend.audio_embed."
 ENCODER = PREFIX + "encoder."
@@ -72,10 +72,6 @@ def audio_config(ckpt: Checkpoint) -> AudioConfig:
     return config
 
 
-def _i64(values) -> np.ndarray:
-    return np.array(values, np.int64)
-
-
 class ConformerBuilder:
     def __init__(self, ckpt: Checkpoint, g: Graph, precision: Precision, config: AudioConfig):
         self.ckpt, self.g, self.precision, self.c = ckpt, g, precision, config
@@ -100,7 +96,7 @@ class ConformerBuilder:
         """[1, frames, bins] -> [1, ceil(frames / 8), hidden]: stride-2 3x3 convolutions over
         (time, frequency), depthwise-separable after the first, ReLU, then a linear."""
         g, e = self.g, ENCODER + "embed."
-        x = g.op("Unsqueeze", [features, g.constant("axis1", _i64([1]))])
+        x = g.op("Unsqueeze", [features, g.constant("axis1", int64s([1]))])
 
         def conv(x, index, stride, group=1):
             weight = self.w(f"{e}conv.{index}.weight")
@@ -112,19 +108,19 @@ class ConformerBuilder:
         for stage in range(int(math.log2(self.c.time_reduction)) - 1):
             x = conv(x, 2 + 3 * stage, 2, group=self.c.conv_channels)
             x = g.op("Relu", [conv(x, 3 + 3 * stage, 1)])
-        x = g.op("Reshape", [g.op("Transpose", [x], perm=[0, 2, 1, 3]), g.constant("flatten", _i64([0, 0, -1]))])
+        x = g.op("Reshape", [g.op("Transpose", [x], perm=[0, 2, 1, 3]), g.constant("flatten", int64s([0, 0, -1]))])
         return self.linear(x, e + "out")
 
     def relative_bias(self, length: str) -> str:
         """[1, heads, T, T] from the bias table, relative distance clipped to +-max_distance."""
         g, distance = self.g, self.c.bias_max_distance
         positions = g.op("Range", [g.constant("zero", np.int64(0)), length, g.constant("one", np.int64(1))])
-        relative = g.op("Sub", [g.op("Unsqueeze", [positions, g.constant("axis0", _i64([0]))]),
-                                g.op("Unsqueeze", [positions, g.constant("axis1", _i64([1]))])])
+        relative = g.op("Sub", [g.op("Unsqueeze", [positions, g.constant("axis0", int64s([0]))]),
+                                g.op("Unsqueeze", [positions, g.constant("axis1", int64s([1]))])])
         index = g.op("Add", [g.op("Clip", [relative, g.constant("low", np.int64(-distance)), g.constant("high", np.int64(distance - 1))]),
                              g.constant("offset", np.int64(distance))])
         table = g.weight(ENCODER + "relative_attention_bias_layer.bias_values.weight", self.w(ENCODER + "relative_attention_bias_layer.bias_values.weight"))
-        return g.op("Unsqueeze", [g.op("Transpose", [g.op("Gather", [table, index], axis=0)], perm=[2, 0, 1]), g.constant("axis0", _i64([0]))])
+        return g.op("Unsqueeze", [g.op("Transpose", [g.op("Gather", [table, index], axis=0)], perm=[2, 0, 1]), g.constant("axis0", int64s([0]))])
 
     def feed_forward(self, x, name):
         g = self.g
@@ -169,21 +165,21 @@ def build_speech(ckpt: Checkpoint, g: Graph, precision: Precision) -> AudioConfi
     normalized = g.op("Mul", [g.op("Sub", [features, g.weight(ENCODER + "encoder_embedding.global_mean", b.w(ENCODER + "encoder_embedding.global_mean"))]),
                               g.weight(ENCODER + "encoder_embedding.global_invstd", b.w(ENCODER + "encoder_embedding.global_invstd"))])
     x = b.subsample(normalized)  # [1, T, D]
-    length = g.op("Squeeze", [g.op("Slice", [g.op("Shape", [x]), g.constant("one1", _i64([1])), g.constant("two1", _i64([2]))]),
-                              g.constant("axis0", _i64([0]))])
+    length = g.op("Squeeze", [g.op("Slice", [g.op("Shape", [x]), g.constant("one1", int64s([1])), g.constant("two1", int64s([2]))]),
+                              g.constant("axis0", int64s([0]))])
     chunk = g.op("Min", [length, g.constant("max_chunk", np.int64(MAX_CHUNK))])
     chunks = g.op("Div", [g.op("Sub", [g.op("Add", [length, chunk]), g.constant("one", np.int64(1))]), chunk])  # ceil(T / chunk)
     padding = g.op("Sub", [g.op("Mul", [chunks, chunk]), length])
-    pads = g.op("Concat", [g.constant("zeros", _i64([0, 0, 0, 0])), g.op("Unsqueeze", [padding, g.constant("axis0", _i64([0]))]),
-                           g.constant("zero1", _i64([0]))], axis=0)
-    x = g.op("Reshape", [g.op("Pad", [x, pads]), g.op("Concat", [g.constant("minus1", _i64([-1])),
-                                                                  g.op("Unsqueeze", [chunk, g.constant("axis0", _i64([0]))]),
-                                                                  g.constant("width", _i64([config.hidden_size]))], axis=0)])
+    pads = g.op("Concat", [g.constant("zeros", int64s([0, 0, 0, 0])), g.op("Unsqueeze", [padding, g.constant("axis0", int64s([0]))]),
+                           g.constant("zero1", int64s([0]))], axis=0)
+    x = g.op("Reshape", [g.op("Pad", [x, pads]), g.op("Concat", [g.constant("minus1", int64s([-1])),
+                                                                  g.op("Unsqueeze", [chunk, g.constant("axis0", int64s([0]))]),
+                                                                  g.constant("width", int64s([config.hidden_size]))], axis=0)])
     bias = b.relative_bias(chunk)
     for index in range(config.num_blocks):
         x = b.block(x, bias, index)
-    x = g.op("Slice", [g.op("Reshape", [x, g.constant("rows", _i64([-1, config.hidden_size]))]), g.constant("zero1", _i64([0])),
-                       g.op("Unsqueeze", [length, g.constant("axis0", _i64([0]))]), g.constant("axis0", _i64([0]))])
+    x = g.op("Slice", [g.op("Reshape", [x, g.constant("rows", int64s([-1, config.hidden_size]))]), g.constant("zero1", int64s([0])),
+                       g.op("Unsqueeze", [length, g.constant("axis0", int64s([0]))]), g.constant("axis0", int64s([0]))])
 
     def projection(mode: str) -> object:
         branch = g.branch(f"{mode}_projection")

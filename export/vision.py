@@ -16,7 +16,7 @@ from ..errors import Phi4MMError
 from .attention import multi_head_attention
 from .checkpoint import Checkpoint
 from .linear import Precision, linear
-from .onnx_graph import Graph
+from .onnx_graph import Graph, int64s
 
 PREFIX = "model.embed_tokens_extend.image_embed."
 ENCODER = PREFIX + "img_processor."
@@ -82,10 +82,6 @@ def vision_config(ckpt: Checkpoint) -> VisionConfig:
     )
 
 
-def _i64(values) -> np.ndarray:
-    return np.array(values, np.int64)
-
-
 class VisionBuilder:
     def __init__(self, ckpt: Checkpoint, g: Graph, precision: Precision, config: VisionConfig):
         self.ckpt, self.g, self.precision, self.c = ckpt, g, precision, config
@@ -109,7 +105,7 @@ class VisionBuilder:
         patches = g.op("Conv", [pixels, g.weight(p + "patch_embedding.weight", self.w(p + "patch_embedding.weight")),
                                 g.weight(p + "patch_embedding.bias", self.w(p + "patch_embedding.bias"))],
                        kernel_shape=[c.patch_size, c.patch_size], strides=[c.patch_size, c.patch_size])
-        patches = g.op("Transpose", [g.op("Reshape", [patches, g.constant("shape", _i64([0, c.hidden_size, -1]))])], perm=[0, 2, 1])
+        patches = g.op("Transpose", [g.op("Reshape", [patches, g.constant("shape", int64s([0, c.hidden_size, -1]))])], perm=[0, 2, 1])
 
         trained_side = c.image_size // c.patch_size
         boundaries = (np.arange(1, trained_side, dtype=np.float64) / trained_side).astype(np.float32)
@@ -117,19 +113,19 @@ class VisionBuilder:
 
         def buckets(count: str) -> str:  # [crops] real patches along one axis -> [crops, side]
             step = g.op("Div", [g.constant("one_f", np.float32(1.0)), g.op("Cast", [count], to=TensorProto.FLOAT)])
-            fraction = g.op("Min", [g.op("Mul", [indices, g.op("Unsqueeze", [step, g.constant("axes", _i64([1, 2]))])]),
+            fraction = g.op("Min", [g.op("Mul", [indices, g.op("Unsqueeze", [step, g.constant("axes", int64s([1, 2]))])]),
                                     g.constant("below_one", np.float32(1.0 - 1e-6))])
             above = g.op("GreaterOrEqual", [fraction, g.constant("boundaries", boundaries[None, None, :])])
-            return g.op("ReduceSum", [g.op("Cast", [above], to=TensorProto.INT64), g.constant("axis2", _i64([2]))], keepdims=0)
+            return g.op("ReduceSum", [g.op("Cast", [above], to=TensorProto.INT64), g.constant("axis2", int64s([2]))], keepdims=0)
 
-        rows_real = g.op("ReduceSum", [g.op("Gather", [mask, g.constant("zero", np.int64(0))], axis=2), g.constant("axis1", _i64([1]))], keepdims=0)
-        cols_real = g.op("ReduceSum", [g.op("Gather", [mask, g.constant("zero", np.int64(0))], axis=1), g.constant("axis1", _i64([1]))], keepdims=0)
+        rows_real = g.op("ReduceSum", [g.op("Gather", [mask, g.constant("zero", np.int64(0))], axis=2), g.constant("axis1", int64s([1]))], keepdims=0)
+        cols_real = g.op("ReduceSum", [g.op("Gather", [mask, g.constant("zero", np.int64(0))], axis=1), g.constant("axis1", int64s([1]))], keepdims=0)
         row_bucket, col_bucket = buckets(rows_real), buckets(cols_real)
-        position = g.op("Add", [g.op("Mul", [g.op("Unsqueeze", [row_bucket, g.constant("axis2", _i64([2]))]), g.constant("side", np.int64(trained_side))]),
-                                g.op("Unsqueeze", [col_bucket, g.constant("axis1", _i64([1]))])])
-        flat_mask = g.op("Reshape", [mask, g.constant("shape", _i64([0, -1]))])
+        position = g.op("Add", [g.op("Mul", [g.op("Unsqueeze", [row_bucket, g.constant("axis2", int64s([2]))]), g.constant("side", np.int64(trained_side))]),
+                                g.op("Unsqueeze", [col_bucket, g.constant("axis1", int64s([1]))])])
+        flat_mask = g.op("Reshape", [mask, g.constant("shape", int64s([0, -1]))])
         position = g.op("Where", [g.op("Cast", [flat_mask], to=TensorProto.BOOL),
-                                  g.op("Reshape", [position, g.constant("shape", _i64([0, -1]))]), g.constant("zero", np.int64(0))])
+                                  g.op("Reshape", [position, g.constant("shape", int64s([0, -1]))]), g.constant("zero", np.int64(0))])
         table = g.weight(p + "position_embedding.weight", self.w(p + "position_embedding.weight"))
         return g.op("Add", [patches, g.op("Gather", [table, position], axis=0)])
 
@@ -147,9 +143,9 @@ class VisionBuilder:
     def pool(self, features: str) -> str:
         """[crops, side*side, C] -> [crops, side/2, side/2, C] by 2x2 average pooling."""
         g, c, side = self.g, self.c, self.c.patches_per_side
-        grid = g.op("Transpose", [g.op("Reshape", [features, g.constant("grid", _i64([0, side, side, c.hidden_size]))])], perm=[0, 3, 1, 2])
+        grid = g.op("Transpose", [g.op("Reshape", [features, g.constant("grid", int64s([0, side, side, c.hidden_size]))])], perm=[0, 3, 1, 2])
         if side % 2:  # odd patch grids are reflection-padded by one row and column first
-            grid = g.op("Pad", [grid, g.constant("pads", _i64([0, 0, 0, 0, 0, 0, 1, 1]))], mode="reflect")
+            grid = g.op("Pad", [grid, g.constant("pads", int64s([0, 0, 0, 0, 0, 0, 1, 1]))], mode="reflect")
         pooled = g.op("AveragePool", [grid], kernel_shape=[2, 2], strides=[2, 2])
         return g.op("Transpose", [pooled], perm=[0, 2, 3, 1])
 
@@ -162,35 +158,35 @@ class VisionBuilder:
         global_separator = g.weight(PREFIX + "global_img_feature_extensor", self.w(PREFIX + "global_img_feature_extensor").reshape(1, -1))
 
         def with_row_separators(rows_grid: str, rows: str) -> str:  # [r, w, C] -> [r * (w + 1), C]
-            separators = g.op("Expand", [sub_separator, g.op("Concat", [rows, g.constant("one_one", _i64([1, 1]))], axis=0)])
-            return g.op("Reshape", [g.op("Concat", [rows_grid, separators], axis=1), g.constant("tokens", _i64([-1, c.hidden_size]))])
+            separators = g.op("Expand", [sub_separator, g.op("Concat", [rows, g.constant("one_one", int64s([1, 1]))], axis=0)])
+            return g.op("Reshape", [g.op("Concat", [rows_grid, separators], axis=1), g.constant("tokens", int64s([-1, c.hidden_size]))])
 
-        first = g.op("Slice", [pooled, g.constant("zero1", _i64([0])), g.constant("one1", _i64([1])), g.constant("axis0", _i64([0]))])
-        global_tokens = with_row_separators(g.op("Squeeze", [first, g.constant("axis0", _i64([0]))]), g.constant("side1", _i64([side])))
+        first = g.op("Slice", [pooled, g.constant("zero1", int64s([0])), g.constant("one1", int64s([1])), g.constant("axis0", int64s([0]))])
+        global_tokens = with_row_separators(g.op("Squeeze", [first, g.constant("axis0", int64s([0]))]), g.constant("side1", int64s([side])))
 
-        rows = g.op("Slice", [grid, g.constant("zero1", _i64([0])), g.constant("one1", _i64([1]))])
-        columns = g.op("Slice", [grid, g.constant("one1", _i64([1])), g.constant("two1", _i64([2]))])
+        rows = g.op("Slice", [grid, g.constant("zero1", int64s([0])), g.constant("one1", int64s([1]))])
+        columns = g.op("Slice", [grid, g.constant("one1", int64s([1])), g.constant("two1", int64s([2]))])
         tiles = g.op("Mul", [rows, columns])
-        tile_range = [g.constant("one1", _i64([1])), g.op("Add", [tiles, g.constant("one1", _i64([1]))]), g.constant("axis0", _i64([0]))]
-        layout = g.op("Concat", [rows, columns, g.constant("side_side", _i64([side, side]))], axis=0)
+        tile_range = [g.constant("one1", int64s([1])), g.op("Add", [tiles, g.constant("one1", int64s([1]))]), g.constant("axis0", int64s([0]))]
+        layout = g.op("Concat", [rows, columns, g.constant("side_side", int64s([side, side]))], axis=0)
 
         def as_grid(tensor: str, trailing) -> str:  # [tiles, side, side, *t] -> [rows*side, columns*side, *t]
-            shaped = g.op("Reshape", [tensor, g.op("Concat", [layout, g.constant("trailing", _i64(trailing))], axis=0)])
+            shaped = g.op("Reshape", [tensor, g.op("Concat", [layout, g.constant("trailing", int64s(trailing))], axis=0)])
             perm = [0, 2, 1, 3] + ([4] if trailing else [])
-            merged = g.op("Concat", [g.op("Mul", [rows, g.constant("side1", _i64([side]))]),
-                                     g.op("Mul", [columns, g.constant("side1", _i64([side]))]), g.constant("trailing", _i64(trailing))], axis=0)
+            merged = g.op("Concat", [g.op("Mul", [rows, g.constant("side1", int64s([side]))]),
+                                     g.op("Mul", [columns, g.constant("side1", int64s([side]))]), g.constant("trailing", int64s(trailing))], axis=0)
             return g.op("Reshape", [g.op("Transpose", [shaped], perm=perm), merged])
 
         sub = as_grid(g.op("Slice", [pooled, *tile_range]), [c.hidden_size])
         tile_masks = g.op("Slice", [mask, *tile_range])
-        pooled_mask = g.op("Slice", [tile_masks, g.constant("zero2", _i64([0, 0])), g.constant("big2", _i64([1 << 30, 1 << 30])),
-                                     g.constant("axes12", _i64([1, 2])), g.constant("steps22", _i64([2, 2]))])
+        pooled_mask = g.op("Slice", [tile_masks, g.constant("zero2", int64s([0, 0])), g.constant("big2", int64s([1 << 30, 1 << 30])),
+                                     g.constant("axes12", int64s([1, 2])), g.constant("steps22", int64s([2, 2]))])
         mask_grid = as_grid(pooled_mask, [])
         real_rows = g.op("Cast", [g.op("ReduceSum", [g.op("Gather", [mask_grid, g.constant("zero", np.int64(0))], axis=1),
-                                                     g.constant("axis0", _i64([0]))], keepdims=1)], to=TensorProto.INT64)
+                                                     g.constant("axis0", int64s([0]))], keepdims=1)], to=TensorProto.INT64)
         real_columns = g.op("Cast", [g.op("ReduceSum", [g.op("Gather", [mask_grid, g.constant("zero", np.int64(0))], axis=0),
-                                                        g.constant("axis0", _i64([0]))], keepdims=1)], to=TensorProto.INT64)
-        sub = g.op("Slice", [sub, g.constant("zero2", _i64([0, 0])), g.op("Concat", [real_rows, real_columns], axis=0), g.constant("axes01", _i64([0, 1]))])
+                                                        g.constant("axis0", int64s([0]))], keepdims=1)], to=TensorProto.INT64)
+        sub = g.op("Slice", [sub, g.constant("zero2", int64s([0, 0])), g.op("Concat", [real_rows, real_columns], axis=0), g.constant("axes01", int64s([0, 1]))])
         sub_tokens = with_row_separators(sub, real_rows)
         return g.op("Concat", [sub_tokens, global_separator, global_tokens], axis=0)
 
@@ -210,7 +206,7 @@ def build_vision(ckpt: Checkpoint, g: Graph, precision: Precision, progress=None
     grid = g.input("crop_grid", TensorProto.INT64, [2])
     x = b.embeddings(pixels, mask)
     # Padding patches are hidden from every query as keys (the reference's bidirectional mask).
-    key_padding = g.op("Mul", [g.op("Sub", [g.constant("one_f", np.float32(1.0)), g.op("Reshape", [mask, g.constant("shape", _i64([0, 1, 1, -1]))])]),
+    key_padding = g.op("Mul", [g.op("Sub", [g.constant("one_f", np.float32(1.0)), g.op("Reshape", [mask, g.constant("shape", int64s([0, 1, 1, -1]))])]),
                                g.constant("min_f", np.float32(np.finfo(np.float32).min))])
     for layer in range(config.layers_used):
         x = b.encoder_layer(x, key_padding, layer)

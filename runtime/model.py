@@ -186,7 +186,7 @@ class Phi4MMEdge:
         if audios and self.speech is None:
             raise Phi4MMError("this artifact has no speech.onnx: re-export it from a checkpoint with the speech encoder")
         prepared = {"image": [self.vision.prepare(image) for image in images],
-                    "audio": [self.speech.prepare(*a) if isinstance(a, tuple) else self.speech.prepare(a) for a in audios]}
+                    "audio": [self.speech.prepare(audio) for audio in audios]}
         text = self.tokenizer.render(place_media(list(messages), len(images), len(audios)))
         order = {kind: [int(n) for k, n in PLACEHOLDER.findall(text) if k == kind] for kind in prepared}
         token_ids = {"image": self.model["image_token_id"], "audio": self.model["audio_token_id"]}

@@ -42,6 +42,8 @@ def verify_artifact(folder, full: bool = False) -> dict:
                     f"corrupted; re-export the artifact"
                 )
         fresh[name] = key
+    if fresh == stamp:
+        return manifest  # nothing changed since the last check: no write on every load
     try:
         stamp_path.write_text(json.dumps(fresh))
     except OSError:
