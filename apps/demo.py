@@ -10,6 +10,9 @@ from pathlib import Path
 from ..runtime import Phi4MMEdge
 from ..runtime.verify import verify_artifact
 
+RANDOM_WEIGHTS_NOTE = ("NOTE: the reference model has RANDOM weights: its words mean nothing. It proves the pipeline "
+                       "(export, int4, adapter swapping, streaming); point `phi4mm-edge export` at the real checkpoint for real answers.")
+
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "phi4mm-edge"
@@ -38,8 +41,7 @@ def demo(args) -> None:
     artifact = prepare_reference_artifact(cache_dir)
     model = Phi4MMEdge.load(artifact)
     print(f"\nloaded {artifact} in {model.load_ms:.0f} ms")
-    print("NOTE: the reference model has RANDOM weights: its words mean nothing. It proves the pipeline "
-          "(export, int4, adapter swapping, streaming); point `phi4mm-edge export` at the real checkpoint for real answers.\n")
+    print(RANDOM_WEIGHTS_NOTE + "\n")
     print(f"prompt: {args.prompt}\n")
     for adapter in ("none", "vision", "speech"):
         generation = model.generate(args.prompt, max_new_tokens=args.max_new_tokens, adapter=adapter)

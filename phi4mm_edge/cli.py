@@ -47,6 +47,24 @@ def _demo(args):
     demo(args)
 
 
+def _chat(args):
+    from .apps.chat import chat
+
+    chat(args)
+
+
+def _transcribe(args):
+    from .apps.transcribe import transcribe
+
+    transcribe(args)
+
+
+def _camera(args):
+    from .apps.camera import camera
+
+    camera(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phi4mm-edge", description="Phi-4-multimodal on device: export and run.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +123,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="Describe what an on-device assistant can do.")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.set_defaults(func=_demo)
+
+    from .apps.model_options import add_model_options
+
+    p = commands.add_parser("chat", help="a terminal chat: history, streaming, /image /audio /snap /rec")
+    add_model_options(p)
+    p.add_argument("--camera", default="0", metavar="INDEX|VIDEO", help="what /snap reads: a camera index or a video file (default 0)")
+    p.set_defaults(func=_chat)
+
+    p = commands.add_parser("transcribe", help="live transcription (or translation) of the microphone or a recording")
+    add_model_options(p, max_new_tokens=128)
+    p.add_argument("--input", metavar="FILE", help="transcribe a recording instead of the microphone")
+    p.add_argument("--translate", metavar="LANGUAGE", help="translate into LANGUAGE instead of transcribing")
+    p.add_argument("--output", default="transcript.txt", metavar="FILE", help="each segment is appended here (default transcript.txt)")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop listening after SECONDS (default: at Ctrl-C)")
+    p.set_defaults(func=_transcribe)
+
+    p = commands.add_parser("camera", help="describe the camera view on Enter or every N seconds")
+    add_model_options(p, max_new_tokens=64)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--camera", default="0", metavar="INDEX", help="camera index (default 0)")
+    source.add_argument("--input", metavar="VIDEO", help="read a video file instead of a camera")
+    p.add_argument("--interval", type=float, metavar="SECONDS", help="describe every SECONDS (video time for --input) instead of on Enter")
+    p.add_argument("--headless", action="store_true", help="no window; Enter in the terminal describes")
+    p.add_argument("--prompt", default="Describe what you see.")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N descriptions")
+    p.add_argument("--json", action="store_true", help="one JSON object per description instead of text")
+    p.set_defaults(func=_camera)
     return parser
 
 

@@ -1,0 +1,88 @@
+"""`phi4mm-edge transcribe [ARTIFACT]`: live transcription (or translation) of the microphone,
+or of a recording with --input.
+
+An energy gate (runtime/segments.py) cuts the audio into speech segments; each segment is
+transcribed on its own with the speech adapter, printed with its start and end time, and
+appended to --output as one line. Ctrl-C (or --duration) stops listening; the speech in
+progress is still transcribed (a second Ctrl-C stops at once).
+"""
+
+import contextlib
+
+from ..errors import Phi4MMError
+from ..runtime.audio import SAMPLE_RATE, load_audio
+from ..runtime.microphone import listen
+from ..runtime.segments import SpeechGate, split_segments
+from .model_options import load_model, sampling
+
+# Phi-4-multimodal's own task prompts for speech recognition and speech translation.
+TRANSCRIBE_PROMPT = "<|audio_1|>Transcribe the audio clip into text."
+TRANSLATE_PROMPT = "<|audio_1|>Translate the audio to {language}."
+MAX_INPUT_SECONDS = 4 * 3600  # --input decodes the whole file: 16 kHz float32 is 230 MB per hour
+
+
+def task_prompt(translate_to: str | None = None) -> str:
+    """The prompt for each segment: transcription, or translation into `translate_to`."""
+    return TRANSLATE_PROMPT.format(language=translate_to) if translate_to else TRANSCRIBE_PROMPT
+
+
+def timestamp(seconds: float) -> str:
+    """01:02:03.45"""
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours:02d}:{minutes:02d}:{seconds:05.2f}"
+
+
+def transcript_line(segment, text: str) -> str:
+    """One line per segment, whatever the model's line breaks: '[start --> end] text'."""
+    return f"[{timestamp(segment.start_seconds)} --> {timestamp(segment.end_seconds)}] {' '.join(text.split())}"
+
+
+def recording_segments(path) -> list:
+    """The speech segments of an audio file."""
+    return split_segments(load_audio(path, max_seconds=MAX_INPUT_SECONDS))
+
+
+def live_segments(duration: float | None = None):
+    """Speech segments from the default microphone as they end, for `duration` seconds of audio
+    (default: until Ctrl-C); the segment in progress at the end is flushed."""
+    gate, heard, limit = SpeechGate(), 0, None if duration is None else round(duration * SAMPLE_RATE)
+    try:
+        with contextlib.closing(listen()) as blocks:  # closing it closes the device
+            for block in blocks:
+                if limit is not None:
+                    block = block[: limit - heard]
+                heard += len(block)
+                yield from gate.feed(block)
+                if limit is not None and heard >= limit:
+                    break
+    except KeyboardInterrupt:
+        print("\n[stopped listening]", flush=True)
+    yield from gate.flush()
+
+
+def transcribe(args) -> None:
+    if args.duration is not None and (args.duration <= 0 or args.input):
+        raise Phi4MMError("--duration is a positive number of seconds of microphone audio (not used with --input)")
+    model = load_model(args)
+    prompt = task_prompt(args.translate)
+    try:
+        output = open(args.output, "a", encoding="utf-8")
+    except OSError as error:
+        raise Phi4MMError(f"cannot write the transcript to {args.output} ({error.strerror}): pick another --output") from None
+    task = f"translating to {args.translate}" if args.translate else "transcribing"
+    print(f"{task} {args.input or 'the microphone'}; appending to {args.output} (Ctrl-C stops)", flush=True)
+    count = 0
+    with output:
+        try:
+            for segment in recording_segments(args.input) if args.input else live_segments(args.duration):
+                generation = model.generate(prompt, audios=[(segment.samples, segment.sample_rate)], adapter="speech",
+                                            **sampling(args))
+                line = transcript_line(segment, generation.text())
+                print(line, flush=True)
+                output.write(line + "\n")
+                output.flush()
+                count += 1
+        except KeyboardInterrupt:
+            print("\n[stopped]")
+    print(f"{count} segment(s) appended to {args.output}")
