@@ -47,6 +47,12 @@ def _demo(args):
     demo(args)
 
 
+def _serve(args):
+    from .apps.serve import serve
+
+    serve(args)
+
+
 def _chat(args):
     from .apps.chat import chat
 
@@ -150,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, metavar="N", help="stop after N descriptions")
     p.add_argument("--json", action="store_true", help="one JSON object per description instead of text")
     p.set_defaults(func=_camera)
+
+    p = commands.add_parser("serve", help="a local web page: ask with text, camera or microphone, answers streamed")
+    from .apps.serve import add_arguments as add_serve_arguments
+
+    add_serve_arguments(p)
+    p.set_defaults(func=_serve)
     return parser
 
 

@@ -1,0 +1,256 @@
+"""The web page's HTTP side (aiohttp): the page's files, its limits, the access rules, and
+answers streamed as server-sent events, one generation at a time.
+
+    GET  /              the page (apps/web/index.html); with ?token=... sets the access cookie
+    GET  /static/NAME   the page's scripts and style
+    GET  /api/config    limits and model facts the page shows
+    POST /api/ask       multipart: prompt, optional image, optional audio (a recording, WAV made
+                        in the page); answers text/event-stream: `queue` {ahead}, `piece` {text},
+                        then `done` {adapter, ttft_ms, decode_tokens_per_s, ...} or `error` {message}
+
+Refusals before the stream starts are JSON {"error": message}: 400 (bad request), 403 (access),
+413 (a photo or recording over the limit).
+"""
+
+import asyncio
+import ipaddress
+import json
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from ..errors import Phi4MMError
+from ..runtime.audio import SAMPLE_RATE, load_audio
+from .turns import Line
+
+WEB_FOLDER = Path(__file__).with_name("web")
+TOKEN_COOKIE = "phi4mm_token"
+TOKEN_HEADER = "X-Access-Token"
+MAX_PROMPT_BYTES = 64 * 1024  # far beyond any context; only bounds what is held in memory
+READ_CHUNK = 64 * 1024
+# A recording's bytes are bounded before it is decoded: float32 stereo at 48 kHz is the
+# largest ordinary PCM a browser or phone sends, so any clip within the time limit fits.
+LARGEST_PCM_BYTES_PER_SECOND = 48000 * 2 * 4
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    max_image_bytes: int
+    max_record_seconds: float
+    sampling: dict  # generate() keywords: max_new_tokens (the most a request may ask for), temperature
+    token: str | None = None   # set in --lan mode: every request must carry it
+    tls: bool = False
+    model_name: str = ""
+    random_weights: bool = False  # the bundled reference model: the page says its words mean nothing
+
+    @property
+    def max_audio_bytes(self) -> int:
+        return int(self.max_record_seconds * LARGEST_PCM_BYTES_PER_SECOND) + 64 * 1024
+
+
+SETTINGS = web.AppKey("settings", ServeSettings)
+MODEL = web.AppKey("model", object)
+LINE = web.AppKey("line", Line)
+MODEL_THREAD = web.AppKey("model_thread", ThreadPoolExecutor)
+
+
+class Refusal(Exception):
+    """A request refused before any answer starts: an HTTP status and a message for the page."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _refusal_response(request, refusal: Refusal) -> web.Response:
+    if request.path.startswith("/api/"):
+        return web.json_response({"error": refusal.message}, status=refusal.status)
+    return web.Response(status=refusal.status, text=refusal.message + "\n")
+
+
+def access_refusal(request, settings: ServeSettings) -> str | None:
+    """Why this request may not use the server, or None."""
+    host = urlsplit(f"//{request.host}").hostname or ""
+    origin = request.headers.get("Origin")
+    # Another web site's script may send requests to this server from the user's browser: a
+    # POST needs no permission to be sent. Refuse origins other than the page's own.
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        return f"requests from {origin} are refused: only this server's own page may use it"
+    if settings.token is None:
+        # Local mode: a Host other than loopback means DNS rebinding (a site's name pointed at 127.0.0.1).
+        if host not in LOOPBACK_NAMES and not host.startswith("127."):
+            return f"this server answers only on localhost, not as {host!r}; use serve --lan for other devices"
+        return None
+    remote = ipaddress.ip_address((request.remote or "0.0.0.0").split("%")[0])
+    if not (remote.is_private or remote.is_loopback or remote.is_link_local):
+        return f"{remote} is not on the local network: serve --lan answers only local addresses"
+    offered = (request.query.get("token") or request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or "")
+    if not secrets.compare_digest(offered.encode(), settings.token.encode()):
+        return ("this page needs its access token: open the full URL that `phi4mm-edge serve --lan` printed "
+                "(it ends in ?token=...) or scan its QR code")
+    return None
+
+
+@web.middleware
+async def guard(request, handler):
+    settings = request.app[SETTINGS]
+    reason = access_refusal(request, settings)
+    if reason:
+        return _refusal_response(request, Refusal(403, reason))
+    try:
+        return await handler(request)
+    except Refusal as refusal:
+        return _refusal_response(request, refusal)
+
+
+async def page(request):
+    settings = request.app[SETTINGS]
+    if settings.token and request.query.get("token"):
+        # Keep the token out of the address bar (and screenshots): a cookie carries it from now on.
+        response = web.HTTPFound("/")
+        response.set_cookie(TOKEN_COOKIE, settings.token, httponly=True, samesite="Strict", secure=settings.tls)
+        raise response
+    return web.FileResponse(WEB_FOLDER / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def config(request):
+    settings = request.app[SETTINGS]
+    return web.json_response({
+        "model": settings.model_name,
+        "random_weights": settings.random_weights,
+        "max_image_bytes": settings.max_image_bytes,
+        "max_record_seconds": settings.max_record_seconds,
+        "max_new_tokens": settings.sampling["max_new_tokens"],
+    })
+
+
+async def _read_part(part, limit: int, too_large: str) -> bytes:
+    chunks, size = [], 0
+    while chunk := await part.read_chunk(READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise Refusal(413, too_large)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.3g} MB"
+
+
+async def read_question(request, settings: ServeSettings) -> dict:
+    """The multipart form as {prompt, image (bytes or None), audio (bytes or None), max_new_tokens}."""
+    if not request.content_type.startswith("multipart/form-data"):
+        raise Refusal(400, "send the question as multipart/form-data (fields: prompt, image, audio)")
+    most = settings.sampling["max_new_tokens"]
+    question = {"prompt": "", "image": None, "audio": None, "max_new_tokens": most}
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if part.name == "image":
+            if question["image"] is not None:
+                raise Refusal(400, "one photo per question")
+            question["image"] = await _read_part(part, settings.max_image_bytes,
+                                                 f"the photo is larger than {_megabytes(settings.max_image_bytes)}, "
+                                                 f"this server's limit: send a smaller one (serve --max-image-mb)")
+        elif part.name == "audio":
+            if question["audio"] is not None:
+                raise Refusal(400, "one recording per question")
+            question["audio"] = await _read_part(part, settings.max_audio_bytes,
+                                                 f"the recording is larger than {_megabytes(settings.max_audio_bytes)}: "
+                                                 f"longer than the {settings.max_record_seconds:g} s this server takes")
+        elif part.name in ("prompt", "max_new_tokens"):
+            text = (await _read_part(part, MAX_PROMPT_BYTES, "the question is too long")).decode("utf-8", "replace")
+            if part.name == "prompt":
+                question["prompt"] = text
+            elif not text.strip().isdigit() or not 1 <= int(text) <= most:
+                raise Refusal(400, f"max_new_tokens must be a whole number in 1..{most}")
+            else:
+                question["max_new_tokens"] = int(text)
+        else:
+            await _read_part(part, MAX_PROMPT_BYTES, f"unknown field {part.name!r}")
+    if not question["prompt"].strip() and question["image"] is None and question["audio"] is None:
+        raise Refusal(400, "type a question, or add a photo or a recording")
+    return question
+
+
+def _recording(audio: bytes, settings: ServeSettings):
+    """Decoded 16 kHz samples of a recording within the time limit (runs off the event loop)."""
+    try:
+        samples = load_audio(audio, max_seconds=float("inf"))  # the limit below names this server's option
+    except Phi4MMError as error:
+        raise Refusal(400, f"the recording: {error}") from None
+    seconds = len(samples) / SAMPLE_RATE
+    if seconds > settings.max_record_seconds:
+        raise Refusal(413, f"the recording is {seconds:.1f} s long; this server takes at most "
+                           f"{settings.max_record_seconds:g} s (serve --max-record-seconds)")
+    return samples, SAMPLE_RATE
+
+
+async def _send(response, event: str, data: dict) -> None:
+    await response.write(f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode())
+
+
+async def ask(request):
+    app, settings = request.app, request.app[SETTINGS]
+    question = await read_question(request, settings)
+    loop = asyncio.get_running_loop()
+    audios = []
+    if question["audio"] is not None:
+        audios.append(await loop.run_in_executor(None, _recording, question["audio"], settings))
+    images = [question["image"]] if question["image"] is not None else []
+
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    arrived = time.perf_counter()
+
+    def on_model(function, *args, **kwargs):
+        # Every runtime call happens on the one model thread.
+        return loop.run_in_executor(app[MODEL_THREAD], lambda: function(*args, **kwargs))
+
+    try:
+        async with app[LINE].turn(lambda ahead: _send(response, "queue", {"ahead": ahead})):
+            waited_ms = (time.perf_counter() - arrived) * 1000
+            try:
+                generation = await on_model(app[MODEL].generate, question["prompt"], images=images, audios=audios,
+                                            **{**settings.sampling, "max_new_tokens": question["max_new_tokens"]})
+                while (piece := await on_model(next, generation, None)) is not None:
+                    await _send(response, "piece", {"text": piece})
+            except Phi4MMError as error:
+                await _send(response, "error", {"message": str(error)})
+            else:
+                result = generation.result
+                await _send(response, "done", {
+                    "adapter": result["adapter"],
+                    "ttft_ms": result["timings"]["ttft_ms"],
+                    "decode_tokens_per_s": result["timings"]["decode_tokens_per_s"],
+                    "tokens": len(result["token_ids"]),
+                    "finish_reason": result["finish_reason"],
+                    "waited_ms": round(waited_ms, 1),
+                })
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the page went away: its turn ended above, the next request goes ahead
+    return response
+
+
+def make_app(model, settings: ServeSettings) -> web.Application:
+    """The aiohttp application serving `model` (a loaded Phi4MMEdge) under `settings`."""
+    app = web.Application(middlewares=[guard])
+    app[MODEL], app[SETTINGS], app[LINE] = model, settings, Line()
+    app[MODEL_THREAD] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phi4mm-model")
+    app.router.add_get("/", page)
+    app.router.add_get("/api/config", config)
+    app.router.add_post("/api/ask", ask)
+    app.router.add_static("/static/", WEB_FOLDER)
+
+    async def stop_model_thread(app):
+        app[MODEL_THREAD].shutdown(wait=False, cancel_futures=True)
+
+    app.on_cleanup.append(stop_model_thread)
+    return app
