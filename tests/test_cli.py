@@ -47,3 +47,4 @@ def test_the_wheel_installs_only_the_phi4mm_edge_package(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for sub in ("export", "runtime", "quant", "apps", "benchmarks"):
         assert f"phi4mm_edge/{sub}/__init__.py" in names
+    assert "phi4mm_edge/apps/web/index.html" in names  # serve's page is package data
