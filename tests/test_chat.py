@@ -6,6 +6,7 @@ import os
 import re
 import sys
 
+import cv2
 import numpy as np
 import pexpect
 from PIL import Image
@@ -50,9 +51,13 @@ def test_chat_turns_with_media_reset_and_quit(artifacts, tmp_path):
     image[60:180, 100:220] = (200, 30, 30)
     Image.fromarray(image).save(picture)
     clip = espeak("What colour is the square?", tmp_path / "question.wav")
+    video = tmp_path / "camera.avi"  # /snap reads --camera: a video file stands in for the camera
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (320, 240))
+    writer.write(image[:, :, ::-1].copy())
+    writer.release()
     steps = 12
 
-    child = start_chat(artifacts["int4"], "--max-new-tokens", steps)
+    child = start_chat(artifacts["int4"], "--max-new-tokens", steps, "--camera", video)
     answers = []
     text, adapter, _ = say(child, "Hello there.")
     answers.append(text)
@@ -80,6 +85,9 @@ def test_chat_turns_with_media_reset_and_quit(artifacts, tmp_path):
     assert "conversation cleared" in command(child, "/reset")
     text, adapter, _ = say(child, "Hello there.")
     assert adapter == "none" and text == answers[0]  # nothing of the earlier conversation is left
+    assert "attached image 1" in command(child, "/snap")  # numbering starts again after /reset
+    _, adapter, _ = say(child, "What is this?")
+    assert adapter == "vision"
     assert "/snap" in command(child, "/help")
     child.sendline("/quit")
     child.expect(pexpect.EOF)
