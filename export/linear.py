@@ -4,16 +4,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..quant import int4
+from ..quant import int4, int8
 from .onnx_graph import MS_DOMAIN, ExternalData, Graph
 
 
 @dataclass(frozen=True)
 class Precision:
     """How base weights are stored. accuracy_level 4 lets the CPU kernel quantize activations
-    to int8 per block (its fastest path); 0 keeps fp32 activations."""
+    to int8 per block (its fastest path); 0 keeps fp32 activations. "int8" is the prefill graph's
+    precision: 7-bit per-output-channel weights for DynamicQuantizeMatMul (quant/int8.py)."""
 
-    weights: str = "int4"  # "int4" or "fp32"
+    weights: str = "int4"  # "int4", "fp32", or "int8" (prefill graph only)
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 4
@@ -48,6 +49,11 @@ def linear(graph: Graph, x: str, weight: np.ndarray, name: str, precision: Preci
     if precision.is_int4:
         quantized = int4.quantize(weight, precision.block_size, precision.symmetric)
         y = matmul_nbits(graph, x, int4_initializers(graph.data, name, quantized), quantized, precision, name)
+    elif precision.weights == "int8":
+        columns = int8.quantize_columns(weight)
+        y = graph.op("DynamicQuantizeMatMul", [x, graph.weight(f"{name}.int8", columns.weight_t),
+                                               graph.weight(f"{name}.int8_scales", columns.scales)],
+                     domain=MS_DOMAIN, name=name)
     else:
         y = graph.op("MatMul", [x, graph.weight(f"{name}.weight_t", np.ascontiguousarray(weight.T))], name=name)
     if bias is not None:

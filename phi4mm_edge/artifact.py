@@ -16,6 +16,7 @@ FORMAT_VERSION = 2  # 2: decoder takes logits_to_keep; vision.onnx and speech.on
 MANIFEST = "manifest.json"
 EMBEDDING_GRAPH = "embedding.onnx"
 DECODER_GRAPH = "decoder.onnx"
+PREFILL_GRAPH = "decoder_prefill.onnx"  # optional: the decoder with int8 linears, for prompts
 VISION_GRAPH = "vision.onnx"
 SPEECH_GRAPH = "speech.onnx"
 ADAPTER_SUFFIX = ".onnx_adapter"

@@ -23,7 +23,8 @@ def _export(args):
 
     precision = Precision(weights=args.precision, block_size=args.block_size, symmetric=not args.asymmetric,
                           accuracy_level=args.accuracy_level)
-    manifest = export(args.checkpoint, args.out, precision, args.adapter_precision, show_progress=not args.quiet)
+    manifest = export(args.checkpoint, args.out, precision, args.adapter_precision, show_progress=not args.quiet,
+                      prefill=args.prefill)
     sizes = sum(f["size"] for f in manifest["files"].values())
     print(f"exported {args.checkpoint} -> {args.out} ({precision.weights}, {sizes / 1e6:.1f} MB, "
           f"{manifest['export_seconds']} s, adapters: {', '.join(manifest['adapters']) or 'none'})")
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4,
                    help="MatMulNBits accuracy level; 4 = int8 activations on CPU (fastest)")
     p.add_argument("--adapter-precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--prefill", choices=["int4", "int8"], default="int4",
+                   help="int8: also write decoder_prefill.onnx (int8 copy of the decoder linears, ~2x the int4 "
+                        "decoder's bytes on disk and in RAM) for ~2x faster prompts on AVX2/ARM-dotprod CPUs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_export)
 
@@ -107,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", choices=["auto", "none", "vision", "speech"], default="auto")
     p.add_argument("--context", type=int, help="tokens of KV cache (prompt + answer); default 4096")
     p.add_argument("--threads", type=int, help="intra-op threads; default one per physical core")
+    p.add_argument("--prefill", choices=["auto", "int4", "int8"], default="auto",
+                   help="prompt path: int8 = the artifact's decoder_prefill.onnx; auto = int8 when present and the CPU has AVX2 or ARM dotprod")
+    p.add_argument("--prefill-chunk", type=int, metavar="TOKENS", help="run long prompts in chunks of TOKENS (default: whole)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="an image (repeatable); refer to it as <|image_1|>, <|image_2|> ... or it goes before the text")

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import DECODER_GRAPH, EMBEDDING_GRAPH, read_manifest
+from ..artifact import DECODER_GRAPH, EMBEDDING_GRAPH, PREFILL_GRAPH, read_manifest
 from ..errors import Phi4MMError
 from .adapters import NONE, AdapterSet
 from .audio import MAX_SECONDS
 from .chat import ChatTokenizer
+from .cpu import choose_prefill
 from .kv_cache import KVCache
 from .prompt import PLACEHOLDER, expand, place_media
 from .providers import open_session, session_options
@@ -31,6 +32,9 @@ from .speech import SpeechEncoder
 from .vision import VisionEncoder
 
 DEFAULT_CONTEXT = 4096  # tokens of KV cache allocated at load; --context raises it up to the model's maximum
+# Runs of at least this many positions go through the int8 prefill graph when it is chosen: below
+# it the int4 kernels win (the int8 GEMM reads twice the bytes; measured crossover 32-64 rows).
+PREFILL_MIN_POSITIONS = 64
 
 
 def route(adapter: str, has_image: bool = False, has_audio: bool = False) -> str:
@@ -64,7 +68,7 @@ class Generation:
 
 class Phi4MMEdge:
     def __init__(self, folder, manifest, embedding, decoder, tokenizer, adapters, context_length, load_ms, vision=None,
-                 speech=None):
+                 speech=None, prefill=None, prefill_chunk: int | None = None):
         self.folder, self.manifest = Path(folder), manifest
         self.embedding, self.decoder, self.vision, self.speech = embedding, decoder, vision, speech
         self.tokenizer, self.adapters = tokenizer, adapters
@@ -89,14 +93,27 @@ class Phi4MMEdge:
         self._embed_binding.bind_ortvalue_output("inputs_embeds", self._step_embeds_value)
         self._binding = decoder.io_binding()
         self.cache.bind(self._binding)
+        # The int8 prefill graph, when chosen, shares the KV cache buffers and the adapter tensors.
+        self.prefill = prefill
+        self.prefill_path = "int8" if prefill is not None else "int4"
+        self._prefill_binding = prefill.io_binding() if prefill is not None else None
+        if prefill is not None:
+            self.cache.bind(self._prefill_binding)
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise Phi4MMError(f"prefill chunk {prefill_chunk}: give at least 1 token (or none for whole prompts)")
+        self.prefill_chunk = prefill_chunk
         self.active_adapter = None
         self.activate(NONE)
 
     @classmethod
     def load(cls, folder, provider: str = "cpu", threads: int | None = None, context_length: int | None = None,
-             verify: bool = True, max_audio_seconds: float = MAX_SECONDS) -> "Phi4MMEdge":
+             verify: bool = True, max_audio_seconds: float = MAX_SECONDS, prefill: str = "auto",
+             prefill_chunk: int | None = None) -> "Phi4MMEdge":
         """Open an artifact folder. `context_length` (prompt + answer tokens) sizes the KV cache;
-        longer audio clips than `max_audio_seconds` are refused."""
+        longer audio clips than `max_audio_seconds` are refused. `prefill` picks how prompts run:
+        'int8' (the artifact's decoder_prefill.onnx), 'int4' (the decode graph) or 'auto' (int8
+        when present and the CPU has a fast int8 GEMM). `prefill_chunk` splits long prompts into
+        runs of at most that many tokens (none: whole prompts)."""
         started = time.perf_counter()
         folder = Path(folder)
         manifest = verify_artifact(folder) if verify else read_manifest(folder)
@@ -107,12 +124,15 @@ class Phi4MMEdge:
         options = session_options(threads)
         embedding = open_session(folder / EMBEDDING_GRAPH, options, provider)
         decoder = open_session(folder / DECODER_GRAPH, options, provider)
+        path = choose_prefill(prefill, "prefill" in manifest.get("graphs", {}))
+        prefill_session = open_session(folder / PREFILL_GRAPH, options, provider) if path == "int8" else None
         tokenizer = ChatTokenizer(folder)
         adapters = AdapterSet(folder, manifest.get("adapters", {}), decoder)
         vision = VisionEncoder(folder, manifest["vision"], options, provider) if manifest.get("vision") else None
         speech = SpeechEncoder(folder, manifest["speech"], options, provider, max_audio_seconds) if manifest.get("speech") else None
         load_ms = (time.perf_counter() - started) * 1000
-        return cls(folder, manifest, embedding, decoder, tokenizer, adapters, context_length, load_ms, vision, speech)
+        return cls(folder, manifest, embedding, decoder, tokenizer, adapters, context_length, load_ms, vision, speech,
+                   prefill_session, prefill_chunk)
 
     # -- adapters ----------------------------------------------------------------------------
     def load_adapter(self, name: str, path) -> None:
@@ -128,6 +148,8 @@ class Phi4MMEdge:
         """Bind an adapter's tensors (or rank-0 tensors for 'none') to the decoder inputs."""
         if adapter != self.active_adapter:
             self.adapters.bind(self._binding, adapter)
+            if self._prefill_binding is not None:
+                self.adapters.bind(self._prefill_binding, adapter)
             self.active_adapter = adapter
 
     # -- the forward passes --------------------------------------------------------------------
@@ -139,22 +161,39 @@ class Phi4MMEdge:
             "audio_features": self._no_features if audio_features is None else audio_features,
         })[0]
 
-    def _bind_mask(self, total: int) -> None:
-        self._binding.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask[:, :total]))
-
     def run_positions(self, embeds: np.ndarray, start: int = 0, keep: int | None = None) -> np.ndarray:
         """Run inputs_embeds [1, n, hidden] at positions start..start+n-1 over the cached prefix;
         return the logits of the last `keep` positions (all by default), [1, keep, vocab]."""
-        b, count = self._binding, embeds.shape[1]
+        count = embeds.shape[1]
         if start + count > self.cache.capacity:
             raise Phi4MMError(f"{start + count} positions do not fit the context of {self.cache.capacity} tokens")
         keep = count if keep is None else keep
+        chunk = self.prefill_chunk or count
+        # LongRoPE picks its factors from the total length, for every position: a chunk must not
+        # end at or below the switch while the run goes past it, so the first one reaches past it.
+        switch = self.model["original_max_position_embeddings"]
+        first = max(chunk, switch + 1 - start) if start <= switch < start + count else chunk
+        bounds = [0, *range(first, count, chunk)]
+        kept = []
+        for offset, end in zip(bounds, [*bounds[1:], count]):
+            part = embeds[:, offset:end]
+            # This chunk's share of the last `keep` positions; a chunk with none keeps one row, unused.
+            wanted = min(part.shape[1], max(0, offset + part.shape[1] - (count - keep)))
+            logits = self._run(part, start + offset, max(wanted, 1))
+            if wanted:
+                kept.append(logits[:, -wanted:])
+        return kept[0] if len(kept) == 1 else np.concatenate(kept, axis=1)
+
+    def _run(self, embeds: np.ndarray, start: int, keep: int) -> np.ndarray:
+        count = embeds.shape[1]
+        use_prefill = self.prefill is not None and count >= PREFILL_MIN_POSITIONS
+        session, b = (self.prefill, self._prefill_binding) if use_prefill else (self.decoder, self._binding)
         logits = np.empty((1, keep, self.model["vocab_size"]), np.float32)
         b.bind_cpu_input("logits_to_keep", np.array([keep], np.int64))
-        self._bind_mask(start + count)
+        b.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask[:, :start + count]))
         b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
         b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
-        self.decoder.run_with_iobinding(b)
+        session.run_with_iobinding(b)
         self.cache.length = start + count
         return logits
 
@@ -163,7 +202,7 @@ class Phi4MMEdge:
         preallocated step buffer: it is valid until the next step (copy it to keep it)."""
         self._step_id[0, 0] = token_id
         self.embedding.run_with_iobinding(self._embed_binding)
-        self._bind_mask(self.cache.length + 1)
+        self._binding.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask[:, :self.cache.length + 1]))
         self._binding.bind_cpu_input("logits_to_keep", self._keep_last)
         self._binding.bind_ortvalue_input("inputs_embeds", self._step_embeds_value)
         self._binding.bind_ortvalue_output("logits", self._step_logits_value)

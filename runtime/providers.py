@@ -3,16 +3,19 @@
 import onnxruntime as ort
 
 from ..errors import Phi4MMError
+from .cpu import physical_cores
 
 PROVIDERS = {"cpu": "CPUExecutionProvider"}
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """Session options; `threads` None keeps ONNX Runtime's default (one per physical core)."""
+    """Session options; `threads` None means one thread per physical core (set explicitly, so
+    every graph, the prefill GEMMs above all, uses all of them)."""
+    if threads is not None and threads < 1:
+        raise Phi4MMError(f"--threads {threads}: give at least 1 (or leave it out for one per physical core)")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or physical_cores()
     options.log_severity_level = 3
     return options
 

@@ -27,16 +27,17 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def artifacts(checkpoints, tmp_path_factory):
-    """Exports: fp32 of both layouts, int4 (accuracy level 4, what ships) and int4 at level 0."""
+    """Exports: fp32 of both layouts, int4 (accuracy level 4, what ships, with the int8 prefill
+    graph) and int4 at level 0."""
     root = tmp_path_factory.mktemp("artifacts")
     made = {}
-    for name, layout, precision in (
-        ("fp32-native", "native", Precision(weights="fp32")),
-        ("fp32-original", "original", Precision(weights="fp32")),
-        ("int4", "native", Precision(weights="int4", block_size=32)),
-        ("int4-exact", "native", Precision(weights="int4", block_size=32, accuracy_level=0)),
+    for name, layout, precision, prefill in (
+        ("fp32-native", "native", Precision(weights="fp32"), "int4"),
+        ("fp32-original", "original", Precision(weights="fp32"), "int4"),
+        ("int4", "native", Precision(weights="int4", block_size=32), "int8"),
+        ("int4-exact", "native", Precision(weights="int4", block_size=32, accuracy_level=0), "int4"),
     ):
-        export(checkpoints[layout], root / name, precision, show_progress=False)
+        export(checkpoints[layout], root / name, precision, show_progress=False, prefill=prefill)
         made[name] = root / name
     return made
 

@@ -99,10 +99,13 @@ INT4_MEDIAN_TOLERANCE = 0.035
 INT4_P95_TOLERANCE = 0.06
 
 
+# A 100-token prompt; chunks of 64 put a chunk boundary inside it (at 65: the tiny model's LongRoPE
+# switch is at 64, and no chunk may end below it when the prompt goes past it).
+@pytest.mark.parametrize("chunk", [None, 64])
 @pytest.mark.parametrize("adapter", ADAPTERS)
-def test_int4_as_shipped_stays_close_to_the_dequantized_reference(artifacts, int4_reference, adapter):
-    model = Phi4MMEdge.load(artifacts["int4"])
-    prefill, ref_prefill, decode, ref_decode = paired_logits(model, int4_reference, adapter, prompt_ids(20))
+def test_int4_as_shipped_stays_close_to_the_dequantized_reference(artifacts, int4_reference, adapter, chunk):
+    model = Phi4MMEdge.load(artifacts["int4"], prefill="int4", prefill_chunk=chunk)
+    prefill, ref_prefill, decode, ref_decode = paired_logits(model, int4_reference, adapter, prompt_ids(100))
     errors = [relative_norm_error(prefill[i], ref_prefill[i]) for i in range(len(prefill))]
     errors += [relative_norm_error(ours, theirs) for ours, theirs in zip(decode, ref_decode)]
     assert np.median(errors) <= INT4_MEDIAN_TOLERANCE
@@ -111,3 +114,24 @@ def test_int4_as_shipped_stays_close_to_the_dequantized_reference(artifacts, int
 
 def relative_norm_error(ours, reference):
     return float(np.linalg.norm(np.asarray(ours) - reference) / np.linalg.norm(reference))
+
+
+# The int8 prefill graph (7-bit per-channel weights from the checkpoint, uint8 activations per
+# tensor) approximates the float model, not the int4 one. Its prompt logits must be at least as
+# faithful to the float reference as the int4 path's, and its decode steps (int4 weights over the
+# int8-made cache) no further from it than the int4 path's own decode steps, with 20% slack for the
+# different roundings: a wrong scale, transpose or layer would be off by order 100%, far beyond.
+# Chunks of 64 run the first 65 positions through the prefill graph and the other 35 through the
+# decode graph (runs shorter than PREFILL_MIN_POSITIONS take the int4 kernels).
+@pytest.mark.parametrize("chunk", [None, 64])
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_int8_prefill_is_as_faithful_to_the_float_reference_as_int4(artifacts, reference, adapter, chunk):
+    errors = {}
+    for path in ("int4", "int8"):
+        model = Phi4MMEdge.load(artifacts["int4"], prefill=path, prefill_chunk=chunk if path == "int8" else None)
+        assert model.prefill_path == path
+        prefill, ref_prefill, decode, ref_decode = paired_logits(model, reference, adapter, prompt_ids(100))
+        errors[path] = (np.median([relative_norm_error(p, r) for p, r in zip(prefill, ref_prefill)]),
+                        np.median([relative_norm_error(d, r) for d, r in zip(decode, ref_decode)]))
+    assert errors["int8"][0] <= errors["int4"][0], errors
+    assert errors["int8"][1] <= 1.2 * errors["int4"][1], errors

@@ -211,3 +211,51 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     process = phi4mm_edge("run", tmp_path / "nowhere", "--prompt", "hi", check=False)
     assert process.returncode == 2
     assert "phi4mm-edge: error:" in process.stderr and "Traceback" not in process.stderr
+
+
+# -- prefill path and threads --------------------------------------------------------------------
+def test_prefill_path_is_chosen_from_the_cpu_and_can_be_forced(artifacts):
+    from phi4mm_edge.runtime.cpu import choose_prefill
+
+    # auto: int8 where MLAS has a wide integer GEMM (AVX2, ARM dotprod), else the portable int4 path
+    assert choose_prefill("auto", True, {"AVX2": True, "AVX512F": False}) == "int8"
+    assert choose_prefill("auto", True, {"ASIMD": True, "ASIMDDP": True}) == "int8"
+    assert choose_prefill("auto", True, {"SSE42": True, "AVX2": False}) == "int4"
+    assert choose_prefill("auto", True, {"ASIMD": True, "ASIMDDP": False}) == "int4"
+    assert choose_prefill("auto", False, {"AVX2": True}) == "int4"  # no int8 graph in the artifact
+    assert choose_prefill("int4", True, {"AVX2": True}) == "int4"
+    with pytest.raises(Phi4MMError, match="re-export it with `--prefill int8`"):
+        choose_prefill("int8", False, {"AVX2": True})
+    with pytest.raises(Phi4MMError, match="not one of"):
+        choose_prefill("fast", True, {})
+    # Forced paths load the graphs they name; the int4-only artifact refuses int8.
+    assert Phi4MMEdge.load(artifacts["int4"], prefill="int8").prefill is not None
+    assert Phi4MMEdge.load(artifacts["int4"], prefill="int4").prefill is None
+    with pytest.raises(Phi4MMError, match="no int8 prefill graph"):
+        Phi4MMEdge.load(artifacts["int4-exact"], prefill="int8")
+
+
+def test_int8_prefill_answers_a_long_prompt_through_the_cli(artifacts):
+    """`run --prefill int8` on a prompt past PREFILL_MIN_POSITIONS takes the int8 graph and answers
+    with the same first tokens as the int4 path (both approximate the same float model; random
+    weights give the greedy argmax margins that make 4 tokens a fair check)."""
+    from phi4mm_edge.runtime.model import PREFILL_MIN_POSITIONS
+
+    prompt = " ".join(["listen"] * (PREFILL_MIN_POSITIONS + 16))
+    answers = {}
+    for path in ("int4", "int8"):
+        out = phi4mm_edge("run", artifacts["int4"], "--prompt", prompt, "--max-new-tokens", 4, "--prefill", path,
+                          "--prefill-chunk", 70, "--json")
+        answers[path] = json.loads(out.stdout)
+    assert answers["int8"]["prompt_tokens"] >= PREFILL_MIN_POSITIONS
+    assert answers["int8"]["token_ids"][0] == answers["int4"]["token_ids"][0]
+
+
+def test_threads_default_to_the_physical_cores(artifacts):
+    from phi4mm_edge.runtime.cpu import physical_cores
+    from phi4mm_edge.runtime.providers import session_options
+
+    assert session_options().intra_op_num_threads == physical_cores() >= 1
+    assert session_options(3).intra_op_num_threads == 3
+    with pytest.raises(Phi4MMError, match="at least 1"):
+        session_options(0)

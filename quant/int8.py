@@ -1,0 +1,42 @@
+"""Int8 per-output-channel weights for the prefill graph's integer GEMM.
+
+ONNX Runtime's DynamicQuantizeMatMul multiplies uint8 activations (quantized per call) by an
+int8 weight with one scale per output column, through MLAS's packed integer GEMM: on a 2-core
+AVX2 machine it runs prompt-sized products at ~2x the throughput of MatMulNBits (benchmarks/
+RESULTS.md).
+
+    W_int8[k, n] = round(W[n, k] / scale[n]),   scale[n] = max_k |W[n, k]| / 63
+
+Seven bits, not eight: on AVX2 without VNNI, MLAS multiplies uint8 x int8 pairs with vpmaddubsw,
+whose int16 pair sums saturate when 8-bit weights meet large activations (measured: 3-6% error
+at K=64 with 8 bits, 0.5-1% with 7; ONNX Runtime's own quantizer calls this reduce_range).
+
+The int8 weights come from the checkpoint's weights, not from the int4 ones: per channel at 7
+bits they are ~5x closer to the original than int4 blocks are (1.6% vs ~9% relative), and going
+through int4 first would add the two errors. Prompts therefore run a slightly *more* faithful
+model than decode; tests/test_parity.py holds both to the float reference.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LIMIT = 63  # 7 bits: see the module docstring (AVX2 vpmaddubsw saturation)
+
+
+@dataclass
+class Int8Columns:
+    weight_t: np.ndarray  # int8 [K, N]: the transposed weight, as MatMul's B
+    scales: np.ndarray  # float32 [N]
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 [N, K] weight the GEMM computes with."""
+        return (self.weight_t.astype(np.float32) * self.scales).T
+
+
+def quantize_columns(weight: np.ndarray) -> Int8Columns:
+    """A float weight [N, K] -> int8 [K, N] with one scale per output n."""
+    peak = np.abs(weight).max(axis=1)
+    scales = np.where(peak == 0, 1.0, peak / LIMIT).astype(np.float32)
+    q = np.clip(np.rint(weight / scales[:, None]), -LIMIT, LIMIT).astype(np.int8)
+    return Int8Columns(np.ascontiguousarray(q.T), scales)

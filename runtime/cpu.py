@@ -1,0 +1,54 @@
+"""What the CPU offers, read at load time: physical cores (the default thread count) and whether
+the int8 prefill path has a fast integer GEMM here.
+
+The int8 prefill graph runs DynamicQuantizeMatMul, i.e. MLAS's uint8 x int8 GEMM. MLAS has wide
+kernels for it on x86 with AVX2 (and AVX-VNNI, AVX-512 VNNI, AMX above it) and on ARM64 with the
+dot-product instructions; measured here (AVX2, no VNNI) at ~2x MatMulNBits' prompt throughput.
+Elsewhere (SSE-only x86, ARM64 without dotprod) its advantage is unmeasured, so the portable int4
+path (MatMulNBits, the decode kernels) stays the choice.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import Phi4MMError
+
+INT8_GEMM_FEATURES = ("AVX2", "ASIMDDP")  # numpy's names: x86 AVX2, ARM64 dot product
+PREFILL_PATHS = ("auto", "int4", "int8")
+
+
+def cpu_features() -> dict:
+    """numpy's run-time CPU feature table ({'AVX2': True, ...}), the same on every OS."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__
+    return dict(__cpu_features__)
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (SMT siblings counted once)."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in allowed:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+        except OSError:  # not Linux, or no sysfs: count logical CPUs
+            return max(1, len(list(allowed)))
+    return max(1, len(cores))
+
+
+def choose_prefill(requested: str, has_int8_graph: bool, features: dict | None = None) -> str:
+    """The prefill path: 'int8' (decoder_prefill.onnx) or 'int4' (decoder.onnx, as decode)."""
+    if requested not in PREFILL_PATHS:
+        raise Phi4MMError(f"prefill path {requested!r} is not one of {PREFILL_PATHS}")
+    if requested == "int8" and not has_int8_graph:
+        raise Phi4MMError("this artifact has no int8 prefill graph: re-export it with `--prefill int8`, or use --prefill int4")
+    if requested != "auto":
+        return requested
+    features = cpu_features() if features is None else features
+    fast = any(features.get(name) for name in INT8_GEMM_FEATURES)
+    return "int8" if has_int8_graph and fast else "int4"
