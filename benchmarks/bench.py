@@ -4,8 +4,11 @@ repeats after a warm-up. Prints a table, and writes a JSON file and a PNG chart.
 Measured: load time; time to first token for 128- and 1024-token text prompts; decode tokens/s
 with no adapter, the vision adapter and the speech adapter; adapter swap latency (100 swaps);
 the vision encoder for an image of 1 and of 4 tiles; the speech encoder for 10 s and 30 s of
-audio; peak RSS; artifact size per file. `--quick` runs the tiny reference model in seconds.
-(Peers and the memory-bandwidth roofline are measured by the benchmarks issue's next part.)
+audio; peak RSS; artifact size per file; prompt tokens/s at 128/512/1024 tokens for each prefill
+path the artifact has; the memory-bandwidth roofline of decode; the GEMM compute ceiling of
+prefill (gemm_ceiling.py). `--genai` and `--torch` measure the peers in the same invocation
+(peers.py) and every shared figure is printed as a ratio to each. `--quick` runs the tiny
+reference model in seconds.
 """
 
 import argparse
@@ -18,10 +21,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import Phi4MMError
 from ..runtime import Phi4MMEdge
+from ..runtime.cpu import physical_cores
+from .gemm_ceiling import gemm_ceiling
 from .timing import timed
 
-PROMPT_LENGTHS = (128, 1024)
+PROMPT_LENGTHS = (128, 512, 1024)
 DECODE_TOKENS = 32
 
 
@@ -33,23 +39,35 @@ def prompt(length: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(0, 199_000, length).tolist()
 
 
-def run_bench(artifact: Path, repeats: int = 3, context: int = 1100) -> dict:
+def run_bench(artifact: Path, repeats: int = 3, context: int = 1100, threads: int | None = None) -> dict:
     """The measurements of one artifact; `context` holds the 1024-token prompt and its answer."""
     artifact = Path(artifact)
-    results = {"artifact": str(artifact), "repeats": repeats}
+    results = {"artifact": str(artifact), "repeats": repeats, "threads": threads or physical_cores()}
     loads, model = [], None
-    for _ in range(repeats):
-        model = None  # release the previous load first: peak RSS is one model, not two
-        started = time.perf_counter()
-        model = Phi4MMEdge.load(artifact, context_length=context)
-        loads.append(time.perf_counter() - started)
-    results["load_s"] = summary(loads)
 
     def ttft(length):
         ids = prompt(length)
         return lambda: model.generate_from_ids(ids, max_new_tokens=1).text()
 
-    results["ttft_s"] = {str(n): summary(timed(ttft(n), repeats)) for n in PROMPT_LENGTHS if n < model.cache.capacity}
+    # Prompt throughput per prefill path; the portable int4 path first, on a load of its own.
+    prefill = {}
+    from ..artifact import read_manifest
+
+    if "prefill" in read_manifest(artifact).get("graphs", {}):
+        model = Phi4MMEdge.load(artifact, context_length=context, threads=threads, prefill="int4")
+        prefill["int4"] = {str(n): summary([n / t for t in timed(ttft(n), repeats)]) for n in PROMPT_LENGTHS
+                           if n < model.cache.capacity}
+    for _ in range(repeats):
+        model = None  # release the previous load first: peak RSS is one model, not two
+        started = time.perf_counter()
+        model = Phi4MMEdge.load(artifact, context_length=context, threads=threads)
+        loads.append(time.perf_counter() - started)
+    results["load_s"] = summary(loads)
+    results["prefill_path"] = model.prefill_path
+    ttfts = {str(n): timed(ttft(n), repeats) for n in PROMPT_LENGTHS if n < model.cache.capacity}
+    results["ttft_s"] = {n: summary(t) for n, t in ttfts.items()}
+    prefill[model.prefill_path] = {n: summary([int(n) / s for s in t]) for n, t in ttfts.items()}
+    results["prefill_tokens_per_s"] = prefill
 
     decode = {}
     for adapter in ("none", "vision", "speech"):
@@ -86,6 +104,7 @@ def run_bench(artifact: Path, repeats: int = 3, context: int = 1100) -> dict:
         results["speech_encoder_s"] = speech
 
     results["roofline"] = roofline(model, results["decode_tokens_per_s"], repeats)
+    results["gemm_ceiling"] = gemm_ceiling(model.model, model.manifest["precision"], threads=threads)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["artifact_mb"] = {name: entry["size"] / 1e6 for name, entry in model.manifest["files"].items()}
     return results
@@ -137,6 +156,8 @@ def table(results: dict) -> str:
     rows = [("load", "s", results["load_s"])]
     rows += [(f"ttft {n} tokens", "s", s) for n, s in results["ttft_s"].items()]
     rows += [(f"decode, adapter {a}", "tok/s", s) for a, s in results["decode_tokens_per_s"].items()]
+    rows += [(f"prefill {path}, {n} tokens", "tok/s", s) for path, by_length in results["prefill_tokens_per_s"].items()
+             for n, s in by_length.items()]
     rows.append(("adapter swap", "ms", results["adapter_swap_ms"]))
     rows += [(f"vision encoder, {k.replace('_', ' ')}", "s", s) for k, s in results.get("vision_encoder_s", {}).items()]
     rows += [(f"speech encoder, {k} audio", "s", s) for k, s in results.get("speech_encoder_s", {}).items()]
@@ -148,9 +169,44 @@ def table(results: dict) -> str:
     for adapter, r in roof["per_adapter"].items():
         lines.append(f"{'decode / roofline, ' + adapter:34} {'%':>6} {100 * r['fraction']:10.1f}   "
                      f"(roofline {r['roofline_tokens_per_s']:.1f} tok/s, {r['bytes_per_token'] / 1e6:.0f} MB/token)")
+    ceiling = results["gemm_ceiling"]
+    for kernel, r in ceiling["kernels"].items():
+        lines.append(f"{'GEMM ' + kernel:34} {'GFLOPS':>6} {r['layer_gflops']:10.1f}   (one decoder layer's linears, M={ceiling['rows']})")
     lines.append(f"{'peak RSS':34} {'MB':>6} {results['peak_rss_mb']:10.1f}")
     lines.append(f"{'artifact total':34} {'MB':>6} {sum(results['artifact_mb'].values()):10.1f}")
+    lines += peer_lines(results)
     return "\n".join(lines)
+
+
+def compare(results: dict, peer: dict) -> dict:
+    """Our medians over the peer's: TTFT and prefill as peer time / our time (>1: we are faster),
+    decode as our tokens/s / theirs, size and RSS as ours / theirs."""
+    ratios = {}
+    for n, ours in results["ttft_s"].items():
+        if n in peer["ttft_s"]:
+            ratios[f"ttft {n}: peer time / ours"] = statistics.median(peer["ttft_s"][n]) / ours["median"]
+    if peer["decode_tokens_per_s"]:
+        ratios["decode no adapter: ours / peer tok/s"] = (results["decode_tokens_per_s"]["none"]["median"]
+                                                          / statistics.median(peer["decode_tokens_per_s"]))
+    ratios["peak RSS: ours / peer"] = results["peak_rss_mb"] / peer["peak_rss_mb"]
+    if "artifact_mb" in peer:
+        text = sum(v for k, v in results["artifact_mb"].items() if k.startswith(("decoder", "embed")))
+        ratios["text artifact: ours / peer"] = text / peer["artifact_mb"]
+    return ratios
+
+
+def peer_lines(results: dict) -> list[str]:
+    lines = []
+    for name, peer in results.get("peers", {}).items():
+        lines.append(f"\n{name}: load {peer['load_s']:.1f} s, peak RSS {peer['peak_rss_mb']:.0f} MB"
+                     + (f", artifact {peer['artifact_mb']:.0f} MB" if "artifact_mb" in peer else ""))
+        for n, times in peer["ttft_s"].items():
+            lines.append(f"  {name} ttft {n} tokens: median {statistics.median(times):.3g} s ({int(n) / statistics.median(times):.1f} tok/s)")
+        if peer["decode_tokens_per_s"]:
+            lines.append(f"  {name} decode: median {statistics.median(peer['decode_tokens_per_s']):.3g} tok/s")
+        for label, ratio in compare(results, peer).items():
+            lines.append(f"  ratio {label}: {ratio:.2f}")
+    return lines
 
 
 def chart(results: dict, path: Path) -> bool:
@@ -191,10 +247,33 @@ def main(args) -> dict:
         artifact = prepare_reference_artifact(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     if artifact is None:
         raise SystemExit("phi4mm-edge bench: give an ARTIFACT folder, or --quick for the bundled reference model")
-    results = run_bench(Path(artifact), repeats=args.repeats or (2 if args.quick else 3))
-    print(table(results))
+    repeats = args.repeats or (2 if args.quick else 3)
+    results = run_bench(Path(artifact), repeats=repeats, threads=args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=2))  # ours are kept even if a peer fails
+    threads = results["threads"]  # the peers get the same cores
+    lengths = [int(n) for n in results["ttft_s"]]
+    peers, failures = {}, {}
+    runs = []
+    if args.genai:
+        from .peers import genai
+
+        runs.append(("onnxruntime-genai", lambda: genai(args.genai, lengths, repeats, DECODE_TOKENS, threads, args.genai_python)))
+    if args.torch:
+        from .peers import torch_eager
+
+        runs.append((f"pytorch-eager-{args.torch_dtype}", lambda: torch_eager(
+            args.torch, lengths, repeats, DECODE_TOKENS, threads, args.torch_dtype, args.torch_python)))
+    for name, measure in runs:
+        try:
+            peers[name] = measure()
+        except Phi4MMError as error:  # a peer that cannot run here is a finding, not a lost run
+            failures[name] = str(error)
+    results["peers"], results["peer_failures"] = peers, failures
+    print(table(results))
+    for name, error in failures.items():
+        print(f"\n{name}: not measured: {error}")
     (out / "bench.json").write_text(json.dumps(results, indent=2))
     drawn = chart(results, out / "bench.png")
     print(f"\nwrote {out / 'bench.json'}" + (f" and {out / 'bench.png'}" if drawn else " (no chart: pip install matplotlib)"))
@@ -207,3 +286,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
     parser.add_argument("--cache-dir", help="with --quick: where the reference model is cached")
+    parser.add_argument("--threads", type=int, help="threads for us and the peers (default: one per physical core)")
+    parser.add_argument("--genai", metavar="FOLDER", help="peer: an onnxruntime-genai model folder (its builder's output)")
+    parser.add_argument("--genai-python", metavar="PYTHON", help="interpreter that has onnxruntime-genai (default: this one)")
+    parser.add_argument("--torch", metavar="PHI3_FOLDER", help="peer: PyTorch eager on the Phi-3 checkpoint genai_peer writes")
+    parser.add_argument("--torch-python", metavar="PYTHON", help="interpreter that has torch + transformers (default: this one)")
+    parser.add_argument("--torch-dtype", choices=["bf16", "fp32"], default="bf16")

@@ -12,7 +12,11 @@ def test_bench_quick_reports_every_figure(tmp_path):
     spreads = [results["load_s"], results["adapter_swap_ms"], *results["ttft_s"].values(),
                *results["decode_tokens_per_s"].values(), *results["vision_encoder_s"].values(),
                *results["speech_encoder_s"].values()]
-    assert set(results["ttft_s"]) == {"128", "1024"}
+    assert set(results["ttft_s"]) == {"128", "512", "1024"}
+    assert set(results["prefill_tokens_per_s"]) == {results["prefill_path"]}  # the demo artifact: int4 only
+    kernels = results["gemm_ceiling"]["kernels"]
+    assert set(kernels) == {"int4 MatMulNBits", "fp32 MatMul", "int8 DynamicQuantizeMatMul"}
+    assert all(k["layer_gflops"] > 0 for k in kernels.values())
     assert set(results["decode_tokens_per_s"]) == {"none", "vision", "speech"}
     assert set(results["vision_encoder_s"]) == {"1_tiles", "4_tiles"} and set(results["speech_encoder_s"]) == {"10s", "30s"}
     assert all(0 < s["min"] <= s["median"] <= s["max"] for s in spreads)
@@ -41,3 +45,23 @@ def test_genai_peer_checkpoint_is_the_same_text_model(checkpoints, reference, tm
         expected = reference(input_ids=ids).logits
         ours = peer(input_ids=ids).logits
     assert float((ours - expected).abs().max() / expected.abs().max()) <= 1e-5
+
+
+def test_bench_measures_both_prefill_paths_and_a_peer_in_one_run(artifacts, checkpoints, tmp_path):
+    """An artifact with the int8 prefill graph gets prompt tokens/s for both paths, and a peer
+    (PyTorch eager on the tiny Phi-3 checkpoint) is measured in the same invocation and printed
+    as ratios of the medians in the JSON."""
+    import statistics
+
+    from phi4mm_edge.benchmarks.genai_peer import write_phi3
+
+    phi3 = write_phi3(checkpoints["native"], tmp_path / "phi3")
+    out = phi4mm_edge("bench", artifacts["int4"], "--repeats", "1", "--torch", phi3, "--out", tmp_path / "results").stdout
+    results = json.loads((tmp_path / "results" / "bench.json").read_text())
+    assert set(results["prefill_tokens_per_s"]) == {"int4", "int8"} and results["prefill_path"] == "int8"
+    for path in ("int4", "int8"):
+        assert set(results["prefill_tokens_per_s"][path]) == {"128", "512", "1024"}
+    peer = results["peers"]["pytorch-eager-bf16"]
+    assert set(peer["ttft_s"]) == {"128", "512", "1024"} and len(peer["decode_tokens_per_s"]) == 1
+    ratio = statistics.median(peer["ttft_s"]["1024"]) / results["ttft_s"]["1024"]["median"]
+    assert f"ratio ttft 1024: peer time / ours: {ratio:.2f}" in out

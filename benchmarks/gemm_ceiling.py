@@ -1,0 +1,68 @@
+"""The machine's compute ceiling for prefill, measured by ONNX Runtime itself: GFLOPS of each GEMM
+kernel a prompt can run on, at the decoder's own shapes and a prompt-sized M.
+
+Kernels: MatMulNBits (int4, the artifact's block size and accuracy level: what decode uses),
+fp32 MatMul (MLAS SGEMM, prepacked) and DynamicQuantizeMatMul (uint8 x int8, the int8 prefill
+graph's kernel). The weights are random; the throughput does not depend on their values.
+"""
+
+import numpy as np
+
+from ..quant import int4, int8
+from .timing import timed
+
+SHAPES = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+
+
+def decoder_shapes(model: dict) -> dict:
+    """(K, N) of each linear of one decoder layer, from the manifest's model dimensions."""
+    hidden, inner = model["hidden_size"], model["intermediate_size"]
+    qkv = (model["num_heads"] + 2 * model["num_kv_heads"]) * model["head_dim"]
+    return {"qkv_proj": (hidden, qkv), "o_proj": (model["num_heads"] * model["head_dim"], hidden),
+            "gate_up_proj": (hidden, 2 * inner), "down_proj": (inner, hidden)}
+
+
+def _session(node, initializers, k: int, n: int, threads: int | None):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=10)
+    from ..runtime.providers import session_options
+
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def kernels(k: int, n: int, block_size: int, accuracy_level: int, threads: int | None) -> dict:
+    from onnx import helper, numpy_helper
+
+    weight = (np.random.default_rng(0).standard_normal((n, k)) * 0.02).astype(np.float32)
+    q4 = int4.quantize(weight, block_size)
+    q8 = int8.quantize_columns(weight)
+    return {
+        "int4 MatMulNBits": _session(
+            helper.make_node("MatMulNBits", ["x", "B", "S"], ["y"], domain="com.microsoft", K=k, N=n, bits=4,
+                             block_size=block_size, accuracy_level=accuracy_level),
+            [numpy_helper.from_array(q4.packed, "B"), numpy_helper.from_array(q4.scales, "S")], k, n, threads),
+        "fp32 MatMul": _session(helper.make_node("MatMul", ["x", "W"], ["y"]),
+                                [numpy_helper.from_array(np.ascontiguousarray(weight.T), "W")], k, n, threads),
+        "int8 DynamicQuantizeMatMul": _session(
+            helper.make_node("DynamicQuantizeMatMul", ["x", "W", "S"], ["y"], domain="com.microsoft"),
+            [numpy_helper.from_array(q8.weight_t, "W"), numpy_helper.from_array(q8.scales, "S")], k, n, threads),
+    }
+
+
+def gemm_ceiling(model: dict, precision: dict, rows: int = 512, repeats: int = 3, threads: int | None = None) -> dict:
+    """{kernel: {shape: GFLOPS median}, kernel + ' (all shapes)': GFLOPS over the layer's FLOPs}."""
+    x_rng = np.random.default_rng(1)
+    out = {}
+    for shape, (k, n) in decoder_shapes(model).items():
+        x = x_rng.standard_normal((rows, k)).astype(np.float32)
+        for kernel, session in kernels(k, n, precision.get("block_size", 32), precision.get("accuracy_level", 4), threads).items():
+            seconds = float(np.median(timed(lambda: session.run(None, {"x": x}), repeats)))
+            out.setdefault(kernel, {})[shape] = {"seconds": seconds, "gflops": 2 * rows * k * n / seconds / 1e9}
+    layer_flops = sum(2 * rows * k * n for k, n in decoder_shapes(model).values())
+    return {"rows": rows, "kernels": {kernel: {"per_shape": shapes, "layer_gflops": layer_flops / sum(
+        s["seconds"] for s in shapes.values()) / 1e9} for kernel, shapes in out.items()}}
