@@ -3,12 +3,23 @@ Prints one JSON line. Sets the model's intra_op_num_threads in genai_config.json
 (onnxruntime-genai reads threads from that file only), and says so on stderr."""
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. Not ru_maxrss: Linux carries it over from the parent across
+    fork and exec, so a peer started by a 16 GB bench would report 16 GB."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
 import onnxruntime_genai as og
 
 folder, lengths, repeats, decode_tokens, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -44,5 +55,5 @@ for n in map(int, lengths.split(",")):
             result["decode_tokens_per_s"].append(count / (time.perf_counter() - first))
         del generator
     result["ttft_s"][str(n)] = times
-result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+result["peak_rss_mb"] = peak_rss_mb()
 print(json.dumps(result))

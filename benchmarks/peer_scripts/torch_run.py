@@ -4,12 +4,23 @@ as ours) and one per decoded token with the cache. Prints one JSON line."""
 
 import json
 import os
-import resource
 import sys
 import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. Not ru_maxrss: Linux carries it over from the parent across
+    fork and exec, so a peer started by a 16 GB bench would report 16 GB."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
@@ -38,5 +49,5 @@ with torch.inference_mode():
                     past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
                 result["decode_tokens_per_s"].append(decode_tokens / (time.perf_counter() - first))
         result["ttft_s"][str(n)] = times
-result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+result["peak_rss_mb"] = peak_rss_mb()
 print(json.dumps(result))
