@@ -9,20 +9,9 @@ import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak RSS. Not ru_maxrss: Linux carries it over from the parent across
-    fork and exec, so a peer started by a 16 GB bench would report 16 GB."""
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
+from peer_common import peak_rss_mb  # noqa: E402
 
 folder, lengths, repeats, decode_tokens, threads, dtype = (sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
                                                            int(sys.argv[5]), sys.argv[6])
