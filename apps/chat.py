@@ -14,6 +14,7 @@ A stopped answer stays in the history as far as it was shown; a turn that fails 
 before the answer starts, or Ctrl-C before its first word) is dropped with its media.
 """
 
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +109,9 @@ def attach(conversation: Conversation, command: str, argument: str, camera: str)
 
 
 def chat(args) -> None:
+    # Ctrl-C must stop an answer even when whatever started us ignores SIGINT (the children of a
+    # background job inherit that, and Python then installs no KeyboardInterrupt handler).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         import readline  # noqa: F401  line editing and history for input(), where the platform has it
     except ImportError:

@@ -8,6 +8,7 @@ progress is still transcribed (a second Ctrl-C stops at once).
 """
 
 import contextlib
+import signal
 
 from ..errors import Phi4MMError
 from ..runtime.audio import SAMPLE_RATE, load_audio
@@ -62,6 +63,7 @@ def live_segments(duration: float | None = None):
 
 
 def transcribe(args) -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C flushes, even if started with SIGINT ignored
     if args.duration is not None and (args.duration <= 0 or args.input):
         raise Phi4MMError("--duration is a positive number of seconds of microphone audio (not used with --input)")
     model = load_model(args)
