@@ -18,10 +18,11 @@ import sys
 import threading
 import time
 import textwrap
+from dataclasses import asdict
 
 from ..errors import Phi4MMError
 from ..runtime.camera import import_cv2, open_video
-from .model_options import load_model, sampling, timing_line
+from .startup import load_model, sampling_options
 
 WINDOW = "phi4mm-edge camera"
 DESCRIBE_KEYS = (13, 10, 32)  # Enter (CR or LF, by platform) and Space in the window
@@ -102,14 +103,14 @@ def describe(model, frame, prompt: str, options: dict, index: int, seconds: floa
     if as_json:
         text = generation.text()
         result = generation.result
-        print(json.dumps({"frame": index, "seconds": round(seconds, 3), "text": text, "adapter": result["adapter"],
-                          "timings": result["timings"]}, ensure_ascii=False), flush=True)
+        print(json.dumps({"frame": index, "seconds": round(seconds, 3), "text": text, "adapter": result.adapter,
+                          "timings": asdict(result.timings)}, ensure_ascii=False), flush=True)
         return text
     print(f"[{seconds:7.2f} s, frame {index}]", end="", flush=True)
     for piece in generation:
         print(piece, end="", flush=True)
-    print(f"\n    {timing_line(generation.result)}", flush=True)
-    return generation.result["text"]
+    print(f"\n    {generation.result.summary()}", flush=True)
+    return generation.result.text
 
 
 def camera(args) -> None:
@@ -122,7 +123,7 @@ def camera(args) -> None:
     fps = (capture.get(cv2.CAP_PROP_FPS) or FALLBACK_FPS) if args.input else None
     status = sys.stderr if args.json else sys.stdout  # --json keeps stdout to the JSON lines
     model = load_model(args, status)
-    options = sampling(args)
+    options = sampling_options(args)
     keys = TerminalKeys()
     how = f"every {args.interval:g} s" if args.interval else "on Enter" + ("" if args.headless else " or Space in the window")
     print(f"describing {args.input or f'camera {args.camera}'} {how}; q + Enter quits", file=status, flush=True)

@@ -23,7 +23,7 @@ from ..runtime.audio import SAMPLE_RATE, load_audio
 from ..runtime.camera import grab_frame
 from ..runtime.image import load_image
 from ..runtime.microphone import record
-from .model_options import load_model, sampling, timing_line
+from .startup import load_model, sampling_options
 
 PROMPT = "you> "
 ANSWER = "phi4mm> "
@@ -83,8 +83,8 @@ def take_turn(model, conversation: Conversation, text: str, options: dict) -> No
         else:
             conversation.drop_pending()
         return
-    print(f"\n[{timing_line(generation.result)}]", flush=True)
-    conversation.commit(messages, generation.result["text"])
+    print(f"\n[{generation.result.summary()}]", flush=True)
+    conversation.commit(messages, generation.result.text)
 
 
 def attach(conversation: Conversation, command: str, argument: str, camera: str) -> str:
@@ -117,7 +117,7 @@ def chat(args) -> None:
     except ImportError:
         pass
     model = load_model(args)
-    options = sampling(args)
+    options = sampling_options(args)
     conversation = Conversation()
     print("type a message, or /help")
     while True:

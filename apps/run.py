@@ -6,9 +6,12 @@ import sys
 from ..runtime import Phi4MMEdge
 from ..runtime.camera import grab_frame
 from ..runtime.microphone import record
+from .startup import RANDOM_WEIGHTS_NOTE
 
 
-def run(args) -> dict:
+def run(args):
+    if getattr(args, "random_weights", False):
+        print(RANDOM_WEIGHTS_NOTE, file=sys.stderr)
     images = list(args.image)
     if args.camera is not None:
         images.append(grab_frame(args.camera))
@@ -23,7 +26,7 @@ def run(args) -> dict:
     if args.json:
         generation.text()
         result = generation.result
-        print(json.dumps({k: result[k] for k in ("text", "token_ids", "adapter", "prompt_tokens", "finish_reason", "timings")},
+        print(json.dumps(result.to_json(),
                          ensure_ascii=False))
         return result
     for piece in generation:

@@ -18,14 +18,14 @@ import secrets
 import socket
 
 from ..errors import Phi4MMError
-from .model_options import add_model_options, load_model, sampling
+from .startup import load_model, sampling_options
 
 DEFAULT_PORT = 8000
 WILDCARD_HOSTS = ("0.0.0.0", "::")
 
 
 def add_arguments(parser) -> None:
-    add_model_options(parser)
+    """serve's own options (the CLI adds the model options every app takes)."""
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; with --lan, all addresses)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 = any free port")
     parser.add_argument("--lan", action="store_true",
@@ -125,7 +125,7 @@ def serve(args) -> None:
             raise Phi4MMError("no local network address found: connect to a network, or give --host ADDRESS")
         ssl_context, fingerprint = self_signed_context([shown_host, "localhost", "127.0.0.1"])
     settings = ServeSettings(max_image_bytes=int(args.max_image_mb * 1e6), max_record_seconds=args.max_record_seconds,
-                             sampling=sampling(args), token=token, tls=args.lan,
+                             sampling=sampling_options(args), token=token, tls=args.lan,
                              model_name=model.folder.name, random_weights=args.artifact is None)
     address = f"[{shown_host}]" if ":" in shown_host else shown_host
     if args.lan:

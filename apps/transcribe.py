@@ -10,11 +10,12 @@ progress is still transcribed (a second Ctrl-C stops at once).
 import contextlib
 import signal
 
+from ..artifact import SPEECH_ADAPTER
 from ..errors import Phi4MMError
 from ..runtime.audio import SAMPLE_RATE, load_audio
 from ..runtime.microphone import listen
 from ..runtime.segments import SpeechGate, split_segments
-from .model_options import load_model, sampling
+from .startup import load_model, sampling_options
 
 # Phi-4-multimodal's own task prompts for speech recognition and speech translation.
 TRANSCRIBE_PROMPT = "<|audio_1|>Transcribe the audio clip into text."
@@ -78,8 +79,8 @@ def transcribe(args) -> None:
     with output:
         try:
             for segment in recording_segments(args.input) if args.input else live_segments(args.duration):
-                generation = model.generate(prompt, audios=[(segment.samples, segment.sample_rate)], adapter="speech",
-                                            **sampling(args))
+                generation = model.generate(prompt, audios=[(segment.samples, segment.sample_rate)], adapter=SPEECH_ADAPTER,
+                                            **sampling_options(args))
                 line = transcript_line(segment, generation.text())
                 print(line, flush=True)
                 output.write(line + "\n")

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from ..errors import Phi4MMError
 from ..runtime.audio import SAMPLE_RATE, load_audio
-from .turns import Line
+from .request_queue import RequestQueue
 
 WEB_FOLDER = Path(__file__).with_name("web")
 TOKEN_COOKIE = "phi4mm_token"
@@ -56,7 +56,7 @@ class ServeSettings:
 
 SETTINGS = web.AppKey("settings", ServeSettings)
 MODEL = web.AppKey("model", object)
-LINE = web.AppKey("line", Line)
+REQUESTS = web.AppKey("requests", RequestQueue)
 MODEL_THREAD = web.AppKey("model_thread", ThreadPoolExecutor)
 
 
@@ -214,7 +214,7 @@ async def ask(request):
         return loop.run_in_executor(app[MODEL_THREAD], lambda: function(*args, **kwargs))
 
     try:
-        async with app[LINE].turn(lambda ahead: _send(response, "queue", {"ahead": ahead})):
+        async with app[REQUESTS].turn(lambda ahead: _send(response, "queue", {"ahead": ahead})):
             waited_ms = (time.perf_counter() - arrived) * 1000
             try:
                 generation = await on_model(app[MODEL].generate, question["prompt"], images=images, audios=audios,
@@ -226,11 +226,11 @@ async def ask(request):
             else:
                 result = generation.result
                 await _send(response, "done", {
-                    "adapter": result["adapter"],
-                    "ttft_ms": result["timings"]["ttft_ms"],
-                    "decode_tokens_per_s": result["timings"]["decode_tokens_per_s"],
-                    "tokens": len(result["token_ids"]),
-                    "finish_reason": result["finish_reason"],
+                    "adapter": result.adapter,
+                    "ttft_ms": result.timings.ttft_ms,
+                    "decode_tokens_per_s": result.timings.decode_tokens_per_s,
+                    "tokens": len(result.token_ids),
+                    "finish_reason": result.finish_reason,
                     "waited_ms": round(waited_ms, 1),
                 })
         await response.write_eof()
@@ -242,7 +242,7 @@ async def ask(request):
 def make_app(model, settings: ServeSettings) -> web.Application:
     """The aiohttp application serving `model` (a loaded Phi4MMEdge) under `settings`."""
     app = web.Application(middlewares=[guard])
-    app[MODEL], app[SETTINGS], app[LINE] = model, settings, Line()
+    app[MODEL], app[SETTINGS], app[REQUESTS] = model, settings, RequestQueue()
     app[MODEL_THREAD] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phi4mm-model")
     app.router.add_get("/", page)
     app.router.add_get("/api/config", config)

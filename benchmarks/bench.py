@@ -3,7 +3,7 @@ repeats after a warm-up. Prints a table, and writes a JSON file and a PNG chart.
 
 Measured: load time; time to first token for 128- and 1024-token text prompts; decode tokens/s
 with no adapter, the vision adapter and the speech adapter; adapter swap latency (100 swaps);
-the vision encoder for an image of 1 and of 4 tiles; the speech encoder for 10 s and 30 s of
+the vision encoder for an image of 1 and of 4 tiles; the audio encoder for 10 s and 30 s of
 audio; peak RSS; artifact size per file; prompt tokens/s at 128/512/1024 tokens for each prefill
 path the artifact has; the memory-bandwidth roofline of decode; the GEMM compute ceiling of
 prefill (gemm_ceiling.py). `--genai` and `--torch` measure the peers in the same invocation
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..artifact import ADAPTERS, NO_ADAPTER, read_manifest
 from ..errors import Phi4MMError
 from ..runtime import Phi4MMEdge
 from ..runtime.cpu import physical_cores
@@ -51,41 +52,39 @@ def run_bench(artifact: Path, repeats: int = 3, context: int = 1100, threads: in
 
     # Prompt throughput per prefill path; the portable int4 path first, on a load of its own.
     prefill = {}
-    from ..artifact import read_manifest
-
-    if "prefill" in read_manifest(artifact).get("graphs", {}):
+    if read_manifest(artifact).graphs.prefill_int8 is not None:
         model = Phi4MMEdge.load(artifact, context_length=context, threads=threads, prefill="int4")
         prefill["int4"] = {str(n): summary([n / t for t in timed(ttft(n), repeats)]) for n in PROMPT_LENGTHS
-                           if n < model.cache.capacity}
+                           if n < model.decoder.cache.capacity}
     for _ in range(repeats):
         model = None  # release the previous load first: peak RSS is one model, not two
         started = time.perf_counter()
         model = Phi4MMEdge.load(artifact, context_length=context, threads=threads)
         loads.append(time.perf_counter() - started)
     results["load_s"] = summary(loads)
-    results["prefill_path"] = model.prefill_path
-    ttfts = {str(n): timed(ttft(n), repeats) for n in PROMPT_LENGTHS if n < model.cache.capacity}
+    results["prefill_precision"] = model.decoder.prefill_precision
+    ttfts = {str(n): timed(ttft(n), repeats) for n in PROMPT_LENGTHS if n < model.decoder.cache.capacity}
     results["ttft_s"] = {n: summary(t) for n, t in ttfts.items()}
-    prefill[model.prefill_path] = {n: summary([int(n) / s for s in t]) for n, t in ttfts.items()}
+    prefill[model.decoder.prefill_precision] = {n: summary([int(n) / s for s in t]) for n, t in ttfts.items()}
     results["prefill_tokens_per_s"] = prefill
 
     decode = {}
-    for adapter in ("none", "vision", "speech"):
+    for adapter in (NO_ADAPTER, *ADAPTERS):
         if adapter != "none" and adapter not in model.adapters.names():
             continue
         rates = []
         for _ in range(repeats + 1):  # the first is the warm-up
             generation = model.generate_from_ids(prompt(16, seed=1), max_new_tokens=DECODE_TOKENS, adapter=adapter)
             generation.text()
-            rates.append(generation.result["timings"]["decode_tokens_per_s"])
+            rates.append(generation.result.timings.decode_tokens_per_s)
         decode[adapter] = summary(rates[1:])
     results["decode_tokens_per_s"] = decode
 
-    names = [a for a in ("vision", "speech") if a in model.adapters.names()] or ["none"]
+    names = [a for a in ADAPTERS if a in model.adapters.names()] or [NO_ADAPTER]
     swaps = []
     for i in range(100):  # alternate none <-> an adapter: every call rebinds
         started = time.perf_counter()
-        model.activate(names[i % len(names)] if i % 2 else "none")
+        model.decoder.activate(names[i % len(names)] if i % 2 else "none")
         swaps.append(time.perf_counter() - started)
     results["adapter_swap_ms"] = {k: v * 1000 if k != "n" else v for k, v in summary(swaps).items()}
 
@@ -95,18 +94,19 @@ def run_bench(artifact: Path, repeats: int = 3, context: int = 1100, threads: in
             image = model.vision.prepare(Image.new("RGB", size, (90, 140, 200)))
             vision[f"{tiles}_tiles"] = summary(timed(lambda: model.vision.features(image), repeats))
         results["vision_encoder_s"] = vision
-    if model.speech is not None:
+    if model.audio is not None:
         rng = np.random.default_rng(0)
-        speech = {}
+        rate = model.audio.entry.sample_rate
+        audio_encoder = {}
         for seconds in (10, 30):
-            audio = model.speech.prepare((0.1 * rng.standard_normal(seconds * 16000).astype(np.float32), 16000))
-            speech[f"{seconds}s"] = summary(timed(lambda: model.speech.features(audio), repeats))
-        results["speech_encoder_s"] = speech
+            clip = model.audio.prepare((0.1 * rng.standard_normal(seconds * rate).astype(np.float32), rate))
+            audio_encoder[f"{seconds}s"] = summary(timed(lambda: model.audio.features(clip), repeats))
+        results["audio_encoder_s"] = audio_encoder
 
     results["roofline"] = roofline(model, results["decode_tokens_per_s"], repeats)
-    results["gemm_ceiling"] = gemm_ceiling(model.model, model.manifest["precision"], threads=threads)
+    results["gemm_ceiling"] = gemm_ceiling(model.text, model.manifest.precision, threads=threads)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results["artifact_mb"] = {name: entry["size"] / 1e6 for name, entry in model.manifest["files"].items()}
+    results["artifact_mb"] = {name: entry.size / 1e6 for name, entry in model.manifest.files.items()}
     return results
 
 
@@ -136,8 +136,8 @@ def roofline(model: Phi4MMEdge, decode: dict, repeats: int) -> dict:
     """Decode tokens/s as a fraction of bandwidth / bytes read per token. A token reads every
     decoder weight and the whole lm_head table (the embedding lookup reads one row), plus the
     active adapter's tensors (held as fp32 in memory whatever their file precision)."""
-    files = model.manifest["files"]
-    base = files["decoder.onnx.data"]["size"] + files["embed_tokens.onnx.data"]["size"]
+    files = model.manifest.files
+    base = files["decoder.onnx.data"].size + files["embed_tokens.onnx.data"].size
     adapter_bytes = {"none": 0}
     for name, tensors in model.adapters.tensors.items():
         if name != "none":
@@ -160,7 +160,7 @@ def table(results: dict) -> str:
              for n, s in by_length.items()]
     rows.append(("adapter swap", "ms", results["adapter_swap_ms"]))
     rows += [(f"vision encoder, {k.replace('_', ' ')}", "s", s) for k, s in results.get("vision_encoder_s", {}).items()]
-    rows += [(f"speech encoder, {k} audio", "s", s) for k, s in results.get("speech_encoder_s", {}).items()]
+    rows += [(f"audio encoder, {k} audio", "s", s) for k, s in results.get("audio_encoder_s", {}).items()]
     lines = [f"{'measure':34} {'unit':>6} {'min':>10} {'median':>10} {'max':>10}"]
     lines += [f"{name:34} {unit:>6} {s['min']:10.4g} {s['median']:10.4g} {s['max']:10.4g}" for name, unit, s in rows]
     roof = results["roofline"]
@@ -223,7 +223,7 @@ def chart(results: dict, path: Path) -> bool:
     except ImportError:
         return False
     labels, medians, lows, highs = [], [], [], []
-    for group, unit in (("ttft_s", "s"), ("vision_encoder_s", "s"), ("speech_encoder_s", "s")):
+    for group, unit in (("ttft_s", "s"), ("vision_encoder_s", "s"), ("audio_encoder_s", "s")):
         for key, s in results.get(group, {}).items():
             labels.append(f"{group.split('_')[0]} {key}")
             medians.append(s["median"])
@@ -244,13 +244,9 @@ def chart(results: dict, path: Path) -> bool:
 
 
 def main(args) -> dict:
-    artifact = args.artifact
-    if args.quick:
-        from ..apps.demo import default_cache_dir, prepare_reference_artifact
-
-        artifact = prepare_reference_artifact(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    artifact = args.artifact  # with --quick and no artifact the CLI has made the bundled reference model
     if artifact is None:
-        raise SystemExit("phi4mm-edge bench: give an ARTIFACT folder, or --quick for the bundled reference model")
+        raise Phi4MMError("bench needs an ARTIFACT folder, or --quick for the bundled reference model")
     repeats = args.repeats or (2 if args.quick else 3)
     results = run_bench(Path(artifact), repeats=repeats, threads=args.threads)
     out = Path(args.out)

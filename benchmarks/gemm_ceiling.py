@@ -8,17 +8,18 @@ graph's kernel). The weights are random; the throughput does not depend on their
 
 import numpy as np
 
+from ..artifact import StoredPrecision, TextConfig
 from ..quant import int4, int8
 from .timing import timed
 
 SHAPES = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
-def decoder_shapes(model: dict) -> dict:
+def decoder_shapes(text: TextConfig) -> dict:
     """(K, N) of each linear of one decoder layer, from the manifest's model dimensions."""
-    hidden, inner = model["hidden_size"], model["intermediate_size"]
-    qkv = (model["num_heads"] + 2 * model["num_kv_heads"]) * model["head_dim"]
-    return {"qkv_proj": (hidden, qkv), "o_proj": (model["num_heads"] * model["head_dim"], hidden),
+    hidden, inner = text.hidden_size, text.intermediate_size
+    qkv = (text.num_heads + 2 * text.num_kv_heads) * text.head_dim
+    return {"qkv_proj": (hidden, qkv), "o_proj": (text.num_heads * text.head_dim, hidden),
             "gate_up_proj": (hidden, 2 * inner), "down_proj": (inner, hidden)}
 
 
@@ -54,15 +55,15 @@ def kernels(k: int, n: int, block_size: int, accuracy_level: int, threads: int |
     }
 
 
-def gemm_ceiling(model: dict, precision: dict, rows: int = 512, repeats: int = 3, threads: int | None = None) -> dict:
+def gemm_ceiling(text: TextConfig, precision: StoredPrecision, rows: int = 512, repeats: int = 3, threads: int | None = None) -> dict:
     """{kernel: {shape: GFLOPS median}, kernel + ' (all shapes)': GFLOPS over the layer's FLOPs}."""
     x_rng = np.random.default_rng(1)
     out = {}
-    for shape, (k, n) in decoder_shapes(model).items():
+    for shape, (k, n) in decoder_shapes(text).items():
         x = x_rng.standard_normal((rows, k)).astype(np.float32)
-        for kernel, session in kernels(k, n, precision.get("block_size", 32), precision.get("accuracy_level", 4), threads).items():
+        for kernel, session in kernels(k, n, precision.block_size, precision.accuracy_level, threads).items():
             seconds = float(np.median(timed(lambda: session.run(None, {"x": x}), repeats)))
             out.setdefault(kernel, {})[shape] = {"seconds": seconds, "gflops": 2 * rows * k * n / seconds / 1e9}
-    layer_flops = sum(2 * rows * k * n for k, n in decoder_shapes(model).values())
+    layer_flops = sum(2 * rows * k * n for k, n in decoder_shapes(text).values())
     return {"rows": rows, "kernels": {kernel: {"per_shape": shapes, "layer_gflops": layer_flops / sum(
         s["seconds"] for s in shapes.values()) / 1e9} for kernel, shapes in out.items()}}

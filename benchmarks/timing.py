@@ -27,7 +27,7 @@ def measure_at_both_precisions(folder, config: dict, measure) -> dict:
 
     from ..export.convert import export
     from ..export.linear import Precision
-    from ..export.reference import write_reference
+    from ..export.reference_checkpoint import write_reference
     from ..runtime import Phi4MMEdge
 
     folder = Path(folder)

@@ -15,8 +15,9 @@ from pathlib import Path
 from PIL import Image
 
 from ..runtime import Phi4MMEdge
-from ..runtime.image import ImageSettings, preprocess
-from ..export.reference import tiny_config
+from ..artifact import VisionEntry
+from ..runtime.image import preprocess
+from ..export.reference_checkpoint import tiny_config
 from .timing import measure_at_both_precisions, median_seconds
 
 FRAME_SIZES = ((1920, 1080), (1280, 720), (448, 448), (4032, 3024))
@@ -28,10 +29,10 @@ def per_crop_ms(model: Phi4MMEdge, repeats: int = 5) -> float:
     return median_seconds(lambda: model.vision.features(image), repeats) * 1000 / image.pixel_values.shape[0]
 
 
-def frame_table(settings: ImageSettings) -> list[str]:
+def frame_table(geometry: VisionEntry) -> list[str]:
     lines = []
     for width, height in FRAME_SIZES:
-        prepared = preprocess(Image.new("RGB", (width, height)), settings)
+        prepared = preprocess(Image.new("RGB", (width, height)), geometry)
         lines.append(f"  {width}x{height}: {prepared.pixel_values.shape[0]} crops (1 global + {prepared.crop_grid[0]}x"
                      f"{prepared.crop_grid[1]} tiles), {prepared.num_tokens} tokens")
     return lines
@@ -51,7 +52,7 @@ def main(argv=None):
     if args.artifact:
         model = Phi4MMEdge.load(args.artifact)
         print(f"{args.artifact}: vision encoder {per_crop_ms(model):.1f} ms per crop")
-        print("\n".join(frame_table(model.vision.settings)))
+        print("\n".join(frame_table(model.vision.geometry)))
     if args.full_size_layer:
         with tempfile.TemporaryDirectory() as folder:
             for precision, ms in full_size_layer(Path(folder)).items():

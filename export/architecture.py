@@ -6,6 +6,8 @@ never disagree about what a complete checkpoint holds. Every shape comes from th
 
 import math
 
+from ..artifact import ADAPTERS  # noqa: F401  the adapter names, defined with the manifest
+
 
 def text_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     hidden, inter = config["hidden_size"], config["intermediate_size"]
@@ -144,7 +146,6 @@ def all_tensors(config: dict) -> dict[str, tuple[int, ...]]:
 
 
 LORA_TARGETS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
-ADAPTERS = ("vision", "speech")
 
 
 def lora_target_shape(config: dict, target: str) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact import TextConfig
 from ..errors import Phi4MMError
 from . import architecture, layouts
 from .safetensors_file import SafetensorsFile
@@ -22,33 +23,6 @@ NATIVE_MODEL_TYPE = "phi4_multimodal"
 ORIGINAL_MODEL_TYPE = "phi4mm"
 IMAGE_TOKEN_ID = 200010  # the remote code's constants; the native config may override them
 AUDIO_TOKEN_ID = 200011
-
-
-@dataclass
-class TextConfig:
-    """The language model's dimensions, rotary settings and ids, as export and the manifest use them."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rotary_dim: int
-    rope_theta: float
-    short_factor: list[float]
-    long_factor: list[float]
-    attention_factor: float  # LongRoPE's scaling of cos/sin, applied to both factor sets
-    original_max_position_embeddings: int
-    max_position_embeddings: int
-    rms_norm_eps: float
-    tie_word_embeddings: bool
-    bos_token_id: int
-    eos_token_ids: list[int]
-    pad_token_id: int
-    image_token_id: int
-    audio_token_id: int
 
 
 def text_shapes(text: "TextConfig") -> dict[str, tuple[int, ...]]:

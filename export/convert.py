@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import artifact
+from ..artifact import AdapterEntry, AudioEntry, Graphs, Manifest, Source, StoredPrecision, VisionEntry
 from ..errors import Phi4MMError
 from .adapters import ADAPTER_DTYPES, write_adapter
 from .checkpoint import Checkpoint
@@ -25,16 +26,21 @@ from .vision import build_vision
 TOKENIZER_FILES = artifact.TOKENIZER_FILES + ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
                                                "chat_template.json", "preprocessor_config.json")
 MAX_CROPS = 36  # the processor's dynamic_hd when preprocessor_config.json does not say
+SAMPLE_RATE = 16000  # the feature extractor's sampling_rate when preprocessor_config.json does not say
+IMAGE_MEAN = IMAGE_STD = 0.5  # the processor normalizes each channel to [-1, 1]
 
 
-def _max_crops(folder: Path) -> int:
+def _preprocessor_config(folder: Path) -> dict:
+    """The checkpoint's image/audio processor settings (preprocessor_config.json), or {}."""
     path = folder / "preprocessor_config.json"
-    if path.is_file():
-        try:
-            return int(json.loads(path.read_text()).get("dynamic_hd", MAX_CROPS))
-        except (json.JSONDecodeError, ValueError, TypeError):
-            raise Phi4MMError(f"{path} is not valid: re-download the checkpoint's preprocessor_config.json") from None
-    return MAX_CROPS
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+        int(settings.get("dynamic_hd", MAX_CROPS)), int(settings.get("sampling_rate", SAMPLE_RATE))
+        return settings
+    except (json.JSONDecodeError, ValueError, TypeError, AttributeError):
+        raise Phi4MMError(f"{path} is not valid: re-download the checkpoint's preprocessor_config.json") from None
 
 
 def write_graph(out: Path, file_name: str, build):
@@ -87,36 +93,37 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     write_graph(out, artifact.EMBEDDING_GRAPH, lambda g: build_embedding(g, text, table))
     lm_head = tied_lm_head(table) if text.tie_word_embeddings else untied_lm_head(ckpt, precision)
     write_graph(out, artifact.DECODER_GRAPH, lambda g: build_decoder(ckpt, g, precision, lm_head, progress=step))
-    graphs = {"embedding": artifact.EMBEDDING_GRAPH, "decoder": artifact.DECODER_GRAPH}
+    graphs = Graphs(embedding=artifact.EMBEDDING_GRAPH, decoder=artifact.DECODER_GRAPH)
     if prefill == "int8":
         # The decoder with int8 linears; its lm_head still reads the int4 table (one row per prompt).
-        write_graph(out, artifact.PREFILL_GRAPH,
+        write_graph(out, artifact.PREFILL_INT8_GRAPH,
                     lambda g: build_decoder(ckpt, g, replace(precision, weights="int8"), lm_head, progress=step))
-        graphs["prefill"] = artifact.PREFILL_GRAPH
+        graphs = replace(graphs, prefill_int8=artifact.PREFILL_INT8_GRAPH)
     shared.close()
     step("lm_head")
 
+    processor = _preprocessor_config(ckpt.folder)
     vision_entry = None
     if has_vision:
         config = write_graph(out, artifact.VISION_GRAPH, lambda g: build_vision(ckpt, g, precision))
-        vision_entry = {"graph": artifact.VISION_GRAPH, "crop_size": config.crop_size, "patch_size": config.patch_size,
-                        "max_crops": _max_crops(ckpt.folder), "mean": 0.5, "std": 0.5, "encoder": asdict(config)}
+        vision_entry = VisionEntry(graph=artifact.VISION_GRAPH, crop_size=config.crop_size, patch_size=config.patch_size,
+                                   max_crops=int(processor.get("dynamic_hd", MAX_CROPS)), mean=IMAGE_MEAN, std=IMAGE_STD, encoder=asdict(config))
         step("vision")
 
-    speech_entry = None
+    audio_entry = None
     if has_speech:
-        config = write_graph(out, artifact.SPEECH_GRAPH, lambda g: build_speech(ckpt, g, precision))
-        speech_entry = {"graph": artifact.SPEECH_GRAPH, "sample_rate": 16000, "mel_bins": config.input_size,
-                        "compression_rate": config.time_reduction, "encoder": asdict(config)}
-        step("speech")
+        config = write_graph(out, artifact.AUDIO_GRAPH, lambda g: build_speech(ckpt, g, precision))
+        audio_entry = AudioEntry(graph=artifact.AUDIO_GRAPH, sample_rate=int(processor.get("sampling_rate", SAMPLE_RATE)), mel_bins=config.input_size,
+                                 compression_rate=config.time_reduction, encoder=asdict(config))
+        step("audio")
 
     adapter_entries = {}
     for name in adapters:
         lora = ckpt.lora(name)
         file_name = f"{name}{artifact.ADAPTER_SUFFIX}"
         write_adapter(out / file_name, lora, adapter_precision)
-        adapter_entries[name] = {"file": file_name, "rank": lora.rank, "alpha": lora.alpha, "scale": lora.scale,
-                                 "precision": adapter_precision}
+        adapter_entries[name] = AdapterEntry(file=file_name, rank=lora.rank, alpha=float(lora.alpha), scale=float(lora.scale),
+                                             precision=adapter_precision)
         step(f"{name} adapter")
     bar.close()
 
@@ -126,21 +133,18 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     if not (out / "tokenizer.json").is_file():
         raise Phi4MMError(f"{ckpt.folder} has no tokenizer.json: copy the model's tokenizer files into the checkpoint folder")
 
-    manifest = {
-        "format": artifact.FORMAT_NAME,
-        "format_version": artifact.FORMAT_VERSION,
-        "source": {"layout": ckpt.layout, "config_sha256": ckpt.config_sha256()},
-        "precision": {"weights": precision.weights, "block_size": precision.block_size,
-                      "symmetric": precision.symmetric, "accuracy_level": precision.accuracy_level,
-                      "adapters": adapter_precision},
-        "model": asdict(text),
-        "graphs": graphs,
-        "vision": vision_entry,
-        "speech": speech_entry,
-        "adapters": adapter_entries,
-        "export_seconds": round(time.perf_counter() - started, 2),
-    }
-    manifest["files"] = {p.name: artifact.file_entry(p) for p in sorted(out.iterdir())
-                         if p.is_file() and p.name != artifact.MANIFEST and not p.name.startswith(".")}
+    manifest = Manifest(
+        source=Source(layout=ckpt.layout, config_sha256=ckpt.config_sha256()),
+        precision=StoredPrecision(weights=precision.weights, block_size=precision.block_size, symmetric=precision.symmetric,
+                                  accuracy_level=precision.accuracy_level, adapters=adapter_precision),
+        model=text,
+        graphs=graphs,
+        vision=vision_entry,
+        audio=audio_entry,
+        adapters=adapter_entries,
+        export_seconds=round(time.perf_counter() - started, 2),
+    )
+    manifest.files = {p.name: artifact.file_entry(p) for p in sorted(out.iterdir())
+                      if p.is_file() and p.name != artifact.MANIFEST and not p.name.startswith(".")}
     artifact.write_manifest(out, manifest)
     return manifest

@@ -1,5 +1,8 @@
 """The `phi4mm-edge` command. Each subcommand imports only what it needs, so `run` works with
-the runtime's dependencies alone and `export` / `make-reference` need the export extra."""
+the runtime's dependencies alone and `export` / `make-reference` need the export extra.
+
+This is the one place where the export side and the runtime side meet: a command given no
+artifact gets the bundled reference model, made and exported here before its app starts."""
 
 import argparse
 import sys
@@ -8,7 +11,7 @@ from .errors import Phi4MMError
 
 
 def _make_reference(args):
-    from .export.reference import full_size_config, write_reference
+    from .export.reference_checkpoint import full_size_config, write_reference
 
     # The full-size checkpoint is what users download: the original layout, bf16, sharded.
     layout = args.layout or ("original" if args.full_size else "native")
@@ -25,51 +28,81 @@ def _export(args):
                           accuracy_level=args.accuracy_level)
     manifest = export(args.checkpoint, args.out, precision, args.adapter_precision, show_progress=not args.quiet,
                       prefill=args.prefill)
-    sizes = sum(f["size"] for f in manifest["files"].values())
+    sizes = sum(f.size for f in manifest.files.values())
     print(f"exported {args.checkpoint} -> {args.out} ({precision.weights}, {sizes / 1e6:.1f} MB, "
-          f"{manifest['export_seconds']} s, adapters: {', '.join(manifest['adapters']) or 'none'})")
+          f"{manifest.export_seconds} s, adapters: {', '.join(manifest.adapters) or 'none'})")
+
+
+def resolve_artifact(args) -> None:
+    """No artifact given: make (once) and use the bundled reference model, and say its weights are random."""
+    args.random_weights = args.artifact is None
+    if args.artifact is None:
+        from .bundled_model import bundled_artifact
+
+        args.artifact = bundled_artifact(args.cache_dir)
 
 
 def _run(args):
     from .apps.run import run
 
+    resolve_artifact(args)
     run(args)
 
 
 def _bench(args):
     from .benchmarks.bench import main as bench
 
+    if args.quick and args.artifact is None:
+        resolve_artifact(args)
     bench(args)
 
 
 def _demo(args):
     from .apps.demo import demo
 
+    args.artifact = None
+    resolve_artifact(args)
     demo(args)
 
 
 def _serve(args):
     from .apps.serve import serve
 
+    resolve_artifact(args)
     serve(args)
 
 
 def _chat(args):
     from .apps.chat import chat
 
+    resolve_artifact(args)
     chat(args)
 
 
 def _transcribe(args):
     from .apps.transcribe import transcribe
 
+    resolve_artifact(args)
     transcribe(args)
 
 
 def _camera(args):
     from .apps.camera import camera
 
+    resolve_artifact(args)
     camera(args)
+
+
+def add_model_arguments(parser, max_new_tokens: int = 256) -> None:
+    """What every app takes: ARTIFACT (optional: the bundled reference model) and --cache-dir,
+    --threads, --context, --max-new-tokens, --temperature."""
+    parser.add_argument("artifact", nargs="?",
+                        help="an exported artifact folder; default: the bundled reference model (random weights)")
+    parser.add_argument("--cache-dir", help="where the reference model is made once (default ~/.cache/phi4mm-edge)")
+    parser.add_argument("--threads", type=int, help="intra-op threads; default one per physical core")
+    parser.add_argument("--context", type=int, help="tokens of KV cache (prompt + answer); default 4096")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,17 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
 
     p = commands.add_parser("run", help="answer one prompt with an exported artifact")
-    p.add_argument("artifact")
+    add_model_arguments(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--system")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int)
-    p.add_argument("--adapter", choices=["auto", "none", "vision", "speech"], default="auto")
-    p.add_argument("--context", type=int, help="tokens of KV cache (prompt + answer); default 4096")
-    p.add_argument("--threads", type=int, help="intra-op threads; default one per physical core")
+    p.add_argument("--adapter", default="auto", metavar="NAME",
+                   help="auto (by the media: image -> vision, audio alone -> speech, text -> none), none, "
+                        "or an adapter of the artifact (its manifest lists them)")
     p.add_argument("--prefill", choices=["auto", "int4", "int8"], default="auto",
                    help="prompt path: int8 = the artifact's decoder_prefill.onnx; auto = int8 when present and the CPU has AVX2 or ARM dotprod")
     p.add_argument("--prefill-chunk", type=int, metavar="TOKENS", help="run long prompts in chunks of TOKENS (default: whole)")
@@ -137,15 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.set_defaults(func=_demo)
 
-    from .apps.model_options import add_model_options
-
     p = commands.add_parser("chat", help="a terminal chat: history, streaming, /image /audio /snap /rec")
-    add_model_options(p)
+    add_model_arguments(p)
     p.add_argument("--camera", default="0", metavar="INDEX|VIDEO", help="what /snap reads: a camera index or a video file (default 0)")
     p.set_defaults(func=_chat)
 
     p = commands.add_parser("transcribe", help="live transcription (or translation) of the microphone or a recording")
-    add_model_options(p, max_new_tokens=128)
+    add_model_arguments(p, max_new_tokens=128)
     p.add_argument("--input", metavar="FILE", help="transcribe a recording instead of the microphone")
     p.add_argument("--translate", metavar="LANGUAGE", help="translate into LANGUAGE instead of transcribing")
     p.add_argument("--output", default="transcript.txt", metavar="FILE", help="each segment is appended here (default transcript.txt)")
@@ -153,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_transcribe)
 
     p = commands.add_parser("camera", help="describe the camera view on Enter or every N seconds")
-    add_model_options(p, max_new_tokens=64)
+    add_model_arguments(p, max_new_tokens=64)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--camera", default="0", metavar="INDEX", help="camera index (default 0)")
     source.add_argument("--input", metavar="VIDEO", help="read a video file instead of a camera")
@@ -167,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("serve", help="a local web page: ask with text, camera or microphone, answers streamed")
     from .apps.serve import add_arguments as add_serve_arguments
 
+    add_model_arguments(p)
     add_serve_arguments(p)
     p.set_defaults(func=_serve)
     return parser

@@ -1,6 +1,7 @@
-"""Loads an artifact folder and generates: ONNX Runtime, numpy and tokenizers only.
-Never imports torch, transformers or export/."""
+"""Loads an artifact folder and generates: ONNX Runtime, numpy, tokenizers, jinja2, Pillow,
+soundfile and soxr only. Never imports torch, transformers, onnx or export/."""
 
-from .model import Generation, Phi4MMEdge
+from .generation import Generation, GenerationResult, Timings
+from .model import Phi4MMEdge
 
-__all__ = ["Phi4MMEdge", "Generation"]
+__all__ = ["Phi4MMEdge", "Generation", "GenerationResult", "Timings"]

@@ -11,19 +11,33 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import LORA_INPUT_PREFIX
+from ..artifact import LORA_INPUT_PREFIX, NO_ADAPTER, SPEECH_ADAPTER, VISION_ADAPTER, AdapterEntry
 from ..errors import Phi4MMError
 
-NONE = "none"
+AUTO = "auto"  # the adapter follows the request's media, as the model was trained
+
+
+def choose_adapter(requested: str, has_image: bool = False, has_audio: bool = False) -> str:
+    """The adapter a request runs with. `auto`: an image -> vision (with or without audio),
+    audio alone -> speech, text -> none. Any other choice is taken as given."""
+    if requested != AUTO:
+        return requested
+    if has_image:
+        return VISION_ADAPTER
+    return SPEECH_ADAPTER if has_audio else NO_ADAPTER
 
 
 class AdapterSet:
-    def __init__(self, folder: Path, manifest_adapters: dict, decoder: ort.InferenceSession):
+    """Every adapter's tensors, loaded once, keyed by adapter name ('none' included)."""
+
+    none = NO_ADAPTER
+
+    def __init__(self, folder: Path, manifest_adapters: dict[str, AdapterEntry], decoder: ort.InferenceSession):
         self.inputs = {i.name: i.shape for i in decoder.get_inputs() if i.name.startswith(LORA_INPUT_PREFIX)}
-        self.tensors = {NONE: self._rank_zero()}
-        self.ranks = {NONE: 0}
+        self.tensors = {NO_ADAPTER: self._rank_zero()}
+        self.ranks = {NO_ADAPTER: 0}
         for name, entry in manifest_adapters.items():
-            self.add(name, Path(folder) / entry["file"])
+            self.add(name, Path(folder) / entry.file)
 
     def add(self, name: str, path: Path) -> None:
         """Load an adapter file (validated against the decoder's inputs) under `name`."""
@@ -69,8 +83,11 @@ class AdapterSet:
             raise Phi4MMError(f"adapter file {path} mixes ranks {sorted(ranks)}: re-export the artifact")
         return tensors, ranks.pop()
 
-    def bind(self, binding: ort.IOBinding, adapter: str) -> None:
+    def check(self, adapter: str) -> None:
         if adapter not in self.tensors:
-            raise Phi4MMError(f"adapter {adapter!r} is not in this artifact; it has {self.names()}")
+            raise Phi4MMError(f"adapter {adapter!r} is not in this artifact: choose {AUTO!r} or one of {self.names()}")
+
+    def bind(self, binding: ort.IOBinding, adapter: str) -> None:
+        self.check(adapter)
         for name, value in self.tensors[adapter].items():
             binding.bind_ortvalue_input(name, value)

@@ -2,9 +2,12 @@
 
 The log-mel matches transformers' `Phi4MultimodalFeatureExtractor`: 25 ms Hamming frames
 (non-periodic) every 10 ms, pre-emphasis inside each frame, 16-bit scaling, a 512-point FFT
-power spectrum, 80 Kaldi-style mel filters (0-7690 Hz, triangles in mel space), log(max(x, 1)).
+power spectrum, Kaldi-style mel filters (80 for Phi-4-multimodal; 0-7690 Hz, triangles in mel
+space), log(max(x, 1)). The frame and FFT constants below define the features at SAMPLE_RATE;
+the number of mel bins and the frames per audio token are the artifact's (its `audio` entry).
 """
 
+import functools
 import io
 from pathlib import Path
 
@@ -16,11 +19,9 @@ SAMPLE_RATE = 16000
 N_FFT = 512
 WIN_LENGTH = 400  # 25 ms
 HOP_LENGTH = 160  # 10 ms
-N_MELS = 80
 PREEMPHASIS = 0.97
 PCM_SCALE = 32768  # features are computed on 16-bit sample values
 MEL_MIN_HZ, MEL_MAX_HZ = 0.0, 7690.0
-COMPRESSION_RATE = 8  # the conformer's time reduction: one audio token per 8 frames (80 ms)
 MAX_SECONDS = 600.0  # default limit on one clip
 
 
@@ -28,7 +29,8 @@ def _kaldi_mel(hz):
     return 1127.0 * np.log(1.0 + np.asarray(hz, np.float64) / 700.0)
 
 
-def mel_filters(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS) -> np.ndarray:
+@functools.lru_cache(maxsize=4)
+def mel_filters(n_mels: int, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.ndarray:
     """[n_fft/2 + 1, n_mels] triangular filters, equally spaced and triangular on the Kaldi mel scale."""
     edges = np.linspace(_kaldi_mel(MEL_MIN_HZ), _kaldi_mel(MEL_MAX_HZ), n_mels + 2)
     bins = _kaldi_mel(np.arange(n_fft // 2 + 1) * sample_rate / n_fft)[:, None]
@@ -37,7 +39,6 @@ def mel_filters(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int 
     return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
 
 
-_MEL_FILTERS = mel_filters()
 _WINDOW = np.hamming(WIN_LENGTH)  # symmetric ("non-periodic"), float64
 
 
@@ -45,13 +46,13 @@ def frame_count(samples: int) -> int:
     return (samples - WIN_LENGTH) // HOP_LENGTH + 1
 
 
-def token_count(frames: int) -> int:
-    """Audio placeholder tokens for a clip of `frames` feature frames: ceil(frames / 8)."""
-    return -(-frames // COMPRESSION_RATE)
+def token_count(frames: int, compression_rate: int) -> int:
+    """Audio placeholder tokens for a clip of `frames` feature frames: ceil(frames / compression_rate)."""
+    return -(-frames // compression_rate)
 
 
-def log_mel_spectrogram(wave: np.ndarray) -> np.ndarray:
-    """16 kHz mono float waveform in [-1, 1] -> log-mel features [frames, 80], float32."""
+def log_mel_spectrogram(wave: np.ndarray, n_mels: int) -> np.ndarray:
+    """16 kHz mono float waveform in [-1, 1] -> log-mel features [frames, n_mels], float32."""
     frames = frame_count(len(wave))
     if frames < 1:
         raise Phi4MMError(f"the audio is {len(wave) / SAMPLE_RATE * 1000:.1f} ms long; at least "
@@ -63,7 +64,7 @@ def log_mel_spectrogram(wave: np.ndarray) -> np.ndarray:
     chunks = (chunks - PREEMPHASIS * previous) * PCM_SCALE
     spectrum = np.fft.rfft(_WINDOW * chunks, n=N_FFT, axis=1).astype(np.complex64)
     power = np.abs(spectrum) ** 2
-    return np.log(np.maximum(power @ _MEL_FILTERS, 1.0)).astype(np.float32)
+    return np.log(np.maximum(power @ mel_filters(n_mels), 1.0)).astype(np.float32)
 
 
 # -- loading -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import Phi4MMError
 
 INT8_GEMM_FEATURES = ("AVX2", "ASIMDDP")  # numpy's names: x86 AVX2, ARM64 dot product
-PREFILL_PATHS = ("auto", "int4", "int8")
+PREFILL_PRECISIONS = ("auto", "int4", "int8")
 
 
 def cpu_features() -> dict:
@@ -41,10 +41,10 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def choose_prefill(requested: str, has_int8_graph: bool, features: dict | None = None) -> str:
-    """The prefill path: 'int8' (decoder_prefill.onnx) or 'int4' (decoder.onnx, as decode)."""
-    if requested not in PREFILL_PATHS:
-        raise Phi4MMError(f"prefill path {requested!r} is not one of {PREFILL_PATHS}")
+def choose_prefill_precision(requested: str, has_int8_graph: bool, features: dict | None = None) -> str:
+    """How prompts run: "int8" (the int8 prompt graph, decoder_prefill.onnx) or "int4" (decoder.onnx, as decode)."""
+    if requested not in PREFILL_PRECISIONS:
+        raise Phi4MMError(f"prefill precision {requested!r} is not one of {PREFILL_PRECISIONS}")
     if requested == "int8" and not has_int8_graph:
         raise Phi4MMError("this artifact has no int8 prefill graph: re-export it with `--prefill int8`, or use --prefill int4")
     if requested != "auto":

@@ -7,7 +7,8 @@ It matches transformers' `Phi4MultimodalImageProcessor`:
 3. A global view: the whole padded image, normalized, resized bicubic to one crop.
 4. The crop order is [global, row-major tiles].
 
-The constants below are the real model's; an artifact's manifest can override them.
+The geometry (crop and patch size, crop limit, normalization) is the artifact's: its manifest's
+`vision` entry (phi4mm_edge.artifact.VisionEntry), never a constant here.
 """
 
 import io
@@ -18,29 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..artifact import VisionEntry
 from ..errors import Phi4MMError
 from .resize import resize_bicubic, resize_uint8_antialiased
 
-CROP_SIZE = 448
-PATCH_SIZE = 14
-MAX_CROPS = 36
-IMAGE_MEAN = 0.5
-IMAGE_STD = 0.5
 MAX_PIXELS = 64_000_000  # larger images are refused (a decompression bomb costs GBs before any check)
-BASE_TOKENS = 256 + 1 + 16  # global crop's 16x16 features, the global/sub separator, the global row separators
-
-
-@dataclass
-class ImageSettings:
-    crop_size: int = CROP_SIZE
-    patch_size: int = PATCH_SIZE
-    max_crops: int = MAX_CROPS
-    mean: float = IMAGE_MEAN
-    std: float = IMAGE_STD
-
-    @property
-    def mask_size(self) -> int:
-        return self.crop_size // self.patch_size
 
 
 @dataclass
@@ -116,28 +99,35 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 # -- tiling --------------------------------------------------------------------------------------
-def _closest_grid(aspect: float, width: int, height: int, settings: ImageSettings) -> tuple[int, int]:
+def _closest_grid(aspect: float, width: int, height: int, geometry: VisionEntry) -> tuple[int, int]:
     """(columns, rows) with at most max_crops tiles whose aspect is closest to the image's;
     ties go to the larger grid when the image is large enough to use it."""
-    grids = sorted({(i, j) for n in range(1, settings.max_crops + 1) for i in range(1, n + 1) for j in range(1, n + 1)
-                    if i * j <= settings.max_crops}, key=lambda g: g[0] * g[1])
+    grids = sorted({(i, j) for n in range(1, geometry.max_crops + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+                    if i * j <= geometry.max_crops}, key=lambda g: g[0] * g[1])
     best, best_diff = (1, 1), float("inf")
     for grid in grids:
         diff = abs(aspect - grid[0] / grid[1])
         if diff < best_diff:
             best, best_diff = grid, diff
-        elif diff == best_diff and width * height > 0.5 * settings.crop_size ** 2 * grid[0] * grid[1]:
+        elif diff == best_diff and width * height > 0.5 * geometry.crop_size ** 2 * grid[0] * grid[1]:
             best = grid
     return best
 
 
-def preprocess(image: Image.Image, settings: ImageSettings = ImageSettings()) -> ImageInput:
-    """Tiles, masks and the global view of one RGB image."""
-    crop, patch, mask_size = settings.crop_size, settings.patch_size, settings.mask_size
+def global_tokens(geometry: VisionEntry) -> int:
+    """Tokens every image has: the global view's pooled grid with a separator after each row,
+    and the one separator between the tiles and the global view."""
+    pooled_side = -(-geometry.patches_per_side // 2)  # 2x2 pooling, an odd side padded
+    return pooled_side * pooled_side + pooled_side + 1
+
+
+def preprocess(image: Image.Image, geometry: VisionEntry) -> ImageInput:
+    """Tiles, masks and the global view of one RGB image, for the artifact's `geometry`."""
+    crop, patch, mask_size = geometry.crop_size, geometry.patch_size, geometry.patches_per_side
     width, height = image.size
     columns, rows = math.ceil(width / crop), math.ceil(height / crop)
-    if columns * rows > settings.max_crops:
-        columns, rows = _closest_grid(width / height, width, height, settings)
+    if columns * rows > geometry.max_crops:
+        columns, rows = _closest_grid(width / height, width, height, geometry)
     target_w, target_h = crop * columns, crop * rows
     if target_w / width < target_h / height:
         new_w, new_h = target_w, int(height * (target_w / width))
@@ -157,7 +147,7 @@ def preprocess(image: Image.Image, settings: ImageSettings = ImageSettings()) ->
     resized = resize_uint8_antialiased(np.asarray(image, np.uint8), new_h, new_w)
     canvas = np.full((target_h, target_w, 3), 255, np.uint8)
     canvas[:new_h, :new_w] = resized
-    normalized = ((canvas.astype(np.float32) / 255.0 - settings.mean) / settings.std).transpose(2, 0, 1)
+    normalized = ((canvas.astype(np.float32) / 255.0 - geometry.mean) / geometry.std).transpose(2, 0, 1)
 
     global_view = resize_bicubic(normalized, crop, crop)
     tiles = normalized.reshape(3, rows, crop, columns, crop).transpose(1, 3, 0, 2, 4).reshape(-1, 3, crop, crop)
@@ -167,7 +157,7 @@ def preprocess(image: Image.Image, settings: ImageSettings = ImageSettings()) ->
     # separator per row; then the fixed global part.
     pooled = mask[0::2, 0::2]
     useful_rows, useful_columns = int(pooled[:, 0].sum()), int(pooled[0, :].sum())
-    num_tokens = BASE_TOKENS + useful_rows * useful_columns + useful_rows
+    num_tokens = global_tokens(geometry) + useful_rows * useful_columns + useful_rows
     return ImageInput(
         pixel_values=np.concatenate([global_view[None], tiles]).astype(np.float32),
         attention_mask=np.concatenate([np.ones((1, mask_size, mask_size), np.float32), tile_masks]),

@@ -1,13 +1,21 @@
-"""Multimodal prompts: `<|image_N|>` / `<|audio_N|>` placeholders, as the original processor
-writes them, expanded to one placeholder token per feature row.
+"""A request's prompt: messages and media -> token ids plus the image and audio feature rows.
 
-transformers' processor spelling (`<|image|>`, `<|audio|>`, numbered in order of appearance) is
-accepted too. Media given without any placeholder go before the text of the last user message.
+Media are referred to by `<|image_N|>` / `<|audio_N|>` placeholders, as the original processor
+writes them, each expanded to one placeholder token per feature row. transformers' processor
+spelling (`<|image|>`, `<|audio|>`, numbered in order of appearance) is accepted too. Media given
+without any placeholder go before the text of the last user message.
 """
 
 import re
+from typing import NamedTuple
 
+import numpy as np
+
+from ..artifact import TextConfig
 from ..errors import Phi4MMError
+from .audio_encoder import AudioEncoder
+from .tokenizer import ChatTokenizer
+from .vision_encoder import VisionEncoder
 
 PLACEHOLDER = re.compile(r"<\|(image|audio)(?:_(\d+))?\|>")
 
@@ -47,3 +55,49 @@ def place_media(messages: list[dict], images: int, audios: int) -> list[dict]:
 def expand(text: str, token_strings: dict[str, str], counts: dict[str, list[int]]) -> str:
     """Replace `<|image_N|>` by the image token string repeated counts['image'][N-1] times (same for audio)."""
     return PLACEHOLDER.sub(lambda m: token_strings[m.group(1)] * counts[m.group(1)][int(m.group(2)) - 1], text)
+
+
+class Prompt(NamedTuple):
+    """A typed value that also unpacks: `ids, image_features, audio_features = prompt`."""
+
+    token_ids: list[int]  # placeholders expanded: one image/audio token per feature row
+    image_features: np.ndarray | None  # [image tokens, hidden], the images in prompt order
+    audio_features: np.ndarray | None  # [audio tokens, hidden], the clips in prompt order
+
+
+def as_messages(messages) -> list[dict]:
+    """A string is one user message; a list of {role, content} is taken as is (checked later)."""
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    if not isinstance(messages, (list, tuple)):
+        raise Phi4MMError(f"messages must be a string or a list of {{'role', 'content'}} dicts, not {type(messages).__name__}")
+    return list(messages)
+
+
+def build_prompt(messages, images, audios, tokenizer: ChatTokenizer, text: TextConfig,
+                 vision: VisionEncoder | None, audio: AudioEncoder | None) -> Prompt:
+    """Render the messages with the chat template, expand the media placeholders and encode every
+    image and clip (each once, whatever the number of references)."""
+    messages = as_messages(messages)
+    if images and vision is None:
+        raise Phi4MMError("this artifact has no vision.onnx: re-export it from a checkpoint with the vision encoder")
+    if audios and audio is None:
+        raise Phi4MMError("this artifact has no audio.onnx: re-export it from a checkpoint with the audio encoder")
+    prepared = {"image": [vision.prepare(image) for image in images], "audio": [audio.prepare(clip) for clip in audios]}
+    rendered = tokenizer.render(place_media(messages, len(images), len(audios)))
+    order = {kind: [int(n) for k, n in PLACEHOLDER.findall(rendered) if k == kind] for kind in prepared}
+    token_ids = {"image": text.image_token_id, "audio": text.audio_token_id}
+    token_strings = {kind: tokenizer.token_string(token_ids[kind]) for kind in prepared}
+    ids = tokenizer.encode(expand(rendered, token_strings, {kind: [p.num_tokens for p in items] for kind, items in prepared.items()}))
+    # Audio heard together with an image takes the vision-mode projection, as the reference does.
+    encode = {"image": vision.features if vision else None,
+              "audio": (lambda clip: audio.features(clip, vision_mode=bool(images))) if audio else None}
+    features = {}
+    for kind, items in prepared.items():
+        rows = {n: encode[kind](items[n - 1]) for n in sorted(set(order[kind]))}
+        features[kind] = np.concatenate([rows[n] for n in order[kind]]) if items else None
+        expected = 0 if features[kind] is None else features[kind].shape[0]
+        if ids.count(token_ids[kind]) != expected:
+            raise Phi4MMError(f"the prompt text contains the {kind} placeholder token {token_strings[kind]!r} itself: "
+                              f"refer to {kind}s with <|{kind}_N|> and pass them as {kind}s")
+    return Prompt(ids, features["image"], features["audio"])

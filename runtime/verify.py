@@ -8,13 +8,13 @@ files whose size or mtime changed. `full=True` re-hashes everything.
 import json
 from pathlib import Path
 
-from ..artifact import read_manifest, sha256_of
+from ..artifact import Manifest, read_manifest, sha256_of
 from ..errors import Phi4MMError
 
 STAMP = ".verified.json"
 
 
-def verify_artifact(folder, full: bool = False) -> dict:
+def verify_artifact(folder, full: bool = False) -> Manifest:
     """Return the manifest of a complete, unmodified artifact; raise Phi4MMError otherwise."""
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -24,19 +24,19 @@ def verify_artifact(folder, full: bool = False) -> dict:
     except (OSError, json.JSONDecodeError):
         stamp = {}
     fresh = {}
-    for name, expected in manifest.get("files", {}).items():
+    for name, expected in manifest.files.items():
         path = folder / name
         if not path.is_file():
             raise Phi4MMError(f"artifact file {path} is missing: re-export the artifact or copy the whole folder")
         info = path.stat()
-        if info.st_size != expected["size"]:
+        if info.st_size != expected.size:
             raise Phi4MMError(
-                f"artifact file {path} has {info.st_size} bytes, the manifest says {expected['size']}: "
+                f"artifact file {path} has {info.st_size} bytes, the manifest says {expected.size}: "
                 f"the file is truncated or was replaced; re-export the artifact"
             )
-        key = [info.st_size, info.st_mtime_ns, expected["sha256"]]
+        key = [info.st_size, info.st_mtime_ns, expected.sha256]
         if stamp.get(name) != key:
-            if sha256_of(path) != expected["sha256"]:
+            if sha256_of(path) != expected.sha256:
                 raise Phi4MMError(
                     f"artifact file {path} no longer matches the sha256 in manifest.json: it was modified or "
                     f"corrupted; re-export the artifact"

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 from phi4mm_edge.export.convert import export  # noqa: E402
 from phi4mm_edge.export.linear import Precision  # noqa: E402
-from phi4mm_edge.export.reference import write_reference  # noqa: E402
+from phi4mm_edge.export.reference_checkpoint import write_reference  # noqa: E402
 
 SEED = 0
 

@@ -34,9 +34,9 @@ def reference_logits(model, adapter: str, ids: np.ndarray, steps: int):
 
 def runtime_logits(model, adapter: str, ids: np.ndarray, tokens):
     """Our prefill logits [n, vocab] and decode-step logits for the same fed tokens."""
-    model.activate(adapter)
-    prefill = model.run_positions(model.embed(ids), 0)[0]
-    return prefill, [model.step_logits(t).copy() for t in tokens]
+    model.decoder.activate(adapter)
+    prefill = model.decoder.prefill(model.decoder.embed(ids), 0)[0]
+    return prefill, [model.decoder.step(t).copy() for t in tokens]
 
 
 def paired_logits(model, reference, adapter: str, ids: np.ndarray, steps: int = 8):

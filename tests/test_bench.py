@@ -11,14 +11,14 @@ def test_bench_quick_reports_every_figure(tmp_path):
     results = json.loads((tmp_path / "results" / "bench.json").read_text())
     spreads = [results["load_s"], results["adapter_swap_ms"], *results["ttft_s"].values(),
                *results["decode_tokens_per_s"].values(), *results["vision_encoder_s"].values(),
-               *results["speech_encoder_s"].values()]
+               *results["audio_encoder_s"].values()]
     assert set(results["ttft_s"]) == {"128", "512", "1024"}
-    assert set(results["prefill_tokens_per_s"]) == {results["prefill_path"]}  # the demo artifact: int4 only
+    assert set(results["prefill_tokens_per_s"]) == {results["prefill_precision"]}  # the demo artifact: int4 only
     kernels = results["gemm_ceiling"]["kernels"]
     assert set(kernels) == {"int4 MatMulNBits", "fp32 MatMul", "int8 DynamicQuantizeMatMul"}
     assert all(k["layer_gflops"] > 0 for k in kernels.values())
     assert set(results["decode_tokens_per_s"]) == {"none", "vision", "speech"}
-    assert set(results["vision_encoder_s"]) == {"1_tiles", "4_tiles"} and set(results["speech_encoder_s"]) == {"10s", "30s"}
+    assert set(results["vision_encoder_s"]) == {"1_tiles", "4_tiles"} and set(results["audio_encoder_s"]) == {"10s", "30s"}
     assert all(0 < s["min"] <= s["median"] <= s["max"] for s in spreads)
     assert results["adapter_swap_ms"]["n"] == 100
     assert results["peak_rss_mb"] > 0 and results["artifact_mb"]["decoder.onnx.data"] > 0
@@ -58,7 +58,7 @@ def test_bench_measures_both_prefill_paths_and_a_peer_in_one_run(artifacts, chec
     phi3 = write_phi3(checkpoints["native"], tmp_path / "phi3")
     out = phi4mm_edge("bench", artifacts["int4"], "--repeats", "1", "--torch", phi3, "--out", tmp_path / "results").stdout
     results = json.loads((tmp_path / "results" / "bench.json").read_text())
-    assert set(results["prefill_tokens_per_s"]) == {"int4", "int8"} and results["prefill_path"] == "int8"
+    assert set(results["prefill_tokens_per_s"]) == {"int4", "int8"} and results["prefill_precision"] == "int8"
     for path in ("int4", "int8"):
         assert set(results["prefill_tokens_per_s"][path]) == {"128", "512", "1024"}
     peer = results["peers"]["pytorch-eager-bf16"]

@@ -120,8 +120,8 @@ def test_ctrl_c_stops_an_answer_and_the_next_turn_is_exact(artifacts):
     history = [{"role": "user", "content": "Tell me a long story."}]
     full = model.generate(history, max_new_tokens=steps)
     full.text()
-    assert full.result["finish_reason"] == "length"  # it would have run on: Ctrl-C cut it short
-    assert stopped and full.result["text"].startswith(stopped) and len(stopped) < len(full.result["text"])
+    assert full.result.finish_reason == "length"  # it would have run on: Ctrl-C cut it short
+    assert stopped and full.result.text.startswith(stopped) and len(stopped) < len(full.result.text)
     history += [{"role": "assistant", "content": stopped}, {"role": "user", "content": "Go on."}]
     assert text == model.generate(history, max_new_tokens=steps).text()
 

@@ -8,7 +8,7 @@ import pytest
 from phi4mm_edge import Phi4MMError
 from phi4mm_edge.artifact import sha256_of
 from phi4mm_edge.export.convert import export
-from phi4mm_edge.export.reference import tiny_config, write_reference
+from phi4mm_edge.export.reference_checkpoint import tiny_config, write_reference
 
 GRAPH_FILES = ("embedding.onnx", "decoder.onnx", "embed_tokens.onnx.data", "decoder.onnx.data")
 
@@ -59,7 +59,7 @@ def test_fp16_and_fp32_checkpoints_export_like_bf16(tmp_path, dtype):
     # Values are drawn in fp32 and stored rounded; the export only has to read each width.
     checkpoint = write_reference(tmp_path / "ckpt", dtype=dtype)
     manifest = export(checkpoint, tmp_path / "out", show_progress=False)
-    assert manifest["model"]["vocab_size"] == 200064
+    assert manifest.model.vocab_size == 200064
 
 
 def test_untied_checkpoint_exports_its_own_lm_head(tmp_path):
@@ -67,7 +67,7 @@ def test_untied_checkpoint_exports_its_own_lm_head(tmp_path):
     config["tie_word_embeddings"] = False
     checkpoint = write_reference(tmp_path / "ckpt", config=config)
     manifest = export(checkpoint, tmp_path / "out", show_progress=False)
-    assert manifest["model"]["tie_word_embeddings"] is False
+    assert manifest.model.tie_word_embeddings is False
 
 
 @pytest.fixture()

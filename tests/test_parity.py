@@ -30,7 +30,7 @@ def test_fp32_prefill_and_decode_match_reference(fp32_models, reference, layout,
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_prompt_past_longrope_switch_matches_reference(fp32_models, reference, adapter):
     model = fp32_models["native"]
-    switch = model.model["original_max_position_embeddings"]
+    switch = model.text.original_max_position_embeddings
     ids = prompt_ids(switch + 37, seed=2)  # every position uses the long factors
     prefill, ref_prefill, decode, ref_decode = paired_logits(model, reference, adapter, ids)
     assert max_relative_error(prefill, ref_prefill) <= FP32_TOLERANCE
@@ -43,8 +43,8 @@ def test_adapters_change_the_output(fp32_models):
     model, ids = fp32_models["native"], prompt_ids(12)
     logits = {}
     for adapter in ADAPTERS:
-        model.activate(adapter)
-        logits[adapter] = model.run_positions(model.embed(ids))[0]
+        model.decoder.activate(adapter)
+        logits[adapter] = model.decoder.prefill(model.decoder.embed(ids))[0]
     for adapter in ("vision", "speech"):
         assert max_relative_error(logits[adapter], logits["none"]) > 0.05
     assert max_relative_error(logits["vision"], logits["speech"]) > 0.05
@@ -59,7 +59,7 @@ def test_generation_across_the_switch_matches_cache_free_reference(fp32_models, 
     import torch
 
     model = fp32_models["native"]
-    switch = model.model["original_max_position_embeddings"]
+    switch = model.text.original_max_position_embeddings
     ids = model.prompt_ids("x " * switch)[: switch - 4]
     steps = 10
     generation = model.generate_from_ids(ids, max_new_tokens=steps, adapter="none")
@@ -68,7 +68,7 @@ def test_generation_across_the_switch_matches_cache_free_reference(fp32_models, 
     with torch.no_grad(), reference.disable_adapter():
         for _ in range(steps):
             sequence.append(int(reference(input_ids=torch.tensor([sequence])).logits[0, -1].argmax()))
-    assert generation.result["token_ids"] == sequence[len(ids):]
+    assert generation.result.token_ids == sequence[len(ids):]
     assert len(sequence) > switch + 1
 
 
@@ -122,14 +122,14 @@ def relative_norm_error(ours, reference):
 # int8-made cache) no further from it than the int4 path's own decode steps, with 20% slack for the
 # different roundings: a wrong scale, transpose or layer would be off by order 100%, far beyond.
 # Chunks of 64 run the first 65 positions through the prefill graph and the other 35 through the
-# decode graph (runs shorter than PREFILL_MIN_POSITIONS take the int4 kernels).
+# decode graph (runs shorter than INT8_MIN_POSITIONS take the int4 kernels).
 @pytest.mark.parametrize("chunk", [None, 64])
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_int8_prefill_is_as_faithful_to_the_float_reference_as_int4(artifacts, reference, adapter, chunk):
     errors = {}
     for path in ("int4", "int8"):
         model = Phi4MMEdge.load(artifacts["int4"], prefill=path, prefill_chunk=chunk if path == "int8" else None)
-        assert model.prefill_path == path
+        assert model.decoder.prefill_precision == path
         prefill, ref_prefill, decode, ref_decode = paired_logits(model, reference, adapter, prompt_ids(100))
         errors[path] = (np.median([relative_norm_error(p, r) for p, r in zip(prefill, ref_prefill)]),
                         np.median([relative_norm_error(d, r) for d, r in zip(decode, ref_decode)]))

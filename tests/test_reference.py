@@ -7,7 +7,7 @@ import numpy as np
 
 from phi4mm_edge.export import architecture
 from phi4mm_edge.export.checkpoint import Checkpoint
-from phi4mm_edge.export.reference import write_reference
+from phi4mm_edge.export.reference_checkpoint import write_reference
 
 SPECIAL_IDS = {"<|endoftext|>": 199999, "<|endoftext10|>": 200010, "<|endoftext11|>": 200011,
                "<|assistant|>": 200019, "<|end|>": 200020, "<|user|>": 200021, "<|system|>": 200022}

@@ -39,8 +39,8 @@ def test_run_json_greedy_ids_equal_the_reference(artifacts, reference, adapter):
                                     "--adapter", adapter, "--json").stdout)
     model = Phi4MMEdge.load(artifacts["fp32-native"])
     ids = model.prompt_ids(PROMPT)
-    assert len(ids) + 32 < model.model["original_max_position_embeddings"]  # stays on one side of the switch
-    assert result["token_ids"] == reference_greedy(reference, adapter, ids, 32, model.eos_ids)
+    assert len(ids) + 32 < model.text.original_max_position_embeddings  # stays on one side of the switch
+    assert result["token_ids"] == reference_greedy(reference, adapter, ids, 32, model.stop_ids)
     assert result["adapter"] == adapter and result["prompt_tokens"] == len(ids)
     assert set(result["timings"]) == {"load_ms", "ttft_ms", "decode_tokens_per_s"}
     assert result["text"] == model.tokenizer.decode(result["token_ids"])
@@ -61,11 +61,11 @@ def test_prompt_ids_equal_transformers_chat_template(artifacts, checkpoints):
 def _answer(model, adapter):
     """Prefill logits and greedy ids of one request."""
     ids = prompt_ids(16, seed=5)
-    model.activate(adapter)
-    logits = model.run_positions(model.embed(ids))[0]
+    model.decoder.activate(adapter)
+    logits = model.decoder.prefill(model.decoder.embed(ids))[0]
     generation = model.generate_from_ids(ids[0].tolist(), max_new_tokens=12, adapter=adapter)
     generation.text()
-    return logits, generation.result["token_ids"]
+    return logits, generation.result.token_ids
 
 
 def test_swapping_adapters_gives_exactly_what_fresh_loads_give(artifacts):
@@ -81,7 +81,7 @@ def test_streamed_pieces_add_up_to_the_answer(artifacts):
     model = Phi4MMEdge.load(artifacts["int4"])
     generation = model.generate(PROMPT, max_new_tokens=20)
     pieces = list(generation)
-    assert len(pieces) > 1 and "".join(pieces) == generation.result["text"]
+    assert len(pieces) > 1 and "".join(pieces) == generation.result.text
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(artifacts):
@@ -90,7 +90,7 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(artifacts):
     def ids(**options):
         generation = model.generate(PROMPT, max_new_tokens=16, **options)
         generation.text()
-        return generation.result["token_ids"]
+        return generation.result.token_ids
 
     sampled = ids(temperature=1.0, top_p=0.9, seed=3)
     assert sampled == ids(temperature=1.0, top_p=0.9, seed=3)
@@ -102,7 +102,7 @@ def test_auto_routes_text_to_no_adapter(artifacts):
     model = Phi4MMEdge.load(artifacts["int4"])
     generation = model.generate(PROMPT, max_new_tokens=2)
     generation.text()
-    assert generation.result["adapter"] == "none"
+    assert generation.result.adapter == "none"
 
 
 def test_runtime_needs_no_torch_transformers_or_export(artifacts):
@@ -151,12 +151,12 @@ def test_adapter_file_from_another_model_is_refused(artifacts, tmp_path):
     import onnxruntime as ort
 
     from phi4mm_edge.export.convert import export
-    from phi4mm_edge.export.reference import tiny_config, write_reference
+    from phi4mm_edge.export.reference_checkpoint import tiny_config, write_reference
 
     config = tiny_config()
     config["intermediate_size"] = 256  # same names, other shapes
     other = export(write_reference(tmp_path / "ckpt", config=config), tmp_path / "other", show_progress=False)
-    assert other["adapters"]
+    assert other.adapters
     model = Phi4MMEdge.load(artifacts["int4"])
     with pytest.raises(Phi4MMError, match="the adapter is from another model"):
         model.load_adapter("custom", tmp_path / "other" / "speech.onnx_adapter")
@@ -178,7 +178,7 @@ def test_custom_adapter_file_is_usable(artifacts):
     ours = model.generate_from_ids(ids, max_new_tokens=6, adapter="my-speech")
     builtin = model.generate_from_ids(ids, max_new_tokens=6, adapter="speech")
     ours.text(), builtin.text()
-    assert ours.result["token_ids"] == builtin.result["token_ids"]
+    assert ours.result.token_ids == builtin.result.token_ids
 
 
 def test_prompt_longer_than_the_context_is_refused(artifacts):
@@ -194,7 +194,7 @@ def test_generation_stops_at_the_context_end(artifacts):
     ids = prompt_ids(20)[0].tolist()
     generation = model.generate_from_ids(ids, max_new_tokens=50)
     generation.text()
-    assert generation.result["finish_reason"] == "length" and len(generation.result["token_ids"]) == 4
+    assert generation.result.finish_reason == "length" and len(generation.result.token_ids) == 4
 
 
 def test_bad_requests_are_refused(artifacts):
@@ -215,39 +215,39 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
 
 # -- prefill path and threads --------------------------------------------------------------------
 def test_prefill_path_is_chosen_from_the_cpu_and_can_be_forced(artifacts):
-    from phi4mm_edge.runtime.cpu import choose_prefill
+    from phi4mm_edge.runtime.cpu import choose_prefill_precision
 
     # auto: int8 where MLAS has a wide integer GEMM (AVX2, ARM dotprod), else the portable int4 path
-    assert choose_prefill("auto", True, {"AVX2": True, "AVX512F": False}) == "int8"
-    assert choose_prefill("auto", True, {"ASIMD": True, "ASIMDDP": True}) == "int8"
-    assert choose_prefill("auto", True, {"SSE42": True, "AVX2": False}) == "int4"
-    assert choose_prefill("auto", True, {"ASIMD": True, "ASIMDDP": False}) == "int4"
-    assert choose_prefill("auto", False, {"AVX2": True}) == "int4"  # no int8 graph in the artifact
-    assert choose_prefill("int4", True, {"AVX2": True}) == "int4"
+    assert choose_prefill_precision("auto", True, {"AVX2": True, "AVX512F": False}) == "int8"
+    assert choose_prefill_precision("auto", True, {"ASIMD": True, "ASIMDDP": True}) == "int8"
+    assert choose_prefill_precision("auto", True, {"SSE42": True, "AVX2": False}) == "int4"
+    assert choose_prefill_precision("auto", True, {"ASIMD": True, "ASIMDDP": False}) == "int4"
+    assert choose_prefill_precision("auto", False, {"AVX2": True}) == "int4"  # no int8 graph in the artifact
+    assert choose_prefill_precision("int4", True, {"AVX2": True}) == "int4"
     with pytest.raises(Phi4MMError, match="re-export it with `--prefill int8`"):
-        choose_prefill("int8", False, {"AVX2": True})
+        choose_prefill_precision("int8", False, {"AVX2": True})
     with pytest.raises(Phi4MMError, match="not one of"):
-        choose_prefill("fast", True, {})
+        choose_prefill_precision("fast", True, {})
     # Forced paths load the graphs they name; the int4-only artifact refuses int8.
-    assert Phi4MMEdge.load(artifacts["int4"], prefill="int8").prefill is not None
-    assert Phi4MMEdge.load(artifacts["int4"], prefill="int4").prefill is None
+    assert Phi4MMEdge.load(artifacts["int4"], prefill="int8").decoder.prompt_int8 is not None
+    assert Phi4MMEdge.load(artifacts["int4"], prefill="int4").decoder.prompt_int8 is None
     with pytest.raises(Phi4MMError, match="no int8 prefill graph"):
         Phi4MMEdge.load(artifacts["int4-exact"], prefill="int8")
 
 
 def test_int8_prefill_answers_a_long_prompt_through_the_cli(artifacts):
-    """`run --prefill int8` on a prompt past PREFILL_MIN_POSITIONS takes the int8 graph and answers
+    """`run --prefill int8` on a prompt past INT8_MIN_POSITIONS takes the int8 graph and answers
     with the same first tokens as the int4 path (both approximate the same float model; random
     weights give the greedy argmax margins that make 4 tokens a fair check)."""
-    from phi4mm_edge.runtime.model import PREFILL_MIN_POSITIONS
+    from phi4mm_edge.runtime.decoder import INT8_MIN_POSITIONS
 
-    prompt = " ".join(["listen"] * (PREFILL_MIN_POSITIONS + 16))
+    prompt = " ".join(["listen"] * (INT8_MIN_POSITIONS + 16))
     answers = {}
     for path in ("int4", "int8"):
         out = phi4mm_edge("run", artifacts["int4"], "--prompt", prompt, "--max-new-tokens", 4, "--prefill", path,
                           "--prefill-chunk", 70, "--json")
         answers[path] = json.loads(out.stdout)
-    assert answers["int8"]["prompt_tokens"] >= PREFILL_MIN_POSITIONS
+    assert answers["int8"]["prompt_tokens"] >= INT8_MIN_POSITIONS
     assert answers["int8"]["token_ids"][0] == answers["int4"]["token_ids"][0]
 
 

@@ -18,7 +18,8 @@ from reference_steps import reference_adapter
 # Log-mel: the same float64 FFT and float32 filter bank as the reference; ~2e-6 measured on
 # values of order 10, so 1e-4 is tight and still leaves room for FFT library differences.
 LOG_MEL_TOLERANCE = 1e-4
-FEATURE_TOLERANCE = 1e-4  # fp32 speech.onnx vs the fp32 reference (~1e-6 measured)
+FEATURE_TOLERANCE = 1e-4  # fp32 audio.onnx vs the fp32 reference (~1e-6 measured)
+MEL_BINS = 80  # Phi-4-multimodal's (the reference artifact's manifest says the same)
 
 
 def tone(seconds, rate, channels=1, seed=0):
@@ -49,7 +50,7 @@ CLIPS = [(8000, 3.0, 1), (16000, 0.1, 1), (16000, 12.0, 2), (22050, 5.0, 2), (44
 @pytest.mark.parametrize("rate,seconds,channels", CLIPS)
 def test_log_mel_equals_transformers(extractor, rate, seconds, channels):
     samples = tone(seconds, rate, channels)
-    ours = log_mel_spectrogram(load_audio(wav_bytes(samples, rate)))
+    ours = log_mel_spectrogram(load_audio(wav_bytes(samples, rate)), extractor.feature_size)
     # The reference gets the same decoded, mixed-down, resampled wave (soxr is our resampler).
     decoded, _ = soundfile.read(io.BytesIO(wav_bytes(samples, rate)), dtype="float32")
     mono = decoded.mean(axis=1) if decoded.ndim == 2 else decoded
@@ -74,7 +75,7 @@ def test_silence_and_very_short_clips_work(vision_speech_models):
     for wave in (np.zeros(16000, np.float32), tone(0.1, 16000)):
         generation = model.generate("Transcribe the audio clip into text.", audios=[(wave, 16000)], max_new_tokens=3)
         generation.text()
-        assert generation.result["adapter"] == "speech"
+        assert generation.result.adapter == "speech"
 
 
 def test_bad_audio_gets_clear_errors(tmp_path):
@@ -87,7 +88,7 @@ def test_bad_audio_gets_clear_errors(tmp_path):
     ]
     for source, message in cases:
         with pytest.raises(Phi4MMError, match=message):
-            log_mel_spectrogram(load_audio(source, 16000) if isinstance(source, np.ndarray) else load_audio(source))
+            log_mel_spectrogram(load_audio(source, 16000) if isinstance(source, np.ndarray) else load_audio(source), MEL_BINS)
     with pytest.raises(Phi4MMError, match="limit is 30 s"):
         load_audio(wav_bytes(tone(31.0, 8000), 8000), max_seconds=30)
     with pytest.raises(Phi4MMError, match="needs its sample rate"):
@@ -116,8 +117,8 @@ def reference_audio_features(reference, features, vision_mode):
 @pytest.mark.parametrize("seconds", [2.0, 45.0])  # 45 s passes 500 subsampled frames: the chunked path
 def test_fp32_audio_features_match_reference(vision_speech_models, reference, layout, vision_mode, seconds):
     model = vision_speech_models[f"fp32-{layout}"]
-    audio = model.speech.prepare(tone(seconds, 16000), 16000)
-    ours = model.speech.features(audio, vision_mode)
+    audio = model.audio.prepare(tone(seconds, 16000), 16000)
+    ours = model.audio.features(audio, vision_mode)
     expected = reference_audio_features(reference, audio.features, vision_mode)
     assert ours.shape == expected.shape
     assert np.abs(ours - expected).max() <= FEATURE_TOLERANCE * np.abs(expected).max()
@@ -148,12 +149,12 @@ def test_one_clip_greedy_ids_equal_reference(vision_speech_models, reference, tm
     prompt = "Transcribe the audio clip into text."
     generation = model.generate(prompt, audios=[clip], max_new_tokens=16)
     generation.text()
-    assert generation.result["adapter"] == "speech"
-    ids, _, _ = model.prepare_prompt(prompt, audios=[clip])
-    audio = model.speech.prepare(clip)
+    assert generation.result.adapter == "speech"
+    ids, _, _ = model.prompt(prompt, audios=[clip])
+    audio = model.audio.prepare(clip)
     expected = reference_greedy(reference, "speech", ids, 16, audio_input_features=torch.from_numpy(audio.features[None]),
                                 audio_embed_sizes=torch.tensor([audio.num_tokens]))
-    assert generation.result["token_ids"] == expected
+    assert generation.result.token_ids == expected
 
 
 def test_two_clips_greedy_ids_equal_reference(vision_speech_models, reference, tmp_path):
@@ -167,13 +168,13 @@ def test_two_clips_greedy_ids_equal_reference(vision_speech_models, reference, t
     prompt = "Transcribe <|audio_1|> and then <|audio_2|>."
     generation = model.generate(prompt, audios=clips, max_new_tokens=16)
     generation.text()
-    ids, _, _ = model.prepare_prompt(prompt, audios=clips)
-    rows = np.concatenate([reference_audio_features(reference, model.speech.prepare(c).features, False) for c in clips])
+    ids, _, _ = model.prompt(prompt, audios=clips)
+    rows = np.concatenate([reference_audio_features(reference, model.audio.prepare(c).features, False) for c in clips])
     with torch.no_grad():
         embeds = reference.get_input_embeddings()(torch.tensor([ids]))
         embeds[0, torch.tensor(ids) == 200011] = torch.from_numpy(rows)
     expected = reference_greedy(reference, "speech", ids, 16, inputs_embeds=embeds, attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-    assert generation.result["token_ids"] == expected
+    assert generation.result.token_ids == expected
 
 
 def test_audio_with_image_greedy_ids_equal_reference(vision_speech_models, reference, tmp_path):
@@ -187,22 +188,22 @@ def test_audio_with_image_greedy_ids_equal_reference(vision_speech_models, refer
     prompt = "<|image_1|><|audio_1|>Answer the question."
     generation = model.generate(prompt, images=[picture], audios=[clip], max_new_tokens=16)
     generation.text()
-    assert generation.result["adapter"] == "vision"
-    ids, _, _ = model.prepare_prompt(prompt, [picture], [clip])
+    assert generation.result.adapter == "vision"
+    ids, _, _ = model.prompt(prompt, [picture], [clip])
     pixels = Phi4MultimodalImageProcessor()(images=[picture], return_tensors="pt")
-    audio = model.speech.prepare(clip)
+    audio = model.audio.prepare(clip)
     expected = reference_greedy(reference, "vision", ids, 16, image_pixel_values=pixels["image_pixel_values"],
                                 image_sizes=pixels["image_sizes"], image_attention_mask=pixels["image_attention_mask"],
                                 audio_input_features=torch.from_numpy(audio.features[None]),
                                 audio_embed_sizes=torch.tensor([audio.num_tokens]))
-    assert generation.result["token_ids"] == expected
+    assert generation.result.token_ids == expected
 
 
 def test_int4_audio_features_are_exactly_the_dequantized_reference(artifacts, int4_reference):
     model = Phi4MMEdge.load(artifacts["int4-exact"])  # accuracy level 0: the fp32 tolerance applies
-    audio = model.speech.prepare(tone(3.0, 16000), 16000)
+    audio = model.audio.prepare(tone(3.0, 16000), 16000)
     expected = reference_audio_features(int4_reference, audio.features, False)
-    assert np.abs(model.speech.features(audio) - expected).max() <= FEATURE_TOLERANCE * np.abs(expected).max()
+    assert np.abs(model.audio.features(audio) - expected).max() <= FEATURE_TOLERANCE * np.abs(expected).max()
 
 
 # int4 as shipped (accuracy level 4): ~0.55% per quantized matmul (test_quant); the tiny
@@ -213,9 +214,9 @@ INT4_FEATURE_TOLERANCE = 0.06
 
 def test_int4_audio_features_as_shipped_stay_close(vision_speech_models, int4_reference):
     model = vision_speech_models["int4"]
-    audio = model.speech.prepare(tone(5.0, 16000), 16000)
+    audio = model.audio.prepare(tone(5.0, 16000), 16000)
     expected = reference_audio_features(int4_reference, audio.features, False)
-    ours = model.speech.features(audio)
+    ours = model.audio.features(audio)
     assert np.linalg.norm(ours - expected) / np.linalg.norm(expected) <= INT4_FEATURE_TOLERANCE
 
 
@@ -254,7 +255,7 @@ def test_microphone_path_through_sounddevice_api(artifacts, tmp_path, monkeypatc
     assert opened == {"samplerate": 16000, "channels": 1, "dtype": "float32"}
     assert result["adapter"] == "speech"
     model = Phi4MMEdge.load(artifacts["int4"])
-    ids, _, audio = model.prepare_prompt("Transcribe the audio clip into text.", audios=[(speech[:24000], 16000)])
+    ids, _, audio = model.prompt("Transcribe the audio clip into text.", audios=[(speech[:24000], 16000)])
     assert result["prompt_tokens"] == len(ids) and audio.shape[0] == 19  # 1.5 s -> 148 frames -> 19 tokens
 
 

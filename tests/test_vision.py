@@ -9,6 +9,7 @@ from PIL import Image
 from phi4mm_edge import Phi4MMError
 from phi4mm_edge.runtime import Phi4MMEdge
 from phi4mm_edge.runtime import image as image_module
+from phi4mm_edge.artifact import VisionEntry
 from phi4mm_edge.runtime.image import load_image, preprocess
 from reference_steps import reference_adapter
 
@@ -58,6 +59,10 @@ IMAGES = {
 }
 
 
+# transformers' Phi4MultimodalImageProcessor defaults, which are Phi-4-multimodal's geometry.
+PROCESSOR_GEOMETRY = VisionEntry(graph="vision.onnx", crop_size=448, patch_size=14, max_crops=36, mean=0.5, std=0.5, encoder={})
+
+
 @pytest.fixture(scope="module")
 def processor():
     from transformers import Phi4MultimodalImageProcessor
@@ -77,7 +82,7 @@ def reference_input(source):
 @pytest.mark.parametrize("name", list(IMAGES))
 def test_preprocessing_equals_transformers(processor, name):
     source = IMAGES[name]()
-    ours = preprocess(load_image(source))
+    ours = preprocess(load_image(source), PROCESSOR_GEOMETRY)
     reference = processor(images=[reference_input(source)], return_tensors="np")
     pixels = reference["image_pixel_values"][0]
     assert pixels.shape == ours.pixel_values.shape
@@ -88,7 +93,7 @@ def test_preprocessing_equals_transformers(processor, name):
 
 
 def test_crop_limit_and_exif_are_honoured():
-    crops = preprocess(load_image(IMAGES["crop-limit 4200x3100"]())).pixel_values.shape[0]
+    crops = preprocess(load_image(IMAGES["crop-limit 4200x3100"]()), PROCESSOR_GEOMETRY).pixel_values.shape[0]
     assert crops - 1 <= 36 < (4200 // 448 + 1) * (3100 // 448 + 1)
     rotated = load_image(exif_rotated_jpeg())
     assert rotated.size == (300, 600)  # displayed upright: portrait
@@ -129,7 +134,7 @@ def test_bad_images_get_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(Phi4MMError, match="more than"):
         load_image(bomb.getvalue())
     with pytest.raises(Phi4MMError, match="too extreme"):
-        preprocess(load_image(noise_image(20000, 1)))
+        preprocess(load_image(noise_image(20000, 1)), PROCESSOR_GEOMETRY)
 
 
 # -- the model ---------------------------------------------------------------------------------------
@@ -179,10 +184,10 @@ def test_image_prompt_greedy_ids_equal_reference(vision_models, reference, proce
     prompt = "Compare <|image_1|> with <|image_2|>." if count == 2 else "Describe the picture."
     generation = model.generate(prompt, images=images, max_new_tokens=16)
     generation.text()
-    assert generation.result["adapter"] == "vision"
-    ids, _, _ = model.prepare_prompt(prompt, images)
+    assert generation.result.adapter == "vision"
+    ids, _, _ = model.prompt(prompt, images)
     assert ids.count(200010) == sum(model.vision.prepare(i).num_tokens for i in images)
-    assert generation.result["token_ids"] == reference_greedy(reference, processor, ids, images, 16)
+    assert generation.result.token_ids == reference_greedy(reference, processor, ids, images, 16)
 
 
 def test_int4_image_features_are_exactly_the_dequantized_reference(artifacts, int4_reference, processor):
@@ -214,17 +219,17 @@ def test_int4_image_features_as_shipped_stay_close(vision_models, int4_reference
 def test_placeholders_order_and_errors(vision_models):
     model = vision_models["int4"]
     small, other = load_image(IMAGES["1x1"]()), load_image(IMAGES["grayscale"]())
-    ids_implicit, features_implicit, _ = model.prepare_prompt("hello", [small])
-    ids_explicit, features_explicit, _ = model.prepare_prompt("<|image_1|>hello", [small])
+    ids_implicit, features_implicit, _ = model.prompt("hello", [small])
+    ids_explicit, features_explicit, _ = model.prompt("<|image_1|>hello", [small])
     assert ids_implicit == ids_explicit  # an image without a placeholder goes before the text
     np.testing.assert_array_equal(features_implicit, features_explicit)
-    _, swapped, _ = model.prepare_prompt("<|image_2|> then <|image_1|>", [small, other])
+    _, swapped, _ = model.prompt("<|image_2|> then <|image_1|>", [small, other])
     first = model.vision.features(model.vision.prepare(other))
     np.testing.assert_array_equal(swapped[: len(first)], first)  # features follow the prompt's order
     with pytest.raises(Phi4MMError, match="refers to <\\|image_3\\|>"):
-        model.prepare_prompt("<|image_3|>", [small])
+        model.prompt("<|image_3|>", [small])
     with pytest.raises(Phi4MMError, match="image 2 was given"):
-        model.prepare_prompt("<|image_1|>", [small, other])
+        model.prompt("<|image_1|>", [small, other])
 
 
 def test_run_with_image_and_camera_video(artifacts, tmp_path):
@@ -248,7 +253,7 @@ def test_run_with_image_and_camera_video(artifacts, tmp_path):
     assert result["adapter"] == "vision"
     model = Phi4MMEdge.load(artifacts["int4"])
     frame = cv2.VideoCapture(str(video)).read()[1]
-    ids, features, _ = model.prepare_prompt("What changed between <|image_1|> and <|image_2|>?", [picture, frame])
+    ids, features, _ = model.prompt("What changed between <|image_1|> and <|image_2|>?", [picture, frame])
     assert result["prompt_tokens"] == len(ids) and features.shape[0] == ids.count(200010)
     missing = phi4mm_edge("run", artifacts["int4"], "--prompt", "hi", "--camera", "7", check=False)
     assert missing.returncode == 2 and "cannot open camera 7" in missing.stderr

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 
-import phi4mm_edge.runtime.model as model_module
 from phi4mm_edge.runtime import Phi4MMEdge, providers
 
 
@@ -18,12 +17,11 @@ def profiled(threads=None):
     return options
 
 
-model_module.session_options = profiled  # the runtime's own options, plus the profiler
-model = Phi4MMEdge.load(sys.argv[1], context_length=600, verify=False)
+model = Phi4MMEdge.load(sys.argv[1], context_length=600, verify=False, session_options=profiled())
 ids = np.random.default_rng(0).integers(0, 199_000, 64).tolist()
 for adapter in ("none", "speech"):
     model.generate_from_ids(ids, max_new_tokens=24, adapter=adapter).text()
-events = json.load(open(model.decoder.end_profiling()))
+events = json.load(open(model.decoder.decoder.end_profiling()))
 runs = sorted((e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"), key=lambda e: e["ts"])
 nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
 # runs: prefill, 23 decode steps (none); prefill, 23 decode steps (speech)

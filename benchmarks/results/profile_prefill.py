@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 
-import phi4mm_edge.runtime.model as model_module
 from phi4mm_edge.runtime import Phi4MMEdge, providers
 
 
@@ -19,14 +18,14 @@ def profiled(threads=None):
     return options
 
 
-model_module.session_options = profiled  # the runtime's own options, plus the profiler
 tokens = int(sys.argv[2]) if len(sys.argv) > 2 else 512
 ids = np.random.default_rng(0).integers(0, 199_000, tokens).tolist()
 for path in ("int4", "int8"):
-    model = Phi4MMEdge.load(sys.argv[1], context_length=tokens + 8, verify=False, prefill=path)
+    model = Phi4MMEdge.load(sys.argv[1], context_length=tokens + 8, verify=False, prefill=path,
+                           session_options=profiled())
     for _ in range(2):  # warm-up, then the profiled run
         model.generate_from_ids(ids, max_new_tokens=1).text()
-    session = model.prefill if path == "int8" else model.decoder
+    session = model.decoder.prompt_int8 if path == "int8" else model.decoder.decoder
     events = json.load(open(session.end_profiling()))
     run = max((e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"), key=lambda e: e["ts"])
     by_op = collections.Counter()

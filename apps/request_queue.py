@@ -9,8 +9,8 @@ import asyncio
 from contextlib import asynccontextmanager
 
 
-class Line:
-    """A FIFO of requests; the head of the line has the model."""
+class RequestQueue:
+    """A FIFO of requests; the request at its head has the model."""
 
     def __init__(self):
         self._tickets = []

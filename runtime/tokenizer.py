@@ -58,5 +58,9 @@ class ChatTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    def token_string(self, token_id: int) -> str:
+        """The vocabulary entry of one id, e.g. '<|endoftext10|>' for the image placeholder."""
+        return self.tokenizer.id_to_token(token_id)
+
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)

@@ -1,10 +1,10 @@
-"""Speech encoder real-time factor (encoder seconds per second of audio; below 1 is faster than
+"""Audio encoder real-time factor (encoder seconds per second of audio; below 1 is faster than
 real time), for an artifact and for one full-size conformer block.
 
-    python -m phi4mm_edge.benchmarks.speech_latency ARTIFACT
-    python -m phi4mm_edge.benchmarks.speech_latency --full-size-block
+    python -m phi4mm_edge.benchmarks.audio_latency ARTIFACT
+    python -m phi4mm_edge.benchmarks.audio_latency --full-size-block
 
-`--full-size-block` writes checkpoints whose speech encoder has the real width (1024, MLP
+`--full-size-block` writes checkpoints whose audio encoder has the real width (1024, MLP
 1536, 16 heads, 1024 subsampling channels) and one or three conformer blocks, exports them at
 fp32 and int4 and times them; the full encoder's factor is estimated as the rest + 24 x (block).
 The projection there maps to the tiny text width, so the full-size projection is not counted. Figures
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime import Phi4MMEdge
-from ..export.reference import tiny_config
+from ..export.reference_checkpoint import tiny_config
 from .timing import measure_at_both_precisions, median_seconds
 
 FULL_SIZE_BLOCKS = 24
@@ -26,8 +26,9 @@ FULL_SIZE_BLOCKS = 24
 
 def real_time_factor(model: Phi4MMEdge, seconds: float, repeats: int = 5) -> float:
     rng = np.random.default_rng(0)
-    audio = model.speech.prepare((0.1 * rng.standard_normal(int(seconds * 16000)).astype(np.float32), 16000))
-    return median_seconds(lambda: model.speech.features(audio), repeats) / seconds
+    rate = model.audio.entry.sample_rate
+    clip = model.audio.prepare((0.1 * rng.standard_normal(int(seconds * rate)).astype(np.float32), rate))
+    return median_seconds(lambda: model.audio.features(clip), repeats) / seconds
 
 
 def full_size_block(folder: Path, blocks: int) -> dict:
@@ -46,7 +47,7 @@ def main(argv=None):
     if args.artifact:
         model = Phi4MMEdge.load(args.artifact)
         for seconds in (10.0, 30.0):
-            print(f"{args.artifact}: speech encoder real-time factor {real_time_factor(model, seconds):.4f} for {seconds:.0f} s")
+            print(f"{args.artifact}: audio encoder real-time factor {real_time_factor(model, seconds):.4f} for {seconds:.0f} s")
     if args.full_size_block:
         with tempfile.TemporaryDirectory() as folder:
             # One block and three blocks: half the difference isolates a block from the subsampling

@@ -1,0 +1,26 @@
+"""What every app does before its first answer: load the model the command line names (the CLI
+has already resolved a missing artifact to the bundled reference model) and read the sampling
+options."""
+
+import sys
+
+from ..runtime import Phi4MMEdge
+
+RANDOM_WEIGHTS_NOTE = ("NOTE: the reference model has RANDOM weights: its words mean nothing. It proves the pipeline "
+                       "(export, int4, adapter swapping, streaming); point `phi4mm-edge export` at the real checkpoint for real answers.")
+
+
+def load_model(args, status=None) -> Phi4MMEdge:
+    """Load args.artifact; say how long it took, and whether its weights are random, on `status`
+    (default stdout)."""
+    status = status or sys.stdout
+    model = Phi4MMEdge.load(args.artifact, threads=args.threads, context_length=args.context)
+    print(f"loaded {args.artifact} in {model.load_ms:.0f} ms", file=status)
+    if getattr(args, "random_weights", False):
+        print(RANDOM_WEIGHTS_NOTE, file=status)
+    return model
+
+
+def sampling_options(args) -> dict:
+    """The generate() keywords the options set."""
+    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}

@@ -1,0 +1,81 @@
+"""What a request returns: a `Generation` that streams text pieces, then holds a `GenerationResult`."""
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Timings:
+    load_ms: float  # loading the artifact (once per model)
+    ttft_ms: float  # request start (media decoding and encoding included) to the first token
+    decode_tokens_per_s: float | None  # tokens after the first per second; None for one token
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    token_ids: list[int]  # every generated id, a final end-of-sequence id included
+    adapter: str  # the adapter that answered: "none", "vision", "speech" or a loaded one
+    prompt_tokens: int
+    finish_reason: str  # "stop" (an end-of-sequence id) or "length" (max_new_tokens or the context)
+    timings: Timings
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """'adapter: vision, ttft 12.3 ms, 210.5 tokens/s, 24 tokens'."""
+        rate = self.timings.decode_tokens_per_s
+        return (f"adapter: {self.adapter}, ttft {self.timings.ttft_ms:.1f} ms, "
+                f"{rate if rate is not None else '-'} tokens/s, {len(self.token_ids)} tokens")
+
+
+class Generation:
+    """An iterator over streamed text pieces. `.result` is None until the iteration ends; then it
+    holds the GenerationResult. `.text()` runs to the end and returns the whole answer."""
+
+    def __init__(self, pieces: Iterator[str] | None = None):
+        self._pieces = pieces
+        self.result: GenerationResult | None = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def text(self) -> str:
+        for _ in self:
+            pass
+        return self.result.text
+
+
+def stream_text(generation: Generation, tokens: Iterator[int], detokenizer, stop_ids: set[int], adapter: str,
+                prompt_tokens: int, load_ms: float, started: float) -> Iterator[str]:
+    """Text pieces for `tokens` as they arrive; sets `generation.result` when they end."""
+    token_ids, first_token_at = [], None
+    for token in tokens:
+        if first_token_at is None:
+            first_token_at = time.perf_counter()
+        token_ids.append(token)
+        if token in stop_ids:
+            break  # an end-of-sequence id is kept in token_ids (it was generated) but never shown
+        if piece := detokenizer.add(token):
+            yield piece
+    finished = time.perf_counter()
+    if remainder := detokenizer.finish():
+        yield remainder
+    decode_s = finished - first_token_at
+    generation.result = GenerationResult(
+        text=detokenizer.text,
+        token_ids=token_ids,
+        adapter=adapter,
+        prompt_tokens=prompt_tokens,
+        finish_reason="stop" if token_ids[-1] in stop_ids else "length",
+        timings=Timings(
+            load_ms=round(load_ms, 2),
+            ttft_ms=round((first_token_at - started) * 1000, 2),
+            decode_tokens_per_s=round((len(token_ids) - 1) / decode_s, 2) if len(token_ids) > 1 and decode_s > 0 else None,
+        ),
+    )
