@@ -6,6 +6,10 @@ never disagree about what a complete checkpoint holds. Every shape comes from th
 
 import math
 
+# The two encoders' module prefixes: every vision / audio tensor name starts with one of them.
+IMAGE_EMBED = "model.embed_tokens_extend.image_embed."
+AUDIO_EMBED = "model.embed_tokens_extend.audio_embed."
+
 
 def text_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     hidden, inter = config["hidden_size"], config["intermediate_size"]
@@ -31,7 +35,7 @@ def vision_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     v = config["vision_config"]
     width, mlp, text_hidden = v["hidden_size"], v["intermediate_size"], config["hidden_size"]
     patches = (v["image_size"] // v["patch_size"]) ** 2
-    p = "model.embed_tokens_extend.image_embed."
+    p = IMAGE_EMBED
     shapes = {
         p + "global_img_feature_extensor": (1, 1, width),
         p + "sub_img_feature_extensor": (1, 1, 1, width),
@@ -84,7 +88,7 @@ def nemo_final_size(input_size: int, time_reduction: int) -> int:
 def audio_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     a = config["audio_config"]
     d, ff, channels, text_hidden = a["hidden_size"], a["intermediate_size"], a["nemo_conv_channels"], config["hidden_size"]
-    p = "model.embed_tokens_extend.audio_embed."
+    p = AUDIO_EMBED
     e = p + "encoder."
     shapes = {
         e + "encoder_embedding.global_mean": (a["input_size"],),
