@@ -12,14 +12,12 @@ from .. import artifact
 from ..errors import Phi4MMError
 from .adapters import ADAPTER_DTYPES, write_adapter
 from .checkpoint import Checkpoint
+from .audio_encoder import build_audio_encoder
 from .embedding import build_embedding, tied_lm_head, untied_lm_head, write_token_table
-from .linear import Precision
+from .graph_blocks import Precision
 from .onnx_graph import ExternalData, Graph
 from .text_decoder import build_decoder
-from .speech import ENCODER as SPEECH_ENCODER
-from .speech import build_speech
-from .vision import ENCODER as VISION_ENCODER
-from .vision import build_vision
+from .vision_encoder import build_vision_encoder
 
 # Tokenizer and chat-template files copied next to the graphs when the checkpoint has them.
 TOKENIZER_FILES = artifact.TOKENIZER_FILES + ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
@@ -72,8 +70,8 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
                   *out.glob("*" + artifact.ADAPTER_SUFFIX)]:
         stale.unlink(missing_ok=True)
     adapters = ckpt.adapter_names()
-    has_vision = ckpt.has(VISION_ENCODER + "embeddings.patch_embedding.weight")
-    has_speech = ckpt.has(SPEECH_ENCODER + "embed.conv.0.weight")
+    has_vision = ckpt.vision is not None
+    has_speech = ckpt.audio is not None
     bar = tqdm(total=2 + text.num_layers * (1 + (prefill == "int8")) + len(adapters) + has_vision + has_speech, desc="export", unit="step", disable=not show_progress)
 
     def step(label):
@@ -98,14 +96,14 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
 
     vision_entry = None
     if has_vision:
-        config = write_graph(out, artifact.VISION_GRAPH, lambda g: build_vision(ckpt, g, precision))
+        config = write_graph(out, artifact.VISION_GRAPH, lambda g: build_vision_encoder(ckpt, g, precision))
         vision_entry = {"graph": artifact.VISION_GRAPH, "crop_size": config.crop_size, "patch_size": config.patch_size,
                         "max_crops": _max_crops(ckpt.folder), "mean": 0.5, "std": 0.5, "encoder": asdict(config)}
         step("vision")
 
     speech_entry = None
     if has_speech:
-        config = write_graph(out, artifact.SPEECH_GRAPH, lambda g: build_speech(ckpt, g, precision))
+        config = write_graph(out, artifact.SPEECH_GRAPH, lambda g: build_audio_encoder(ckpt, g, precision))
         speech_entry = {"graph": artifact.SPEECH_GRAPH, "sample_rate": 16000, "mel_bins": config.input_size,
                         "compression_rate": config.time_reduction, "encoder": asdict(config)}
         step("speech")
