@@ -13,8 +13,23 @@ import numpy as np
 
 from ..quant import int4, int8
 from .checkpoint import Weights
-from .linear import Precision, int4_initializers, matmul_nbits
-from .onnx_graph import MS_DOMAIN, Graph
+from .onnx_graph import MS_DOMAIN, ExternalData, Graph
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How base weights are stored. accuracy_level 4 lets the CPU kernel quantize activations
+    to int8 per block (its fastest path); 0 keeps fp32 activations. "int8" is the prefill graph's
+    precision: 7-bit per-output-channel weights for DynamicQuantizeMatMul (quant/int8.py)."""
+
+    weights: str = "int4"  # "int4", "fp32", or "int8" (prefill graph only)
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 4
+
+    @property
+    def is_int4(self) -> bool:
+        return self.weights == "int4"
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,27 @@ def initializer(graph: Graph, weights: Weights, name: str, shape=None) -> str:
     `shape` when given); returns the initializer's name."""
     array = weights[name]
     return graph.weight(weights.graph_name(name), array if shape is None else array.reshape(shape))
+
+
+def int4_initializers(data: ExternalData, name: str, quantized: int4.Int4Weight):
+    """TensorProtos for MatMulNBits' B, scales and optional zero points, in `data`."""
+    protos = [
+        data.tensor(f"{name}.qweight", quantized.packed),
+        data.tensor(f"{name}.scales", quantized.scales),
+    ]
+    if quantized.zero_points is not None:
+        protos.append(data.tensor(f"{name}.zero_points", quantized.zero_points))
+    return protos
+
+
+def matmul_nbits(graph: Graph, x: str, protos, quantized: int4.Int4Weight, precision: Precision, name: str) -> str:
+    """x W^T for an int4 W whose initializers `protos` are already written."""
+    names = [graph.add_initializer(p) for p in protos]
+    n, k = quantized.shape
+    return graph.op(
+        "MatMulNBits", [x, *names], domain=MS_DOMAIN, name=name,
+        K=k, N=n, bits=4, block_size=quantized.block_size, accuracy_level=precision.accuracy_level,
+    )
 
 
 def linear(builder: Builder, x: str, weights: Weights) -> str:
@@ -52,6 +88,13 @@ def linear(builder: Builder, x: str, weights: Weights) -> str:
     if "bias" in weights:
         y = graph.add(y, graph.weight(f"{name}.bias", weights["bias"].astype(np.float32)))
     return y
+
+
+def lora_branch(graph: Graph, x: str, a_input: str, b_input: str) -> str:
+    """x·A·B with A [in, rank] and B [rank, out] fed as graph inputs. With rank 0 both MatMuls are
+    empty and the branch adds zeros: no adapter weights are read (~2% of a full-size decode step
+    remains, for the empty MatMuls and the Add)."""
+    return graph.op("MatMul", [graph.op("MatMul", [x, a_input]), b_input])
 
 
 def layer_norm(graph: Graph, x: str, weights: Weights, eps: float) -> str:
