@@ -11,8 +11,8 @@ from tqdm import tqdm
 from .. import artifact
 from ..errors import Phi4MMError
 from .adapters import ADAPTER_DTYPES, write_adapter
-from .checkpoint import Checkpoint
 from .audio_encoder import build_audio_encoder
+from .checkpoint import Checkpoint
 from .embedding import build_embedding, tied_lm_head, untied_lm_head, write_token_table
 from .graph_blocks import Precision
 from .onnx_graph import ExternalData, Graph
