@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..artifact import ADAPTERS, NO_ADAPTER, read_manifest
+from ..artifact import ADAPTERS, NO_ADAPTER
+from ..manifest import read_manifest
 from ..errors import Phi4MMError
 from ..runtime import Phi4MMEdge
 from ..runtime.cpu import physical_cores

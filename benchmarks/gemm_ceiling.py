@@ -8,7 +8,7 @@ graph's kernel). The weights are random; the throughput does not depend on their
 
 import numpy as np
 
-from ..artifact import StoredPrecision, TextConfig
+from ..manifest import StoredPrecision, TextConfig
 from ..quant import int4, int8
 from .timing import timed
 

@@ -26,7 +26,7 @@ def measure_at_both_precisions(folder, config: dict, measure) -> dict:
     from pathlib import Path
 
     from ..export.convert import export
-    from ..export.linear import Precision
+    from ..export.graph_blocks import Precision
     from ..export.reference_checkpoint import write_reference
     from ..runtime import Phi4MMEdge
 

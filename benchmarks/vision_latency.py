@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..runtime import Phi4MMEdge
-from ..artifact import VisionEntry
+from ..manifest import VisionEntry
 from ..runtime.image import preprocess
 from ..export.reference_checkpoint import tiny_config
 from .timing import measure_at_both_precisions, median_seconds

@@ -8,6 +8,10 @@ import math
 
 from ..artifact import ADAPTERS  # noqa: F401  the adapter names, defined with the manifest
 
+# The two encoders' module prefixes: every vision / audio tensor name starts with one of them.
+IMAGE_EMBED = "model.embed_tokens_extend.image_embed."
+AUDIO_EMBED = "model.embed_tokens_extend.audio_embed."
+
 
 def text_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     hidden, inter = config["hidden_size"], config["intermediate_size"]
@@ -33,7 +37,7 @@ def vision_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     v = config["vision_config"]
     width, mlp, text_hidden = v["hidden_size"], v["intermediate_size"], config["hidden_size"]
     patches = (v["image_size"] // v["patch_size"]) ** 2
-    p = "model.embed_tokens_extend.image_embed."
+    p = IMAGE_EMBED
     shapes = {
         p + "global_img_feature_extensor": (1, 1, width),
         p + "sub_img_feature_extensor": (1, 1, 1, width),
@@ -86,7 +90,7 @@ def nemo_final_size(input_size: int, time_reduction: int) -> int:
 def audio_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     a = config["audio_config"]
     d, ff, channels, text_hidden = a["hidden_size"], a["intermediate_size"], a["nemo_conv_channels"], config["hidden_size"]
-    p = "model.embed_tokens_extend.audio_embed."
+    p = AUDIO_EMBED
     e = p + "encoder."
     shapes = {
         e + "encoder_embedding.global_mean": (a["input_size"],),

@@ -1,8 +1,10 @@
 """Open a Phi-4-multimodal checkpoint folder (either layout) and read it one tensor at a time.
 
-`Checkpoint.tensor(name)` takes transformers-native names whatever the layout on disk, and
-`Checkpoint.lora(adapter)` returns one adapter's (A, B) pairs from the inline tensors of the
-original layout or from the PEFT folder of the native one. Nothing here builds a torch model.
+`Checkpoint.tensor(name)` takes transformers-native names whatever the layout on disk;
+`Checkpoint.weights(prefix)` reads the tensors under one module by the rest of their names;
+`Checkpoint.text` / `.vision` / `.audio` are the three parts' configs; `Checkpoint.lora(adapter)`
+returns one adapter's (A, B) pairs from the inline tensors of the original layout or from the
+PEFT folder of the native one. Nothing here builds a torch model.
 """
 
 import hashlib
@@ -10,13 +12,15 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from ..artifact import TextConfig
+from ..manifest import TextConfig
 from ..errors import Phi4MMError
-from . import architecture, layouts
+from . import architecture, checkpoint_config, layouts
+from .checkpoint_config import AudioConfig, VisionConfig
 from .safetensors_file import SafetensorsFile
 
 NATIVE_MODEL_TYPE = "phi4_multimodal"
@@ -44,6 +48,33 @@ class LoraAdapter:
     alpha: float
     scale: float
     pairs: object  # () -> iterator of ((layer, target), A, B)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The checkpoint's tensors under one module: `weights["mlp.fc1.weight"]` reads
+    `<prefix>mlp.fc1.weight` (float32) and `weights.scope("mlp.")` narrows to a submodule.
+    A graph names what it stores from this module `<graph_prefix><rest of the name>`."""
+
+    checkpoint: "Checkpoint"
+    prefix: str
+    graph_prefix: str
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.checkpoint.tensor(self.prefix + name)
+
+    def __contains__(self, name: str) -> bool:
+        return self.checkpoint.has(self.prefix + name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.checkpoint.shape(self.prefix + name)
+
+    def scope(self, prefix: str) -> "Weights":
+        return Weights(self.checkpoint, self.prefix + prefix, self.graph_prefix + prefix)
+
+    def graph_name(self, name: str = "") -> str:
+        """The graph's name for tensor `name` of this module, or for the module itself."""
+        return (self.graph_prefix + name).rstrip(".")
 
 
 def _rope_settings(config: dict, head_dim: int) -> dict:
@@ -151,10 +182,25 @@ class Checkpoint:
             raise Phi4MMError(f"{self.folder} lacks tensor {name}: the checkpoint is incomplete or not Phi-4-multimodal")
         return self._files[name]
 
+    def weights(self, prefix: str, graph_prefix: str | None = None) -> Weights:
+        """The tensors whose names start with `prefix`; a graph names them with `graph_prefix`
+        in its place (default: the prefix itself)."""
+        return Weights(self, prefix, prefix if graph_prefix is None else graph_prefix)
+
     def config_sha256(self) -> str:
         return hashlib.sha256(self.config_bytes).hexdigest()
 
     # -- config ----------------------------------------------------------------------------
+    @cached_property
+    def vision(self) -> VisionConfig | None:
+        """The vision encoder's sizes; None when the checkpoint has no vision encoder."""
+        return checkpoint_config.vision_config(self)
+
+    @cached_property
+    def audio(self) -> AudioConfig | None:
+        """The audio encoder's sizes; None when the checkpoint has no audio encoder."""
+        return checkpoint_config.audio_config(self)
+
     def _text_config(self) -> TextConfig:
         c = self.raw_config
         try:

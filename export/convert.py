@@ -9,18 +9,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import artifact
-from ..artifact import AdapterEntry, AudioEntry, Graphs, Manifest, Source, StoredPrecision, VisionEntry
+from ..manifest import (MANIFEST, AdapterEntry, AudioEntry, Graphs, Manifest, Source, StoredPrecision, VisionEntry,
+                        file_entry, write_manifest)
 from ..errors import Phi4MMError
 from .adapters import ADAPTER_DTYPES, write_adapter
+from .audio_encoder import build_audio_encoder
 from .checkpoint import Checkpoint
 from .embedding import build_embedding, tied_lm_head, untied_lm_head, write_token_table
-from .linear import Precision
+from .graph_blocks import Precision
 from .onnx_graph import ExternalData, Graph
 from .text_decoder import build_decoder
-from .speech import ENCODER as SPEECH_ENCODER
-from .speech import build_speech
-from .vision import ENCODER as VISION_ENCODER
-from .vision import build_vision
+from .vision_encoder import build_vision_encoder
 
 # Tokenizer and chat-template files copied next to the graphs when the checkpoint has them.
 TOKENIZER_FILES = artifact.TOKENIZER_FILES + ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
@@ -74,13 +73,13 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # A half-written folder must not look complete, and a previous export's graphs must not linger.
-    for stale in [out / artifact.MANIFEST, out / ".verified.json", *out.glob("*.onnx"), *out.glob("*.onnx.data"),
+    for stale in [out / MANIFEST, out / ".verified.json", *out.glob("*.onnx"), *out.glob("*.onnx.data"),
                   *out.glob("*" + artifact.ADAPTER_SUFFIX)]:
         stale.unlink(missing_ok=True)
     adapters = ckpt.adapter_names()
-    has_vision = ckpt.has(VISION_ENCODER + "embeddings.patch_embedding.weight")
-    has_speech = ckpt.has(SPEECH_ENCODER + "embed.conv.0.weight")
-    bar = tqdm(total=2 + text.num_layers * (1 + (prefill == "int8")) + len(adapters) + has_vision + has_speech, desc="export", unit="step", disable=not show_progress)
+    has_vision = ckpt.vision is not None
+    has_audio = ckpt.audio is not None
+    bar = tqdm(total=2 + text.num_layers * (1 + (prefill == "int8")) + len(adapters) + has_vision + has_audio, desc="export", unit="step", disable=not show_progress)
 
     def step(label):
         bar.set_postfix_str(label)
@@ -105,14 +104,14 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     processor = _preprocessor_config(ckpt.folder)
     vision_entry = None
     if has_vision:
-        config = write_graph(out, artifact.VISION_GRAPH, lambda g: build_vision(ckpt, g, precision))
+        config = write_graph(out, artifact.VISION_GRAPH, lambda g: build_vision_encoder(ckpt, g, precision))
         vision_entry = VisionEntry(graph=artifact.VISION_GRAPH, crop_size=config.crop_size, patch_size=config.patch_size,
                                    max_crops=int(processor.get("dynamic_hd", MAX_CROPS)), mean=IMAGE_MEAN, std=IMAGE_STD, encoder=asdict(config))
         step("vision")
 
     audio_entry = None
-    if has_speech:
-        config = write_graph(out, artifact.AUDIO_GRAPH, lambda g: build_speech(ckpt, g, precision))
+    if has_audio:
+        config = write_graph(out, artifact.AUDIO_GRAPH, lambda g: build_audio_encoder(ckpt, g, precision))
         audio_entry = AudioEntry(graph=artifact.AUDIO_GRAPH, sample_rate=int(processor.get("sampling_rate", SAMPLE_RATE)), mel_bins=config.input_size,
                                  compression_rate=config.time_reduction, encoder=asdict(config))
         step("audio")
@@ -144,7 +143,7 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         adapters=adapter_entries,
         export_seconds=round(time.perf_counter() - started, 2),
     )
-    manifest.files = {p.name: artifact.file_entry(p) for p in sorted(out.iterdir())
-                      if p.is_file() and p.name != artifact.MANIFEST and not p.name.startswith(".")}
-    artifact.write_manifest(out, manifest)
+    manifest.files = {p.name: file_entry(p) for p in sorted(out.iterdir())
+                      if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+    write_manifest(out, manifest)
     return manifest

@@ -17,7 +17,7 @@ from onnx import TensorProto
 
 from ..quant import int4
 from .checkpoint import Checkpoint, TextConfig
-from .linear import Precision, int4_initializers, linear, matmul_nbits
+from .graph_blocks import Builder, Precision, int4_initializers, linear, matmul_nbits
 from .onnx_graph import MS_DOMAIN, ExternalData, Graph
 
 TABLE = "embed_tokens"
@@ -56,74 +56,69 @@ def _copy_proto(proto, dims=None):
     return copy
 
 
-def lookup(g: Graph, ids: str, table: TokenTable) -> str:
+def lookup(graph: Graph, ids: str, table: TokenTable) -> str:
     """Token embeddings [.., hidden] for int64 ids."""
     if table.quantized is None:
-        return g.op("Gather", [g.add_initializer(_copy_proto(table.fp32)), ids], axis=0)
+        return graph.op("Gather", [graph.add_initializer(_copy_proto(table.fp32)), ids], axis=0)
     q = table.quantized
     padded_width = q.k_blocks * q.block_size
     packed = _copy_proto(table.int4_protos[0], dims=[table.vocab_size, padded_width // 2])
-    inputs = [g.add_initializer(packed), ids, g.add_initializer(_copy_proto(table.int4_protos[1]))]
+    inputs = [graph.add_initializer(packed), ids, graph.add_initializer(_copy_proto(table.int4_protos[1]))]
     if q.zero_points is not None:
-        inputs.append(g.add_initializer(_copy_proto(table.int4_protos[2])))
-    rows = g.op("GatherBlockQuantized", inputs, domain=MS_DOMAIN, name="embed_tokens",
-                bits=4, block_size=q.block_size, gather_axis=0, quantize_axis=1)
+        inputs.append(graph.add_initializer(_copy_proto(table.int4_protos[2])))
+    rows = graph.op("GatherBlockQuantized", inputs, domain=MS_DOMAIN, name="embed_tokens",
+                    bits=4, block_size=q.block_size, gather_axis=0, quantize_axis=1)
     if padded_width != table.hidden_size:  # blocks padded the last few columns
-        rows = g.op("Slice", [rows, g.constant("zero", np.array([0], np.int64)),
-                              g.constant("hidden", np.array([table.hidden_size], np.int64)),
-                              g.constant("last_axis", np.array([-1], np.int64))])
+        rows = graph.slice(rows, [0], [table.hidden_size], axes=[-1])
     return rows
 
 
 def tied_lm_head(table: TokenTable):
     """An lm_head emitter for build_decoder that reuses the token table's bytes."""
 
-    def emit(g: Graph, x: str) -> str:
+    def emit(graph: Graph, x: str) -> str:
         if table.quantized is not None:
             protos = [_copy_proto(p) for p in table.int4_protos]
-            return matmul_nbits(g, x, protos, table.quantized, table.precision, "lm_head")
+            return matmul_nbits(graph, x, protos, table.quantized, table.precision, "lm_head")
         # x [b, s, h] -> [b*s, h] -> Gemm with the [vocab, h] table transposed in place -> [b, s, vocab]
-        flat = g.op("Reshape", [x, g.constant("flat_shape", np.array([-1, table.hidden_size], np.int64))])
-        logits = g.op("Gemm", [flat, g.add_initializer(_copy_proto(table.fp32))], transB=1, name="lm_head")
-        shape = g.op("Concat", [g.op("Slice", [g.op("Shape", [x]), g.constant("zero", np.array([0], np.int64)),
-                                               g.constant("two", np.array([2], np.int64))]),
-                                g.constant("vocab", np.array([table.vocab_size], np.int64))], axis=0)
-        return g.op("Reshape", [logits, shape])
+        flat = graph.reshape(x, [-1, table.hidden_size])
+        logits = graph.op("Gemm", [flat, graph.add_initializer(_copy_proto(table.fp32))], transB=1, name="lm_head")
+        batch_and_positions = graph.slice(graph.op("Shape", [x]), [0], [2], axes=[0])
+        return graph.reshape(logits, graph.concat([batch_and_positions, [table.vocab_size]]))
 
     return emit
 
 
 def untied_lm_head(checkpoint: Checkpoint, precision: Precision):
-    def emit(g: Graph, x: str) -> str:
-        return linear(g, x, checkpoint.tensor("lm_head.weight"), "lm_head", precision)
+    """An lm_head emitter for build_decoder with the checkpoint's own lm_head.weight."""
+
+    def emit(graph: Graph, x: str) -> str:
+        return linear(Builder(graph, precision), x, checkpoint.weights("lm_head."))
 
     return emit
 
 
-def _merge_features(g: Graph, flat_ids: str, embeds: str, features: str, token_id: int, hidden: int, kind: str) -> str:
+def _merge_features(graph: Graph, flat_ids: str, embeds: str, features: str, token_id: int, hidden: int, kind: str) -> str:
     """Replace the rows of `embeds` [n, hidden] whose id is `token_id` by successive feature rows."""
-    is_placeholder = g.op("Equal", [flat_ids, g.constant(f"{kind}_token_id", np.int64(token_id))])
-    order = g.op("Sub", [g.op("CumSum", [g.op("Cast", [is_placeholder], to=TensorProto.INT64), g.constant("axis0", np.int64(0))]),
-                         g.constant("one", np.int64(1))])
+    is_placeholder = graph.op("Equal", [flat_ids, graph.constant(f"{kind}_token_id", np.int64(token_id))])
+    order = graph.sub(graph.op("CumSum", [graph.cast(is_placeholder, TensorProto.INT64), graph.ints(0)]), graph.ints(1))
     # One zero row appended so the gather is valid even with no features; non-placeholder rows
     # and any excess placeholders point at it (the runtime rejects count mismatches up front).
-    padded = g.op("Concat", [features, g.constant(f"{kind}_zero_row", np.zeros((1, hidden), np.float32))], axis=0)
-    last_row = g.op("Sub", [g.op("Squeeze", [g.op("Slice", [g.op("Shape", [padded]), g.constant("zero", np.array([0], np.int64)),
-                                                            g.constant("one1", np.array([1], np.int64))])]),
-                            g.constant("one", np.int64(1))])
-    index = g.op("Where", [is_placeholder, g.op("Min", [order, last_row]), last_row])
-    rows = g.op("Gather", [padded, index], axis=0)
-    return g.op("Where", [g.op("Unsqueeze", [is_placeholder, g.constant("axis_last", np.array([-1], np.int64))]), rows, embeds])
+    padded = graph.concat([features, graph.constant(f"{kind}_zero_row", np.zeros((1, hidden), np.float32))])
+    last_row = graph.sub(graph.op("Squeeze", [graph.slice(graph.op("Shape", [padded]), [0], [1], axes=[0])]), graph.ints(1))
+    index = graph.op("Where", [is_placeholder, graph.op("Min", [order, last_row]), last_row])
+    rows = graph.op("Gather", [padded, index], axis=0)
+    return graph.op("Where", [graph.unsqueeze(is_placeholder, [-1]), rows, embeds])
 
 
-def build_embedding(g: Graph, text: TextConfig, table: TokenTable) -> None:
-    ids = g.input("input_ids", TensorProto.INT64, ["batch", "sequence"])
-    image = g.input("image_features", TensorProto.FLOAT, ["image_tokens", text.hidden_size])
-    audio = g.input("audio_features", TensorProto.FLOAT, ["audio_tokens", text.hidden_size])
-    flat_ids = g.op("Reshape", [ids, g.constant("minus_one", np.array([-1], np.int64))])
-    embeds = lookup(g, flat_ids, table)
-    embeds = _merge_features(g, flat_ids, embeds, image, text.image_token_id, text.hidden_size, "image")
-    embeds = _merge_features(g, flat_ids, embeds, audio, text.audio_token_id, text.hidden_size, "audio")
-    out_shape = g.op("Concat", [g.op("Shape", [ids]), g.constant("hidden", np.array([text.hidden_size], np.int64))], axis=0)
-    g.op("Reshape", [embeds, out_shape], outputs=["inputs_embeds"], name="inputs_embeds")
-    g.output("inputs_embeds", TensorProto.FLOAT, ["batch", "sequence", text.hidden_size])
+def build_embedding(graph: Graph, text: TextConfig, table: TokenTable) -> None:
+    ids = graph.input("input_ids", TensorProto.INT64, ["batch", "sequence"])
+    image = graph.input("image_features", TensorProto.FLOAT, ["image_tokens", text.hidden_size])
+    audio = graph.input("audio_features", TensorProto.FLOAT, ["audio_tokens", text.hidden_size])
+    flat_ids = graph.reshape(ids, [-1])
+    embeds = lookup(graph, flat_ids, table)
+    embeds = _merge_features(graph, flat_ids, embeds, image, text.image_token_id, text.hidden_size, "image")
+    embeds = _merge_features(graph, flat_ids, embeds, audio, text.audio_token_id, text.hidden_size, "audio")
+    out_shape = graph.concat([graph.op("Shape", [ids]), [text.hidden_size]])
+    graph.op("Reshape", [embeds, out_shape], outputs=["inputs_embeds"], name="inputs_embeds")
+    graph.output("inputs_embeds", TensorProto.FLOAT, ["batch", "sequence", text.hidden_size])

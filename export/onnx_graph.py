@@ -108,6 +108,56 @@ class Graph:
             self._constants[key] = self.weight(self.unique(base), array)
         return self._constants[key]
 
+    def ints(self, values, base: str = "ints") -> str:
+        """An int64 constant for shapes, axes and indices: a list is 1-D, a bare int 0-d."""
+        return self.constant(base, int64s(values))
+
+    def _ints_or_tensor(self, value, base: str) -> str:
+        return value if isinstance(value, str) else self.ints(value, base)
+
+    # -- ops whose shape, axes or index arguments may be written as Python ints -------------
+    def add(self, a: str, b: str) -> str:
+        return self.op("Add", [a, b])
+
+    def sub(self, a: str, b: str) -> str:
+        return self.op("Sub", [a, b])
+
+    def mul(self, a: str, b: str) -> str:
+        return self.op("Mul", [a, b])
+
+    def cast(self, x: str, to: int) -> str:
+        return self.op("Cast", [x], to=to)
+
+    def reshape(self, x: str, shape) -> str:
+        """`shape`: a list of ints (0 keeps a dimension, -1 infers one) or an int64 tensor."""
+        return self.op("Reshape", [x, self._ints_or_tensor(shape, "shape")])
+
+    def transpose(self, x: str, perm: list[int]) -> str:
+        return self.op("Transpose", [x], perm=perm)
+
+    def unsqueeze(self, x: str, axes: list[int]) -> str:
+        return self.op("Unsqueeze", [x, self.ints(axes, "axes")])
+
+    def squeeze(self, x: str, axes: list[int]) -> str:
+        return self.op("Squeeze", [x, self.ints(axes, "axes")])
+
+    def gather(self, x: str, index, axis: int) -> str:
+        """`index`: an int (drops the axis) or an int64 tensor."""
+        return self.op("Gather", [x, self._ints_or_tensor(index, "index")], axis=axis)
+
+    def reduce_sum(self, x: str, axes: list[int], keepdims: bool = False) -> str:
+        return self.op("ReduceSum", [x, self.ints(axes, "axes")], keepdims=int(keepdims))
+
+    def slice(self, x: str, starts, ends, axes: list[int], steps: list[int] | None = None) -> str:
+        """x[starts:ends:steps] along `axes`; `starts` / `ends` are int lists or int64 tensors."""
+        inputs = [x, self._ints_or_tensor(starts, "starts"), self._ints_or_tensor(ends, "ends"), self.ints(axes, "axes")]
+        return self.op("Slice", inputs + ([self.ints(steps, "steps")] if steps else []))
+
+    def concat(self, parts: list, axis: int = 0) -> str:
+        """Concatenate tensors; int lists among `parts` become int64 constants (empty ones are skipped)."""
+        tensors = [part if isinstance(part, str) else self.ints(part, "part") for part in parts if isinstance(part, str) or len(part)]
+        return self.op("Concat", tensors, axis=axis)
+
     def add_initializer(self, proto: TensorProto) -> str:
         self.initializers.append(proto)
         return proto.name

@@ -8,16 +8,37 @@ Outputs: logits [batch, logits_to_keep, vocab] and present.N.{key,value}. Attent
 GroupQueryAttention: past and present may share one buffer of the maximum length.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 from onnx import TensorProto
 
 from ..artifact import lora_input_name, past_key_name, past_value_name, present_key_name, present_value_name
-from .checkpoint import Checkpoint, TextConfig
-from .linear import Precision, linear, lora_branch
+from .checkpoint import Checkpoint, TextConfig, Weights
+from .graph_blocks import Builder, Precision, linear, lora_branch, rms_norm, swish
 from .onnx_graph import MS_DOMAIN, Graph
 
 LORA_MODULES = {"self_attn.qkv_proj": "qkv_proj", "self_attn.o_proj": "o_proj",
                 "mlp.gate_up_proj": "gate_up_proj", "mlp.down_proj": "down_proj"}
+LAST_POSITION = np.iinfo(np.int64).max  # a Slice end past any length
+
+
+@dataclass(frozen=True)
+class DecoderBuilder(Builder):
+    """The decoder graph being built, its precision, and the language model's sizes."""
+
+    text: TextConfig
+
+
+@dataclass(frozen=True)
+class SequenceTensors:
+    """What every layer's GroupQueryAttention reads: per row the valid length - 1, the padded
+    total length (int32), and the rotary cos/sin tables."""
+
+    seqlens_k: str
+    total_length: str
+    cos: str
+    sin: str
 
 
 def inverse_frequencies(text: TextConfig, factors: list[float]) -> np.ndarray:
@@ -26,93 +47,83 @@ def inverse_frequencies(text: TextConfig, factors: list[float]) -> np.ndarray:
     return (1.0 / (np.asarray(factors, np.float32) * np.float32(text.rope_theta) ** exponents)).astype(np.float32)
 
 
-def rotary_tables(g: Graph, text: TextConfig, total_length: str) -> tuple[str, str]:
+def rotary_tables(graph: Graph, text: TextConfig, total_length: str) -> tuple[str, str]:
     """cos/sin [total, rotary_dim/2] for positions 0..total-1. The long factors apply to every
     position once the total length passes original_max_position_embeddings, as in the reference;
     both sets are scaled by the LongRoPE attention factor."""
-    use_long = g.op("Greater", [total_length, g.constant("original_max_positions", np.int64(text.original_max_position_embeddings))])
-    inv_freq = g.op("Where", [use_long, g.weight("rope.inv_freq_long", inverse_frequencies(text, text.long_factor)),
-                              g.weight("rope.inv_freq_short", inverse_frequencies(text, text.short_factor))])
-    positions = g.op("Cast", [g.op("Range", [g.constant("zero", np.int64(0)), total_length, g.constant("one", np.int64(1))])], to=TensorProto.FLOAT)
-    angles = g.op("Mul", [g.op("Unsqueeze", [positions, g.constant("axis1", np.array([1], np.int64))]), inv_freq])
-    factor = g.constant("rope.attention_factor", np.float32(text.attention_factor))
-    cos = g.op("Mul", [g.op("Cos", [angles]), factor], name="rope/cos")
-    sin = g.op("Mul", [g.op("Sin", [angles]), factor], name="rope/sin")
+    use_long = graph.op("Greater", [total_length, graph.constant("original_max_positions", np.int64(text.original_max_position_embeddings))])
+    inv_freq = graph.op("Where", [use_long, graph.weight("rope.inv_freq_long", inverse_frequencies(text, text.long_factor)),
+                                  graph.weight("rope.inv_freq_short", inverse_frequencies(text, text.short_factor))])
+    positions = graph.cast(graph.op("Range", [graph.ints(0), total_length, graph.ints(1)]), TensorProto.FLOAT)
+    angles = graph.mul(graph.unsqueeze(positions, [1]), inv_freq)
+    factor = graph.constant("rope.attention_factor", np.float32(text.attention_factor))
+    cos = graph.op("Mul", [graph.op("Cos", [angles]), factor], name="rope/cos")
+    sin = graph.op("Mul", [graph.op("Sin", [angles]), factor], name="rope/sin")
     return cos, sin
 
 
-def rms_norm(g: Graph, x: str, weight: np.ndarray, eps: float, name: str) -> str:
-    return g.op("SimplifiedLayerNormalization", [x, g.weight(f"{name}.weight", weight)], name=name, axis=-1, epsilon=eps, stash_type=1)
+def lora_linear(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, target: str) -> str:
+    """A LoRA target linear: the base weight plus the adapter's low-rank branch, whose A and B
+    are graph inputs."""
+    graph, module = decoder.graph, LORA_MODULES[target]
+    out_features, in_features = weights.shape(f"{target}.weight")
+    a = graph.input(lora_input_name(layer, module, "A"), TensorProto.FLOAT, [in_features, "lora_rank"])
+    b = graph.input(lora_input_name(layer, module, "B"), TensorProto.FLOAT, ["lora_rank", out_features])
+    return graph.add(linear(decoder, x, weights.scope(f"{target}.")), lora_branch(graph, x, a, b))
 
 
-class DecoderBuilder:
-    """Emits the decoder one block at a time, reading each weight from the checkpoint as it goes."""
+def attention(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, sequence: SequenceTensors) -> str:
+    """GroupQueryAttention over the layer's KV cache (past in, present out) with rotary positions."""
+    graph, text = decoder.graph, decoder.text
+    shape = ["batch", text.num_kv_heads, "cache_length", text.head_dim]
+    past_k = graph.input(past_key_name(layer), TensorProto.FLOAT, shape)
+    past_v = graph.input(past_value_name(layer), TensorProto.FLOAT, shape)
+    qkv = lora_linear(decoder, x, layer, weights, "self_attn.qkv_proj")
+    out, _, _ = graph.op(
+        "GroupQueryAttention", [qkv, "", "", past_k, past_v, sequence.seqlens_k, sequence.total_length, sequence.cos, sequence.sin],
+        outputs=[f"layers.{layer}.attn", present_key_name(layer), present_value_name(layer)],
+        domain=MS_DOMAIN, name=f"layers.{layer}.GroupQueryAttention",
+        num_heads=text.num_heads, kv_num_heads=text.num_kv_heads, do_rotary=1, rotary_interleaved=0,
+    )
+    graph.output(present_key_name(layer), TensorProto.FLOAT, shape)
+    graph.output(present_value_name(layer), TensorProto.FLOAT, shape)
+    return lora_linear(decoder, out, layer, weights, "self_attn.o_proj")
 
-    def __init__(self, checkpoint: Checkpoint, graph: Graph, precision: Precision):
-        self.ckpt, self.g, self.precision, self.text = checkpoint, graph, precision, checkpoint.text
 
-    def projection(self, x: str, layer: int, target: str) -> str:
-        """A LoRA target linear: base weight plus the adapter's low-rank branch."""
-        module = LORA_MODULES[target]
-        weight = self.ckpt.tensor(f"model.layers.{layer}.{target}.weight")
-        out_features, in_features = weight.shape
-        a = self.g.input(lora_input_name(layer, module, "A"), TensorProto.FLOAT, [in_features, "lora_rank"])
-        b = self.g.input(lora_input_name(layer, module, "B"), TensorProto.FLOAT, ["lora_rank", out_features])
-        base = linear(self.g, x, weight, f"layers.{layer}.{module}", self.precision)
-        return self.g.op("Add", [base, lora_branch(self.g, x, a, b)])
+def mlp(decoder: DecoderBuilder, x: str, layer: int, weights: Weights) -> str:
+    """down_proj(up * silu(gate))."""
+    graph = decoder.graph
+    gate, up = graph.op("Split", [lora_linear(decoder, x, layer, weights, "mlp.gate_up_proj")], outputs=2, axis=-1, num_outputs=2)
+    return lora_linear(decoder, graph.mul(up, swish(graph, gate)), layer, weights, "mlp.down_proj")
 
-    def attention(self, x: str, layer: int, seqlens_k: str, total_length: str, cos: str, sin: str) -> str:
-        t, g = self.text, self.g
-        shape = ["batch", t.num_kv_heads, "cache_length", t.head_dim]
-        past_k = g.input(past_key_name(layer), TensorProto.FLOAT, shape)
-        past_v = g.input(past_value_name(layer), TensorProto.FLOAT, shape)
-        qkv = self.projection(x, layer, "self_attn.qkv_proj")
-        out, _, _ = g.op(
-            "GroupQueryAttention", [qkv, "", "", past_k, past_v, seqlens_k, total_length, cos, sin],
-            outputs=[f"layers.{layer}.attn", present_key_name(layer), present_value_name(layer)],
-            domain=MS_DOMAIN, name=f"layers.{layer}.GroupQueryAttention",
-            num_heads=t.num_heads, kv_num_heads=t.num_kv_heads, do_rotary=1, rotary_interleaved=0,
-        )
-        g.output(present_key_name(layer), TensorProto.FLOAT, shape)
-        g.output(present_value_name(layer), TensorProto.FLOAT, shape)
-        return self.projection(out, layer, "self_attn.o_proj")
 
-    def mlp(self, x: str, layer: int) -> str:
-        gate_up = self.projection(x, layer, "mlp.gate_up_proj")
-        gate, up = self.g.op("Split", [gate_up], outputs=2, axis=-1, num_outputs=2)
-        activated = self.g.op("Mul", [up, self.g.op("Mul", [gate, self.g.op("Sigmoid", [gate])])])  # up * silu(gate)
-        return self.projection(activated, layer, "mlp.down_proj")
-
-    def decoder_layer(self, x: str, layer: int, seqlens_k, total_length, cos, sin) -> str:
-        t, p = self.text, f"model.layers.{layer}."
-        h = rms_norm(self.g, x, self.ckpt.tensor(p + "input_layernorm.weight"), t.rms_norm_eps, f"layers.{layer}.input_layernorm")
-        x = self.g.op("Add", [x, self.attention(h, layer, seqlens_k, total_length, cos, sin)])
-        h = rms_norm(self.g, x, self.ckpt.tensor(p + "post_attention_layernorm.weight"), t.rms_norm_eps, f"layers.{layer}.post_attention_layernorm")
-        return self.g.op("Add", [x, self.mlp(h, layer)])
+def decoder_layer(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, sequence: SequenceTensors) -> str:
+    """x + attention(input_layernorm(x)), then + mlp(post_attention_layernorm(x))."""
+    graph, eps = decoder.graph, decoder.text.rms_norm_eps
+    x = graph.add(x, attention(decoder, rms_norm(graph, x, weights.scope("input_layernorm."), eps), layer, weights, sequence))
+    return graph.add(x, mlp(decoder, rms_norm(graph, x, weights.scope("post_attention_layernorm."), eps), layer, weights))
 
 
 def build_decoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, lm_head, progress=None) -> None:
     """Fill `graph` with the decoder. `lm_head(graph, hidden)` emits the output projection (it may
     share the embedding table's weights) and returns the logits name."""
-    t, g = checkpoint.text, graph
-    builder = DecoderBuilder(checkpoint, g, precision)
-    x = g.input("inputs_embeds", TensorProto.FLOAT, ["batch", "sequence", t.hidden_size])
-    mask = g.input("attention_mask", TensorProto.INT64, ["batch", "total_sequence"])
+    text = checkpoint.text
+    decoder = DecoderBuilder(graph, precision, text)
+    x = graph.input("inputs_embeds", TensorProto.FLOAT, ["batch", "sequence", text.hidden_size])
+    mask = graph.input("attention_mask", TensorProto.INT64, ["batch", "total_sequence"])
     # GroupQueryAttention wants per-row (valid length - 1) and the padded total length, int32.
-    seqlens_k = g.op("Cast", [g.op("Sub", [g.op("ReduceSum", [mask, g.constant("axis1", np.array([1], np.int64))], keepdims=0),
-                                           g.constant("one", np.int64(1))])], to=TensorProto.INT32, name="seqlens_k")
-    total_length = g.op("Squeeze", [g.op("Gather", [g.op("Shape", [mask]), g.constant("index1", np.array([1], np.int64))], axis=0)], name="total_length")
-    cos, sin = rotary_tables(g, t, total_length)
-    total_length_i32 = g.op("Cast", [total_length], to=TensorProto.INT32)
-    for layer in range(t.num_layers):
-        x = builder.decoder_layer(x, layer, seqlens_k, total_length_i32, cos, sin)
+    seqlens_k = graph.op("Cast", [graph.sub(graph.reduce_sum(mask, [1]), graph.ints(1))], to=TensorProto.INT32, name="seqlens_k")
+    total_length = graph.op("Squeeze", [graph.gather(graph.op("Shape", [mask]), [1], axis=0)], name="total_length")
+    cos, sin = rotary_tables(graph, text, total_length)
+    sequence = SequenceTensors(seqlens_k, graph.cast(total_length, TensorProto.INT32), cos, sin)
+    for layer in range(text.num_layers):
+        x = decoder_layer(decoder, x, layer, checkpoint.weights(f"model.layers.{layer}.", graph_prefix=f"layers.{layer}."), sequence)
         if progress:
             progress(f"decoder layer {layer}")
-    x = rms_norm(g, x, checkpoint.tensor("model.norm.weight"), t.rms_norm_eps, "norm")
+    x = rms_norm(graph, x, checkpoint.weights("model.norm.", graph_prefix="norm."), text.rms_norm_eps)
     # Only the last `logits_to_keep` positions reach lm_head: generation needs one row, and at
     # vocab 200064 all rows of a long prompt would cost ~0.8 MB each, all thrown away.
-    keep = g.input("logits_to_keep", TensorProto.INT64, [1])
-    x = g.op("Slice", [x, g.op("Neg", [keep]), g.constant("end", np.array([np.iinfo(np.int64).max], np.int64)),
-                       g.constant("axis1", np.array([1], np.int64))], name="last_positions")
-    g.op("Identity", [lm_head(g, x)], outputs=["logits"], name="logits")
-    g.output("logits", TensorProto.FLOAT, ["batch", "kept_positions", t.vocab_size])
+    keep = graph.input("logits_to_keep", TensorProto.INT64, [1])
+    x = graph.op("Slice", [x, graph.op("Neg", [keep]), graph.ints([LAST_POSITION]), graph.ints([1])], name="last_positions")
+    graph.op("Identity", [lm_head(graph, x)], outputs=["logits"], name="logits")
+    graph.output("logits", TensorProto.FLOAT, ["batch", "kept_positions", text.vocab_size])

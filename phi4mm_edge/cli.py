@@ -22,7 +22,7 @@ def _make_reference(args):
 
 def _export(args):
     from .export.convert import export
-    from .export.linear import Precision
+    from .export.graph_blocks import Precision
 
     precision = Precision(weights=args.precision, block_size=args.block_size, symmetric=not args.asymmetric,
                           accuracy_level=args.accuracy_level)

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import LORA_INPUT_PREFIX, NO_ADAPTER, SPEECH_ADAPTER, VISION_ADAPTER, AdapterEntry
+from ..artifact import LORA_INPUT_PREFIX, NO_ADAPTER, SPEECH_ADAPTER, VISION_ADAPTER
+from ..manifest import AdapterEntry
 from ..errors import Phi4MMError
 
 AUTO = "auto"  # the adapter follows the request's media, as the model was trained

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..artifact import AudioEntry
+from ..manifest import AudioEntry
 from ..errors import Phi4MMError
 from .audio import MAX_SECONDS, SAMPLE_RATE, frame_count, load_audio, log_mel_spectrogram, token_count
 from .providers import open_session

@@ -13,7 +13,7 @@ from its start. `crosses_longrope_switch` is that rule, the only place it is wri
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import TextConfig
+from ..manifest import TextConfig
 from ..errors import Phi4MMError
 from .adapters import AdapterSet
 from .kv_cache import KVCache

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..artifact import VisionEntry
+from ..manifest import VisionEntry
 from ..errors import Phi4MMError
 from .resize import resize_bicubic, resize_uint8_antialiased
 

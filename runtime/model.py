@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import Manifest, read_manifest
+from ..manifest import Manifest, read_manifest
 from ..errors import Phi4MMError
 from .adapters import AdapterSet, choose_adapter
 from .audio import MAX_SECONDS

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..artifact import TextConfig
+from ..manifest import TextConfig
 from ..errors import Phi4MMError
 from .audio_encoder import AudioEncoder
 from .tokenizer import ChatTokenizer

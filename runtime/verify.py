@@ -8,7 +8,8 @@ files whose size or mtime changed. `full=True` re-hashes everything.
 import json
 from pathlib import Path
 
-from ..artifact import Manifest, read_manifest, sha256_of
+from ..artifact import sha256_of
+from ..manifest import Manifest, read_manifest
 from ..errors import Phi4MMError
 
 STAMP = ".verified.json"

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..artifact import VisionEntry
+from ..manifest import VisionEntry
 from ..errors import Phi4MMError
 from .image import ImageInput, load_image, preprocess
 from .providers import open_session

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from phi4mm_edge.export.convert import export  # noqa: E402
-from phi4mm_edge.export.linear import Precision  # noqa: E402
+from phi4mm_edge.export.graph_blocks import Precision  # noqa: E402
 from phi4mm_edge.export.reference_checkpoint import write_reference  # noqa: E402
 
 SEED = 0

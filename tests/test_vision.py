@@ -9,7 +9,7 @@ from PIL import Image
 from phi4mm_edge import Phi4MMError
 from phi4mm_edge.runtime import Phi4MMEdge
 from phi4mm_edge.runtime import image as image_module
-from phi4mm_edge.artifact import VisionEntry
+from phi4mm_edge.manifest import VisionEntry
 from phi4mm_edge.runtime.image import load_image, preprocess
 from reference_steps import reference_adapter
 

@@ -1,0 +1,134 @@
+"""The blocks the decoder, vision and audio graphs share, as ONNX nodes: linear layers at the
+export's precision (int4 MatMulNBits, int8 DynamicQuantizeMatMul or fp32 MatMul), the LoRA
+branch, layer norm, RMS norm, bidirectional multi-head attention and the activations.
+
+Weights come from a checkpoint `Weights` scope (one module) and are named after it in the
+graph. `linear` takes a `Builder` (the graph and the precision linears are stored at); blocks
+that store no linear take the `Graph` alone.
+"""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ..quant import int4, int8
+from .checkpoint import Weights
+from .onnx_graph import MS_DOMAIN, ExternalData, Graph
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How base weights are stored. accuracy_level 4 lets the CPU kernel quantize activations
+    to int8 per block (its fastest path); 0 keeps fp32 activations. "int8" is the prefill graph's
+    precision: 7-bit per-output-channel weights for DynamicQuantizeMatMul (quant/int8.py)."""
+
+    weights: str = "int4"  # "int4", "fp32", or "int8" (prefill graph only)
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 4
+
+    @property
+    def is_int4(self) -> bool:
+        return self.weights == "int4"
+
+
+@dataclass(frozen=True)
+class Builder:
+    """A graph being built and the precision its linears are stored at. Each part's builder
+    (decoder, vision, audio) extends it with that part's config."""
+
+    graph: Graph
+    precision: Precision
+    linear_bias: ClassVar[bool] = False  # the part's linears store a bias (a missing one is an error)
+
+
+def initializer(graph: Graph, weights: Weights, name: str, shape=None) -> str:
+    """Tensor `name` of the module `weights` as an initializer named after it (reshaped to
+    `shape` when given); returns the initializer's name."""
+    array = weights[name]
+    return graph.weight(weights.graph_name(name), array if shape is None else array.reshape(shape))
+
+
+def int4_initializers(data: ExternalData, name: str, quantized: int4.Int4Weight):
+    """TensorProtos for MatMulNBits' B, scales and optional zero points, in `data`."""
+    protos = [
+        data.tensor(f"{name}.qweight", quantized.packed),
+        data.tensor(f"{name}.scales", quantized.scales),
+    ]
+    if quantized.zero_points is not None:
+        protos.append(data.tensor(f"{name}.zero_points", quantized.zero_points))
+    return protos
+
+
+def matmul_nbits(graph: Graph, x: str, protos, quantized: int4.Int4Weight, precision: Precision, name: str) -> str:
+    """x W^T for an int4 W whose initializers `protos` are already written."""
+    names = [graph.add_initializer(p) for p in protos]
+    n, k = quantized.shape
+    return graph.op(
+        "MatMulNBits", [x, *names], domain=MS_DOMAIN, name=name,
+        K=k, N=n, bits=4, block_size=quantized.block_size, accuracy_level=precision.accuracy_level,
+    )
+
+
+def linear(builder: Builder, x: str, weights: Weights) -> str:
+    """y = x W^T (+ b) for the module `weights`: W = weights["weight"] [out, in], b =
+    weights["bias"] when the builder's part has biases. W is stored at the builder's precision."""
+    graph, precision, name = builder.graph, builder.precision, weights.graph_name()
+    weight = weights["weight"]
+    weight = weight.reshape(weight.shape[0], -1)  # a 1x1 convolution's [out, in, 1] is a linear too
+    if precision.is_int4:
+        quantized = int4.quantize(weight, precision.block_size, precision.symmetric)
+        y = matmul_nbits(graph, x, int4_initializers(graph.data, name, quantized), quantized, precision, name)
+    elif precision.weights == "int8":
+        columns = int8.quantize_columns(weight)
+        y = graph.op("DynamicQuantizeMatMul", [x, graph.weight(f"{name}.int8", columns.weight_t),
+                                               graph.weight(f"{name}.int8_scales", columns.scales)],
+                     domain=MS_DOMAIN, name=name)
+    else:
+        y = graph.op("MatMul", [x, graph.weight(f"{name}.weight_t", np.ascontiguousarray(weight.T))], name=name)
+    if builder.linear_bias:
+        y = graph.add(y, graph.weight(f"{name}.bias", weights["bias"].astype(np.float32)))
+    return y
+
+
+def lora_branch(graph: Graph, x: str, a_input: str, b_input: str) -> str:
+    """x·A·B with A [in, rank] and B [rank, out] fed as graph inputs. With rank 0 both MatMuls are
+    empty and the branch adds zeros: no adapter weights are read (~2% of a full-size decode step
+    remains, for the empty MatMuls and the Add)."""
+    return graph.op("MatMul", [graph.op("MatMul", [x, a_input]), b_input])
+
+
+def layer_norm(graph: Graph, x: str, weights: Weights, eps: float) -> str:
+    """LayerNorm over the last axis with the module's weight and bias."""
+    return graph.op("LayerNormalization", [x, initializer(graph, weights, "weight"), initializer(graph, weights, "bias")],
+                    name=weights.graph_name(), axis=-1, epsilon=eps)
+
+
+def rms_norm(graph: Graph, x: str, weights: Weights, eps: float) -> str:
+    """RMSNorm over the last axis with the module's weight, accumulated in fp32."""
+    return graph.op("SimplifiedLayerNormalization", [x, initializer(graph, weights, "weight")],
+                    name=weights.graph_name(), axis=-1, epsilon=eps, stash_type=1)
+
+
+def multi_head_attention(graph: Graph, q: str, k: str, v: str, bias: str, num_heads: int, head_dim: int) -> str:
+    """softmax(Q K^T / sqrt(head_dim) + bias) V per head, bidirectional. q, k, v are
+    [batch, seq, heads * head_dim]; `bias` broadcasts to [batch, heads, seq, seq]. Returns the
+    heads' contexts side by side, [batch, seq, heads * head_dim]."""
+    per_head = [0, 0, num_heads, head_dim]
+    q = graph.transpose(graph.reshape(q, per_head), [0, 2, 1, 3])
+    k = graph.transpose(graph.reshape(k, per_head), [0, 2, 3, 1])  # K^T per head
+    v = graph.transpose(graph.reshape(v, per_head), [0, 2, 1, 3])
+    scores = graph.add(graph.mul(graph.op("MatMul", [q, k]), graph.constant("scale", np.float32(head_dim ** -0.5))), bias)
+    context = graph.op("MatMul", [graph.op("Softmax", [scores], axis=-1), v])
+    return graph.reshape(graph.transpose(context, [0, 2, 1, 3]), [0, 0, -1])
+
+
+def gelu(graph: Graph, x: str, approximate: str = "none") -> str:
+    """GELU, exact (erf) or with the "tanh" approximation."""
+    return graph.op("Gelu", [x], approximate=approximate)
+
+
+def swish(graph: Graph, x: str) -> str:
+    """x * sigmoid(x) (SiLU)."""
+    return graph.mul(x, graph.op("Sigmoid", [x]))

@@ -1,0 +1,271 @@
+"""manifest.json, typed: the contract between export/ (which fills and writes it) and runtime/
+(which reads it back). `Manifest` and its parts are dataclasses; `read_manifest` checks every
+field's type and range, so a damaged or hand-edited manifest gets a clear error naming the field
+instead of a traceback later.
+"""
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .artifact import sha256_of
+from .errors import Phi4MMError
+
+FORMAT_NAME = "phi4mm-edge-artifact"
+FORMAT_VERSION = 3  # 3: typed manifest, the audio encoder's graph is audio.onnx, entry "audio"
+MANIFEST = "manifest.json"
+
+
+# -- the manifest's parts ---------------------------------------------------------------------
+@dataclass
+class TextConfig:
+    """The language model's dimensions, rotary settings and ids (the manifest's `model`)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rotary_dim: int
+    rope_theta: float
+    short_factor: list[float]
+    long_factor: list[float]
+    attention_factor: float  # LongRoPE's scaling of cos/sin, applied to both factor sets
+    original_max_position_embeddings: int  # past this total length the long factors apply
+    max_position_embeddings: int
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    bos_token_id: int
+    eos_token_ids: list[int]
+    pad_token_id: int
+    image_token_id: int
+    audio_token_id: int
+
+
+@dataclass(frozen=True)
+class Source:
+    layout: str  # "native" (transformers) or "original" (the remote-code repository)
+    config_sha256: str
+
+
+@dataclass(frozen=True)
+class StoredPrecision:
+    """How the artifact's weights are stored."""
+
+    weights: str  # "int4" or "fp32"
+    block_size: int
+    symmetric: bool
+    accuracy_level: int
+    adapters: str  # "fp32" or "fp16"
+
+
+@dataclass(frozen=True)
+class Graphs:
+    embedding: str
+    decoder: str
+    prefill_int8: str | None = None  # the int8 prompt graph, when exported with --prefill int8
+
+
+@dataclass(frozen=True)
+class VisionEntry:
+    """The vision encoder's graph and the image geometry its preprocessing must produce."""
+
+    graph: str
+    crop_size: int  # pixels per side of one crop
+    patch_size: int  # pixels per side of one patch
+    max_crops: int  # the HD tiling's crop limit (the processor's dynamic_hd)
+    mean: float
+    std: float
+    encoder: dict  # the encoder's sizes, for people reading the manifest
+
+    @property
+    def patches_per_side(self) -> int:
+        return self.crop_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class AudioEntry:
+    """The audio encoder's graph and the features it takes."""
+
+    graph: str
+    sample_rate: int
+    mel_bins: int
+    compression_rate: int  # feature frames per audio token (the encoder's time reduction)
+    encoder: dict
+
+
+@dataclass(frozen=True)
+class AdapterEntry:
+    file: str
+    rank: int
+    alpha: float
+    scale: float  # alpha / rank, already folded into the file's B matrices
+    precision: str
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    size: int
+
+
+@dataclass
+class Manifest:
+    source: Source
+    precision: StoredPrecision
+    model: TextConfig
+    graphs: Graphs
+    vision: VisionEntry | None
+    audio: AudioEntry | None
+    adapters: dict[str, AdapterEntry]
+    export_seconds: float
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    def adapter_names(self) -> list[str]:
+        return list(self.adapters)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Fields that must be positive (a zero or negative size would only fail deep inside a graph).
+POSITIVE = {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+            "rotary_dim", "original_max_position_embeddings", "max_position_embeddings", "crop_size", "patch_size",
+            "max_crops", "sample_rate", "mel_bins", "compression_rate", "rank", "block_size", "rope_theta", "std"}
+NON_NEGATIVE = {"size", "accuracy_level", "export_seconds", "rms_norm_eps", "bos_token_id", "pad_token_id",
+                "image_token_id", "audio_token_id"}
+# Bounds far above the real model (vocab 200064, hidden 3072, 131072 positions) that keep a
+# tampered manifest from asking for absurd buffers.
+UPPER_BOUNDS = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "num_layers": 1024,
+                "num_heads": 1024, "num_kv_heads": 1024, "head_dim": 4096, "rotary_dim": 4096,
+                "max_position_embeddings": 1 << 24, "original_max_position_embeddings": 1 << 24,
+                "crop_size": 8192, "max_crops": 1024, "sample_rate": 384000, "mel_bins": 1024, "compression_rate": 1024}
+
+
+class ManifestError(Phi4MMError):
+    pass
+
+
+def _fail(where: str, problem: str):
+    raise ManifestError(f"{MANIFEST}: {where} {problem}: the manifest is damaged or from another tool; re-export the artifact")
+
+
+def _check_number(where: str, name: str, value) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        _fail(where, f"is {value}")
+    if name in POSITIVE and not value > 0:
+        _fail(where, f"is {value}, it must be positive")
+    if name in NON_NEGATIVE and value < 0:
+        _fail(where, f"is {value}, it must not be negative")
+    if name in UPPER_BOUNDS and value > UPPER_BOUNDS[name]:
+        _fail(where, f"is {value}, beyond any Phi-4-multimodal ({UPPER_BOUNDS[name]})")
+
+
+def _parse(kind, value, where: str, name: str = ""):
+    """`value` (parsed JSON) as `kind`, checked; raises ManifestError naming the field."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        return _parse(next(o for o in options if o is not type(None)), value, where, name)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            _fail(where, f"must be an object, not {type(value).__name__}")
+        hints = typing.get_type_hints(kind)
+        parsed = {}
+        for f in dataclasses.fields(kind):
+            if f.name not in value:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    _fail(f"{where}.{f.name}".lstrip("."), "is missing")
+                continue
+            parsed[f.name] = _parse(hints[f.name], value[f.name], f"{where}.{f.name}".lstrip("."), f.name)
+        return kind(**parsed)
+    if origin is dict:
+        key_kind, value_kind = typing.get_args(kind)
+        if not isinstance(value, dict):
+            _fail(where, f"must be an object, not {type(value).__name__}")
+        return {key: _parse(value_kind, item, f"{where}[{key!r}]", name) for key, item in value.items()}
+    if origin is list:
+        (item_kind,) = typing.get_args(kind)
+        if not isinstance(value, list):
+            _fail(where, f"must be a list, not {type(value).__name__}")
+        return [_parse(item_kind, item, f"{where}[{i}]", name) for i, item in enumerate(value)]
+    if kind is dict:
+        if not isinstance(value, dict):
+            _fail(where, f"must be an object, not {type(value).__name__}")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            _fail(where, f"must be true or false, not {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(where, f"must be a whole number, not {value!r}")
+        _check_number(where, name, value)
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(where, f"must be a number, not {value!r}")
+        _check_number(where, name, float(value))
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            _fail(where, f"must be a string, not {value!r}")
+        return value
+    raise TypeError(f"no parser for {kind}")  # a field type added without teaching _parse: a bug here
+
+
+def manifest_from_json(data) -> Manifest:
+    """A checked Manifest from parsed JSON; raises ManifestError naming the first bad field."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise ManifestError(f"{MANIFEST} is not a phi4mm-edge manifest: re-export the artifact")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ManifestError(
+            f"{MANIFEST} has format version {data.get('format_version')}, this runtime reads version "
+            f"{FORMAT_VERSION}: re-export the artifact with this version of phi4mm-edge"
+        )
+    manifest = _parse(Manifest, data, "")
+    text = manifest.model
+    if text.num_heads % text.num_kv_heads or text.rotary_dim > text.head_dim:
+        _fail("model", f"has {text.num_heads} heads over {text.num_kv_heads} KV heads and rotary_dim {text.rotary_dim} "
+                       f"of head_dim {text.head_dim}, which no Phi-4-multimodal has")
+    if text.original_max_position_embeddings > text.max_position_embeddings:
+        _fail("model.original_max_position_embeddings", "exceeds max_position_embeddings")
+    if not text.eos_token_ids or any(not 0 <= i < text.vocab_size for i in
+                                     [*text.eos_token_ids, text.image_token_id, text.audio_token_id]):
+        _fail("model", "has special token ids outside the vocabulary (or no end-of-sequence id)")
+    return manifest
+
+
+def file_entry(path: Path) -> FileEntry:
+    return FileEntry(sha256=sha256_of(path), size=path.stat().st_size)
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    (Path(folder) / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Read and check `manifest.json`; raise Phi4MMError naming the fix when it is unusable."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise Phi4MMError(f"{folder} is a file, not an artifact folder: pass the folder `phi4mm-edge export` wrote")
+    if not folder.is_dir():
+        raise Phi4MMError(f"artifact folder {folder} does not exist: export one with `phi4mm-edge export CHECKPOINT {folder}`")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise Phi4MMError(f"{folder} has no {MANIFEST}: it is not a phi4mm-edge artifact; export one with `phi4mm-edge export`")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise Phi4MMError(f"{path} is not valid JSON ({error}): re-export the artifact") from None
+    return manifest_from_json(data)
