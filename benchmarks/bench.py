@@ -91,8 +91,9 @@ def run_bench(artifact: Path, repeats: int = 3, context: int = 1100, threads: in
 
     if model.vision is not None:
         vision = {}
-        for tiles, size in ((1, (448, 448)), (4, (896, 896))):
-            image = model.vision.prepare(Image.new("RGB", size, (90, 140, 200)))
+        crop = model.vision.geometry.crop_size
+        for tiles, side in ((1, crop), (4, 2 * crop)):  # an image of exactly 1x1 and 2x2 crops
+            image = model.vision.prepare(Image.new("RGB", (side, side), (90, 140, 200)))
             vision[f"{tiles}_tiles"] = summary(timed(lambda: model.vision.features(image), repeats))
         results["vision_encoder_s"] = vision
     if model.audio is not None:

@@ -24,8 +24,9 @@ FRAME_SIZES = ((1920, 1080), (1280, 720), (448, 448), (4032, 3024))
 
 
 def per_crop_ms(model: Phi4MMEdge, repeats: int = 5) -> float:
-    """Median milliseconds per crop for a 448x448 image (the global view plus one tile)."""
-    image = model.vision.prepare(Image.new("RGB", (448, 448), (120, 30, 200)))
+    """Median milliseconds per crop for an image of one crop's size (the global view plus one tile)."""
+    crop = model.vision.geometry.crop_size
+    image = model.vision.prepare(Image.new("RGB", (crop, crop), (120, 30, 200)))
     return median_seconds(lambda: model.vision.features(image), repeats) * 1000 / image.pixel_values.shape[0]
 
 
