@@ -22,7 +22,7 @@ from dataclasses import asdict
 
 from ..errors import Phi4MMError
 from ..runtime.camera import import_cv2, open_video
-from .startup import load_model, sampling_options
+from .startup import load_model, positive_number, restore_ctrl_c, sampling_options
 
 WINDOW = "phi4mm-edge camera"
 DESCRIBE_KEYS = (13, 10, 32)  # Enter (CR or LF, by platform) and Space in the window
@@ -114,8 +114,9 @@ def describe(model, frame, prompt: str, options: dict, index: int, seconds: floa
 
 
 def camera(args) -> None:
-    if args.interval is not None and args.interval <= 0:
-        raise Phi4MMError(f"--interval {args.interval} is not a positive number of seconds")
+    restore_ctrl_c()
+    if args.interval is not None:
+        positive_number(args.interval, "--interval")
     cv2 = import_cv2()
     if not args.headless:
         open_window(cv2)

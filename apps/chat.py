@@ -14,7 +14,6 @@ A stopped answer stays in the history as far as it was shown; a turn that fails 
 before the answer starts, or Ctrl-C before its first word) is dropped with its media.
 """
 
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from ..errors import Phi4MMError
 from ..runtime.audio import SAMPLE_RATE, load_audio
 from ..runtime.camera import grab_frame
 from ..runtime.image import load_image
-from ..runtime.microphone import record
-from .startup import load_model, sampling_options
+from ..runtime.microphone import check_microphone, record
+from .startup import load_model, restore_ctrl_c, sampling_options
 
 PROMPT = "you> "
 ANSWER = "phi4mm> "
@@ -102,6 +101,7 @@ def attach(conversation: Conversation, command: str, argument: str, camera: str)
             seconds = float(argument)
         except ValueError:
             raise Phi4MMError("usage: /rec SECONDS, e.g. /rec 5") from None
+        check_microphone()  # say what is missing before announcing a recording
         print(f"recording {seconds:g} s ...", flush=True)
         clip = record(seconds)
     conversation.pending_audios.append(clip)
@@ -109,9 +109,7 @@ def attach(conversation: Conversation, command: str, argument: str, camera: str)
 
 
 def chat(args) -> None:
-    # Ctrl-C must stop an answer even when whatever started us ignores SIGINT (the children of a
-    # background job inherit that, and Python then installs no KeyboardInterrupt handler).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    restore_ctrl_c()  # Ctrl-C stops an answer even when started as a background job's child
     try:
         import readline  # noqa: F401  line editing and history for input(), where the platform has it
     except ImportError:

@@ -18,7 +18,7 @@ import secrets
 import socket
 
 from ..errors import Phi4MMError
-from .startup import load_model, sampling_options
+from .startup import load_model, positive_number, restore_ctrl_c, sampling_options
 
 DEFAULT_PORT = 8000
 WILDCARD_HOSTS = ("0.0.0.0", "::")
@@ -75,7 +75,7 @@ def print_lan_access(url: str, fingerprint: str) -> None:
     try:
         import segno
     except ImportError:
-        print("(pip install 'phi4mm-edge[serve]' to show it as a QR code)")
+        print('(pip install -e ".[serve]" in the phi4mm-edge folder to show it as a QR code)')
     else:
         segno.make(url, error="m").terminal(compact=True)
     print("the certificate is self-signed, made now: the browser warns once; accept it if its SHA-256 "
@@ -101,14 +101,19 @@ def serve(args) -> None:
     try:
         import aiohttp  # noqa: F401
     except ImportError:
-        raise Phi4MMError("serve needs aiohttp: pip install 'phi4mm-edge[serve]'") from None
+        raise Phi4MMError('serve needs aiohttp: pip install -e ".[serve]" in the phi4mm-edge folder') from None
     from .web_app import ServeSettings
 
     host = args.host or ("0.0.0.0" if args.lan else "127.0.0.1")
     if not args.lan and not _is_loopback(host):
         raise Phi4MMError(f"--host {host} would open the model to the network without a token: add --lan")
-    if args.max_image_mb <= 0 or args.max_record_seconds <= 0 or args.max_new_tokens < 1:
-        raise Phi4MMError("--max-image-mb, --max-record-seconds and --max-new-tokens must be positive")
+    restore_ctrl_c()  # Ctrl-C stops the server even when started as a background job's child
+    positive_number(args.max_image_mb, "--max-image-mb")
+    positive_number(args.max_record_seconds, "--max-record-seconds")
+    if args.max_new_tokens < 1:
+        raise Phi4MMError(f"--max-new-tokens {args.max_new_tokens}: give at least 1")
+    if not 0 <= args.port <= 65535:
+        raise Phi4MMError(f"--port {args.port}: give a port number in 0..65535 (0 = any free port)")
 
     model = load_model(args)
 

@@ -2,12 +2,28 @@
 has already resolved a missing artifact to the bundled reference model) and read the sampling
 options."""
 
+import math
+import signal
 import sys
 
+from ..errors import Phi4MMError
 from ..runtime import Phi4MMEdge
 
 RANDOM_WEIGHTS_NOTE = ("NOTE: the reference model has RANDOM weights: its words mean nothing. It proves the pipeline "
                        "(export, int4, adapter swapping, streaming); point `phi4mm-edge export` at the real checkpoint for real answers.")
+
+
+def restore_ctrl_c() -> None:
+    """Ctrl-C raises KeyboardInterrupt even when whatever started us ignores SIGINT (the children
+    of a background job inherit that, and Python then installs no handler of its own)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def positive_number(value: float, option: str) -> float:
+    """`value` when it is a finite number above 0; else a Phi4MMError naming `option`."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise Phi4MMError(f"{option} {value}: give a number above 0")
+    return value
 
 
 def load_model(args, status=None) -> Phi4MMEdge:

@@ -27,7 +27,7 @@ def self_signed_context(hosts: list[str]) -> tuple[ssl.SSLContext, str]:
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import NameOID
     except ImportError:
-        raise Phi4MMError("serve --lan needs the cryptography package: pip install 'phi4mm-edge[serve]'") from None
+        raise Phi4MMError('serve --lan needs the cryptography package: pip install -e ".[serve]" in the phi4mm-edge folder') from None
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "phi4mm-edge serve")])

@@ -8,14 +8,13 @@ progress is still transcribed (a second Ctrl-C stops at once).
 """
 
 import contextlib
-import signal
 
 from ..artifact import SPEECH_ADAPTER
 from ..errors import Phi4MMError
 from ..runtime.audio import SAMPLE_RATE, load_audio
-from ..runtime.microphone import listen
+from ..runtime.microphone import check_microphone, listen
 from ..runtime.segments import SpeechGate, split_segments
-from .startup import load_model, sampling_options
+from .startup import load_model, restore_ctrl_c, sampling_options
 
 # Phi-4-multimodal's own task prompts for speech recognition and speech translation.
 TRANSCRIBE_PROMPT = "<|audio_1|>Transcribe the audio clip into text."
@@ -64,9 +63,11 @@ def live_segments(duration: float | None = None):
 
 
 def transcribe(args) -> None:
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C flushes, even if started with SIGINT ignored
+    restore_ctrl_c()  # Ctrl-C flushes, even if started with SIGINT ignored
     if args.duration is not None and (args.duration <= 0 or args.input):
         raise Phi4MMError("--duration is a positive number of seconds of microphone audio (not used with --input)")
+    if not args.input:
+        check_microphone()  # a missing sounddevice or device is said before the model loads
     model = load_model(args)
     prompt = task_prompt(args.translate)
     try:

@@ -9,6 +9,8 @@ the number of mel bins and the frames per audio token are the artifact's (its `a
 
 import functools
 import io
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +70,20 @@ def log_mel_spectrogram(wave: np.ndarray, n_mels: int) -> np.ndarray:
 
 
 # -- loading -------------------------------------------------------------------------------------
+MAX_CHANNELS = 32  # more "channels" than this is a [channels, samples] array read the wrong way round
+DECODE_BLOCK = 1 << 16  # frames decoded (and mixed down) at a time: memory stays one block wide
+BYTESIO = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
+
+
+class AudioTooLong(Phi4MMError):
+    """A clip over the length limit; `seconds` is its length, as far as it is known."""
+
+    def __init__(self, seconds: float, limit: float):
+        super().__init__(f"the audio is {seconds:.1f} s long, the limit is {limit:g} s: split it, or raise the limit "
+                         f"(max_audio_seconds=, --max-audio-seconds)")
+        self.seconds, self.limit = seconds, limit
+
+
 def to_mono(samples: np.ndarray) -> np.ndarray:
     """[samples] or [samples, channels] int/float PCM -> float32 mono in [-1, 1]."""
     samples = np.asarray(samples)
@@ -77,6 +93,9 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     elif samples.dtype.kind != "f":
         raise Phi4MMError(f"audio samples must be integer or float PCM, not {samples.dtype}")
     if samples.ndim == 2:
+        if samples.shape[1] > MAX_CHANNELS:
+            raise Phi4MMError(f"an audio array of shape {samples.shape} would have {samples.shape[1]} channels: pass "
+                              f"[samples, channels] (transpose a [channels, samples] array)")
         samples = samples.mean(axis=1)  # stereo (or more) mixed down
     elif samples.ndim != 1:
         raise Phi4MMError(f"audio must be [samples] or [samples, channels], got shape {samples.shape}")
@@ -91,40 +110,78 @@ def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.nd
     return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32)
 
 
+def _sample_rate(value) -> int:
+    """A sample rate given with an array: a whole number of Hz above 0."""
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = float("nan")
+    if not (math.isfinite(rate) and rate > 0 and rate == int(rate)):
+        raise Phi4MMError(f"sample rate {value!r} is not a whole number of Hz above 0")
+    return int(rate)
+
+
+def _decode(file, name: str, max_seconds: float) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and their rate, decoded a block at a time. The header's length is
+    checked before any sample is decoded, and decoding stops past the limit whatever the header
+    claimed, so neither a long recording nor a lying header costs more than the limit's memory."""
+    import soundfile
+
+    try:
+        with soundfile.SoundFile(file) as audio:
+            rate, channels = audio.samplerate, audio.channels
+            if rate <= 0 or channels < 1:
+                raise Phi4MMError(f"{name} has {channels} channel(s) at {rate} Hz: it is damaged")
+            if channels > MAX_CHANNELS:
+                raise Phi4MMError(f"{name} has {channels} channels; at most {MAX_CHANNELS} are taken")
+            limit = math.floor(max_seconds * rate) if math.isfinite(max_seconds) else None
+            if limit is not None and 0 < audio.frames < (1 << 62) and audio.frames > limit:
+                raise AudioTooLong(audio.frames / rate, max_seconds)
+            blocks, frames = [], 0
+            for block in audio.blocks(blocksize=DECODE_BLOCK, dtype="float32", always_2d=True):
+                blocks.append(block.mean(axis=1) if channels > 1 else block[:, 0].copy())
+                frames += len(block)
+                if limit is not None and frames > limit:
+                    raise AudioTooLong(frames / rate, max_seconds)
+    except Phi4MMError:
+        raise
+    except MemoryError:
+        raise Phi4MMError(f"{name} is too large to decode: split it") from None
+    except Exception as error:  # soundfile.LibsndfileError, RuntimeError, ValueError, ...: not audio it can read
+        detail = BYTESIO.sub("the data", str(error))
+        raise Phi4MMError(f"cannot decode {name} ({detail}): pass WAV, FLAC, OGG or MP3") from None
+    return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), rate
+
+
 def load_audio(source, sample_rate: int | None = None, max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """16 kHz mono float32 from a path or bytes (WAV, FLAC, OGG, MP3: libsndfile), or from a numpy
-    array with its `sample_rate`. Raises Phi4MMError for empty, NaN, undecodable or too long audio."""
+    array with its `sample_rate`, or an (array, rate) pair. Raises Phi4MMError for empty, NaN,
+    undecodable or too long audio (AudioTooLong past `max_seconds`)."""
+    if not max_seconds > 0:  # NaN too: a limit must be a number (inf: none)
+        raise Phi4MMError(f"audio length limit {max_seconds}: give a number of seconds above 0")
     if isinstance(source, np.ndarray):
         if sample_rate is None:
             raise Phi4MMError("an audio array needs its sample rate: pass (array, rate) or sample_rate=")
-        samples, rate = source, int(sample_rate)
+        samples, rate = to_mono(source), _sample_rate(sample_rate)
     elif isinstance(source, tuple) and len(source) == 2:
-        samples, rate = np.asarray(source[0]), int(source[1])
-    else:
-        if isinstance(source, (str, Path)):
-            path = Path(source)
-            if not path.is_file():
-                raise Phi4MMError(f"audio file {path} does not exist")
-            source = path.read_bytes()
-        if not isinstance(source, (bytes, bytearray)):
-            raise Phi4MMError(f"unsupported audio input {type(source).__name__}: pass a path, bytes or (array, sample_rate)")
+        samples, rate = to_mono(np.asarray(source[0])), _sample_rate(source[1])
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise Phi4MMError(f"audio file {path} does not exist")
+        if path.stat().st_size == 0:
+            raise Phi4MMError(f"audio file {path} is empty (0 bytes)")
+        samples, rate = _decode(str(path), f"audio file {path}", max_seconds)
+    elif isinstance(source, (bytes, bytearray)):
         if not source:
             raise Phi4MMError("the audio is empty (0 bytes)")
-        import soundfile
-
-        try:
-            samples, rate = soundfile.read(io.BytesIO(source), dtype="float32", always_2d=False)
-        except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-            raise Phi4MMError(f"cannot decode the audio ({error}): pass WAV, FLAC, OGG or MP3") from None
-    if rate <= 0:
-        raise Phi4MMError(f"sample rate {rate} is not positive")
-    samples = to_mono(samples)
+        samples, rate = _decode(io.BytesIO(source), "the audio", max_seconds)
+    else:
+        raise Phi4MMError(f"unsupported audio input {type(source).__name__}: pass a path, bytes or (array, sample_rate)")
     if samples.size == 0:
         raise Phi4MMError("the audio has no samples")
     if not np.all(np.isfinite(samples)):
         raise Phi4MMError("the audio contains NaN or infinite samples")
-    seconds = samples.size / rate
-    if seconds > max_seconds:
-        raise Phi4MMError(f"the audio is {seconds:.1f} s long, the limit is {max_seconds:g} s: split it, or raise "
-                          f"the limit (max_audio_seconds=)")
+    if samples.size / rate > max_seconds:
+        raise AudioTooLong(samples.size / rate, max_seconds)
     return resample(samples, rate)

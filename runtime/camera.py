@@ -12,7 +12,7 @@ def import_cv2():
     try:
         import cv2
     except ImportError:
-        raise Phi4MMError("the camera needs opencv: pip install 'phi4mm-edge[camera]' (opencv-python-headless)") from None
+        raise Phi4MMError('the camera needs opencv: pip install -e ".[camera]" in the phi4mm-edge folder (opencv-python-headless)') from None
     return cv2
 
 

@@ -28,6 +28,11 @@ def cpu_features() -> dict:
     return dict(__cpu_features__)
 
 
+def logical_cpus() -> int:
+    """Logical CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def physical_cores() -> int:
     """Physical cores this process may run on (SMT siblings counted once)."""
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)

@@ -40,32 +40,43 @@ class ImageInput:
 # -- loading -------------------------------------------------------------------------------------
 def load_image(source) -> Image.Image:
     """An RGB PIL image from a path, bytes, a PIL image or a numpy HxWx3 frame (opencv BGR).
-    EXIF orientation is applied; transparency is composited onto white; 16-bit is scaled to 8."""
+    EXIF orientation is applied; transparency is composited onto white; 16-bit is scaled to 8;
+    an animated image gives its first frame. A file is identified from its header before any
+    pixel is decoded, so neither a huge file nor a decompression bomb is read whole."""
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise Phi4MMError(f"image file {path} does not exist")
-        source = path.read_bytes()
+        if path.stat().st_size == 0:
+            raise Phi4MMError(f"image file {path} is empty (0 bytes)")
+        return _decode(path, f"image file {path}")
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise Phi4MMError("the image is empty (0 bytes)")
-        try:
-            with Image.open(io.BytesIO(source)) as opened:
-                _check_pixels(opened.size)
-                opened.load()
-                image = opened.copy()
-                image.info.update(opened.info)
-        except Image.DecompressionBombError:
-            raise Phi4MMError(f"the image has more than {MAX_PIXELS} pixels: downscale it first") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise Phi4MMError(f"cannot decode the image ({error}): pass a PNG, JPEG, WebP, BMP, GIF or TIFF file") from None
-    elif isinstance(source, Image.Image):
-        image = source
-    else:
-        raise Phi4MMError(f"unsupported image input {type(source).__name__}: pass a path, bytes, a PIL image or an HxWx3 array")
-    _check_pixels(image.size)
+        return _decode(io.BytesIO(source), "the image")
+    if isinstance(source, Image.Image):
+        _check_pixels(source.size)
+        return to_rgb(ImageOps.exif_transpose(source))
+    raise Phi4MMError(f"unsupported image input {type(source).__name__}: pass a path, bytes, a PIL image or an HxWx3 array")
+
+
+def _decode(file, name: str) -> Image.Image:
+    try:
+        with Image.open(file) as opened:
+            _check_pixels(opened.size)  # from the header: nothing decoded yet
+            opened.load()
+            image = opened.copy()
+            image.info.update(opened.info)
+    except Image.DecompressionBombError:
+        raise Phi4MMError(f"{name} has more than {MAX_PIXELS} pixels: downscale it first") from None
+    except UnidentifiedImageError:
+        raise Phi4MMError(f"cannot decode {name}: it is not an image format Pillow knows; pass a PNG, JPEG, WebP, "
+                          f"BMP, GIF or TIFF file") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise Phi4MMError(f"cannot decode {name} ({error}): it is damaged or truncated; pass a PNG, JPEG, WebP, "
+                          f"BMP, GIF or TIFF file") from None
     return to_rgb(ImageOps.exif_transpose(image))
 
 

@@ -16,10 +16,22 @@ def _sounddevice():
     try:
         import sounddevice
     except ImportError:
-        raise Phi4MMError("recording needs sounddevice: pip install 'phi4mm-edge[mic]'") from None
+        raise Phi4MMError('recording needs sounddevice: pip install -e ".[mic]" in the phi4mm-edge folder') from None
     except OSError as error:  # sounddevice raises OSError when the PortAudio library is missing
         raise Phi4MMError(f"recording needs the PortAudio library ({error}): install it, e.g. apt-get install libportaudio2") from None
     return sounddevice
+
+
+def check_microphone(sample_rate: int = SAMPLE_RATE) -> None:
+    """Fail now, with the fix, when recording cannot work: sounddevice or PortAudio missing, or no
+    input device that takes mono float32 at `sample_rate` (checked before any model is loaded)."""
+    sounddevice = _sounddevice()
+    check = getattr(sounddevice, "check_input_settings", None)
+    if check is not None:
+        try:
+            check(samplerate=sample_rate, channels=1, dtype="float32")
+        except Exception as error:  # PortAudioError, ValueError: no device, unsupported settings
+            raise _device_error(error) from None
 
 
 def _device_error(error: Exception) -> Phi4MMError:
@@ -28,7 +40,7 @@ def _device_error(error: Exception) -> Phi4MMError:
 
 def record(seconds: float, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, int]:
     """(float32 mono samples, sample rate) from the default input device."""
-    if not 0 < seconds <= 600:
+    if not 0 < seconds <= 600:  # NaN fails this too
         raise Phi4MMError(f"recording length {seconds} s is outside 0-600 s")
     sounddevice = _sounddevice()
     wanted, blocks = int(seconds * sample_rate), []

@@ -26,7 +26,7 @@ from .cpu import choose_prefill_precision
 from .decoder import Decoder
 from .detokenizer import StreamingDetokenizer
 from .generation import Generation, stream_text
-from .prompt import Prompt, build_prompt
+from .prompt import Prompt, build_prompt, check_fits
 from .providers import open_session, session_options as default_session_options
 from .sampling import Sampling
 from .token_loop import generate_tokens
@@ -55,6 +55,8 @@ class Phi4MMEdge:
         at most that many tokens (none: whole prompts). `session_options` replaces the default
         ONNX Runtime options of every session (then `threads` is not applied)."""
         started = time.perf_counter()
+        if not max_audio_seconds > 0:  # NaN too
+            raise Phi4MMError(f"max_audio_seconds {max_audio_seconds}: give a number of seconds above 0 (inf: no limit)")
         folder = Path(folder)
         manifest = verify_artifact(folder) if verify else read_manifest(folder)
         maximum = manifest.model.max_position_embeddings
@@ -100,7 +102,8 @@ class Phi4MMEdge:
     # -- generation ----------------------------------------------------------------------------
     def prompt(self, messages, images=(), audios=()) -> Prompt:
         """The token ids and media features of a request (see prompt.build_prompt)."""
-        return build_prompt(messages, list(images or []), list(audios or []), self.tokenizer, self.text, self.vision, self.audio)
+        return build_prompt(messages, images, audios, self.tokenizer, self.text, self.vision, self.audio,
+                            self.decoder.cache.capacity)
 
     def prompt_ids(self, messages) -> list[int]:
         """The token ids of a text-only prompt."""
@@ -125,7 +128,11 @@ class Phi4MMEdge:
                           top_k: int = 0, seed: int | None = None, adapter: str = AdapterSet.none, image_features=None,
                           audio_features=None) -> Generation:
         """Stream an answer to an already tokenized prompt, with an explicit adapter."""
-        prompt = Prompt([int(i) for i in ids], image_features, audio_features)
+        try:
+            ids = [int(i) for i in ids]
+        except (TypeError, ValueError):
+            raise Phi4MMError("ids must be a list of token ids (whole numbers)") from None
+        prompt = Prompt(ids, image_features, audio_features)
         return self._generate(prompt, max_new_tokens, Sampling(temperature, top_p, top_k, seed), adapter, time.perf_counter())
 
     def _generate(self, prompt: Prompt, max_new_tokens: int, sampling: Sampling, adapter: str, started: float) -> Generation:
@@ -135,11 +142,9 @@ class Phi4MMEdge:
             raise Phi4MMError(f"max_new_tokens {max_new_tokens!r}: give a whole number of at least 1")
         if not ids:
             raise Phi4MMError("the prompt is empty")
-        if len(ids) >= capacity:
-            raise Phi4MMError(
-                f"the prompt is {len(ids)} tokens, the context holds {capacity}: shorten the prompt or "
-                f"load with a larger context_length (--context, at most {self.text.max_position_embeddings})"
-            )
+        if any(not 0 <= i < self.text.vocab_size for i in ids):
+            raise Phi4MMError(f"prompt token ids must be in 0..{self.text.vocab_size - 1}")
+        check_fits(len(ids), capacity, self.text)
         generation = Generation()
 
         def tokens():

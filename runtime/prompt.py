@@ -14,7 +14,7 @@ import numpy as np
 from ..manifest import TextConfig
 from ..errors import Phi4MMError
 from .audio_encoder import AudioEncoder
-from .tokenizer import ChatTokenizer
+from .tokenizer import ChatTokenizer, check_message
 from .vision_encoder import VisionEncoder
 
 PLACEHOLDER = re.compile(r"<\|(image|audio)(?:_(\d+))?\|>")
@@ -57,6 +57,15 @@ def expand(text: str, token_strings: dict[str, str], counts: dict[str, list[int]
     return PLACEHOLDER.sub(lambda m: token_strings[m.group(1)] * counts[m.group(1)][int(m.group(2)) - 1], text)
 
 
+def check_fits(prompt_tokens: int, context_length: int, text: TextConfig) -> None:
+    if prompt_tokens >= context_length:
+        raise Phi4MMError(
+            f"the prompt is {prompt_tokens} tokens, the context holds {context_length}: shorten the prompt (or send "
+            f"smaller images / shorter audio), or load with a larger context_length (--context, at most "
+            f"{text.max_position_embeddings})"
+        )
+
+
 class Prompt(NamedTuple):
     """A typed value that also unpacks: `ids, image_features, audio_features = prompt`."""
 
@@ -66,19 +75,34 @@ class Prompt(NamedTuple):
 
 
 def as_messages(messages) -> list[dict]:
-    """A string is one user message; a list of {role, content} is taken as is (checked later)."""
+    """A string is one user message; a list of {role, content} dicts is checked and copied."""
     if isinstance(messages, str):
-        return [{"role": "user", "content": messages}]
+        messages = [{"role": "user", "content": messages}]
     if not isinstance(messages, (list, tuple)):
         raise Phi4MMError(f"messages must be a string or a list of {{'role', 'content'}} dicts, not {type(messages).__name__}")
-    return list(messages)
+    if not messages:
+        raise Phi4MMError("there are no messages: give a prompt, or at least one {'role', 'content'} message")
+    for message in messages:
+        check_message(message)
+    return [dict(m) for m in messages]
+
+
+def as_media_list(media, kind: str) -> list:
+    """`images=` / `audios=` as a list; a lone item (a path string, bytes, ...) is a mistake worth naming."""
+    if media is None:
+        return []
+    if not isinstance(media, (list, tuple)):
+        raise Phi4MMError(f"{kind}s must be a list, e.g. {kind}s=[{kind}], not a single {type(media).__name__}")
+    return list(media)
 
 
 def build_prompt(messages, images, audios, tokenizer: ChatTokenizer, text: TextConfig,
-                 vision: VisionEncoder | None, audio: AudioEncoder | None) -> Prompt:
+                 vision: VisionEncoder | None, audio: AudioEncoder | None, context_length: int) -> Prompt:
     """Render the messages with the chat template, expand the media placeholders and encode every
-    image and clip (each once, whatever the number of references)."""
+    image and clip (each once, whatever the number of references). A prompt that cannot fit
+    `context_length` with one token of answer is refused before any encoder runs."""
     messages = as_messages(messages)
+    images, audios = as_media_list(images, "image"), as_media_list(audios, "audio")
     if images and vision is None:
         raise Phi4MMError("this artifact has no vision.onnx: re-export it from a checkpoint with the vision encoder")
     if audios and audio is None:
@@ -89,6 +113,7 @@ def build_prompt(messages, images, audios, tokenizer: ChatTokenizer, text: TextC
     token_ids = {"image": text.image_token_id, "audio": text.audio_token_id}
     token_strings = {kind: tokenizer.token_string(token_ids[kind]) for kind in prepared}
     ids = tokenizer.encode(expand(rendered, token_strings, {kind: [p.num_tokens for p in items] for kind, items in prepared.items()}))
+    check_fits(len(ids), context_length, text)
     # Audio heard together with an image takes the vision-mode projection, as the reference does.
     encode = {"image": vision.features if vision else None,
               "audio": (lambda clip: audio.features(clip, vision_mode=bool(images))) if audio else None}

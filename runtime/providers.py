@@ -3,7 +3,7 @@
 import onnxruntime as ort
 
 from ..errors import Phi4MMError
-from .cpu import physical_cores
+from .cpu import logical_cpus, physical_cores
 
 PROVIDERS = {"cpu": "CPUExecutionProvider"}
 
@@ -11,8 +11,12 @@ PROVIDERS = {"cpu": "CPUExecutionProvider"}
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """Session options; `threads` None means one thread per physical core (set explicitly, so
     every graph, the prefill GEMMs above all, uses all of them)."""
-    if threads is not None and threads < 1:
-        raise Phi4MMError(f"--threads {threads}: give at least 1 (or leave it out for one per physical core)")
+    if threads is not None:
+        available = logical_cpus()
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= available:
+            # More threads than CPUs only wait on each other (512 took 107 s for 2 tokens here).
+            raise Phi4MMError(f"--threads {threads}: give 1..{available}, the logical CPUs this process may use "
+                              f"(or leave it out for one per physical core)")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or physical_cores()

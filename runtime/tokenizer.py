@@ -17,6 +17,17 @@ FALLBACK_TEMPLATE = (
 ROLES = ("system", "user", "assistant")
 
 
+def check_message(message) -> None:
+    """A message is {'role': system|user|assistant, 'content': valid text}; else a Phi4MMError."""
+    if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+        raise Phi4MMError(f"bad message {message!r}: each message is {{'role': one of {ROLES}, 'content': str}}")
+    try:
+        message["content"].encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate: what Python makes of invalid UTF-8 on a command line
+        raise Phi4MMError(f"the {message['role']} message is not valid text (character {error.start} is a lone "
+                          f"surrogate, e.g. from bytes that are not UTF-8): fix its encoding") from None
+
+
 def _token_text(value) -> str:
     return value.get("content", "") if isinstance(value, dict) else (value or "")
 
@@ -48,8 +59,7 @@ class ChatTokenizer:
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         for message in messages:
-            if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
-                raise Phi4MMError(f"bad message {message!r}: each message is {{'role': one of {ROLES}, 'content': str}}")
+            check_message(message)
         try:
             return self.template.render(messages=messages, add_generation_prompt=True, **self.special)
         except jinja2.exceptions.TemplateError as error:
