@@ -1,8 +1,9 @@
 """First come, first served turns at the one loaded model (asyncio).
 
 The runtime holds one KV cache and one set of bound adapter tensors, so two generations must
-never interleave: each request waits in line, and a waiting request can tell its user how many
-requests are ahead of it.
+never interleave: each request takes its place in line when it arrives (before its uploads are
+decoded, so a slow decode cannot be overtaken), waits for its turn, and can tell its user how
+many requests are ahead of it.
 """
 
 import asyncio
@@ -20,26 +21,42 @@ class RequestQueue:
         return len(self._tickets)
 
     @asynccontextmanager
-    async def turn(self, on_wait=None):
-        """Wait for this request's turn, calling `await on_wait(ahead)` each time the number of
-        requests ahead of it changes; the turn ends when the block exits (also on cancellation)."""
-        ticket = object()
+    async def place(self):
+        """A place in line from now until the block exits (also on an error or a cancellation);
+        `await place.turn(on_wait)` waits for the head of the line."""
+        place = Place(self)
         async with self._moved:
-            self._tickets.append(ticket)
+            self._tickets.append(place)
         try:
-            reported = None
-            while True:
-                async with self._moved:
-                    ahead = self._tickets.index(ticket)
-                    if ahead == 0:
-                        break
-                    if ahead == reported or on_wait is None:
-                        await self._moved.wait()
-                        continue
-                reported = ahead
-                await on_wait(ahead)  # outside the lock: a slow client must not hold up the line
-            yield
+            yield place
         finally:
             async with self._moved:
-                self._tickets.remove(ticket)
+                self._tickets.remove(place)
                 self._moved.notify_all()
+
+    @asynccontextmanager
+    async def turn(self, on_wait=None):
+        """Take a place and wait for its turn at once (for requests with nothing to prepare)."""
+        async with self.place() as place:
+            await place.turn(on_wait)
+            yield
+
+
+class Place:
+    def __init__(self, queue: RequestQueue):
+        self._queue = queue
+
+    async def turn(self, on_wait=None) -> None:
+        """Return at the head of the line, calling `await on_wait(ahead)` each time the number of
+        requests ahead changes."""
+        queue, reported = self._queue, None
+        while True:
+            async with queue._moved:
+                ahead = queue._tickets.index(self)
+                if ahead == 0:
+                    return
+                if ahead == reported or on_wait is None:
+                    await queue._moved.wait()
+                    continue
+            reported = ahead
+            await on_wait(ahead)  # outside the lock: a slow client must not hold up the line

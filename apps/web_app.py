@@ -15,6 +15,8 @@ Refusals before the stream starts are JSON {"error": message}: 400 (bad request)
 import asyncio
 import ipaddress
 import json
+import logging
+import re
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from ..errors import Phi4MMError
-from ..runtime.audio import SAMPLE_RATE, load_audio
+from ..runtime.audio import SAMPLE_RATE, AudioTooLong, load_audio
+from ..runtime.image import load_image
 from .request_queue import RequestQueue
 
+log = logging.getLogger("phi4mm_edge.serve")
 WEB_FOLDER = Path(__file__).with_name("web")
 TOKEN_COOKIE = "phi4mm_token"
 TOKEN_HEADER = "X-Access-Token"
@@ -36,7 +40,7 @@ READ_CHUNK = 64 * 1024
 # A recording's bytes are bounded before it is decoded: float32 stereo at 48 kHz is the
 # largest ordinary PCM a browser or phone sends, so any clip within the time limit fits.
 LARGEST_PCM_BYTES_PER_SECOND = 48000 * 2 * 4
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+LOOPBACK_NAMES = {"localhost"}  # besides loopback IP addresses, the one name that always means this machine
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,17 @@ def _refusal_response(request, refusal: Refusal) -> web.Response:
     return web.Response(status=refusal.status, text=refusal.message + "\n")
 
 
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and loopback IP addresses (127.0.0.0/8, ::1). A name that merely starts
+    with "127." (127.0.0.1.nip.io, 127.attacker.example) is a DNS name and may point anywhere."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def access_refusal(request, settings: ServeSettings) -> str | None:
     """Why this request may not use the server, or None."""
     host = urlsplit(f"//{request.host}").hostname or ""
@@ -84,7 +99,7 @@ def access_refusal(request, settings: ServeSettings) -> str | None:
         return f"requests from {origin} are refused: only this server's own page may use it"
     if settings.token is None:
         # Local mode: a Host other than loopback means DNS rebinding (a site's name pointed at 127.0.0.1).
-        if host not in LOOPBACK_NAMES and not host.startswith("127."):
+        if not is_loopback_host(host):
             return f"this server answers only on localhost, not as {host!r}; use serve --lan for other devices"
         return None
     remote = ipaddress.ip_address((request.remote or "0.0.0.0").split("%")[0])
@@ -145,13 +160,26 @@ def _megabytes(count: int) -> str:
 
 
 async def read_question(request, settings: ServeSettings) -> dict:
-    """The multipart form as {prompt, image (bytes or None), audio (bytes or None), max_new_tokens}."""
+    """The multipart form as {prompt, image (bytes or None), audio (bytes or None), max_new_tokens}.
+    A body aiohttp cannot parse (no boundary, truncated, nested, oversized headers) is a 400."""
     if not request.content_type.startswith("multipart/form-data"):
         raise Refusal(400, "send the question as multipart/form-data (fields: prompt, image, audio)")
+    try:
+        return await _read_form(request, settings)
+    except Refusal:
+        raise
+    except Exception as error:  # aiohttp raises ValueError, AssertionError, HTTP parser errors ... on bad bodies
+        raise Refusal(400, f"the form could not be read ({type(error).__name__}): send multipart/form-data "
+                           f"with the fields prompt, image, audio") from None
+
+
+async def _read_form(request, settings: ServeSettings) -> dict:
     most = settings.sampling["max_new_tokens"]
     question = {"prompt": "", "image": None, "audio": None, "max_new_tokens": most}
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise Refusal(400, "nested multipart bodies are not taken: send one flat form")
         if part.name == "image":
             if question["image"] is not None:
                 raise Refusal(400, "one photo per question")
@@ -168,7 +196,7 @@ async def read_question(request, settings: ServeSettings) -> dict:
             text = (await _read_part(part, MAX_PROMPT_BYTES, "the question is too long")).decode("utf-8", "replace")
             if part.name == "prompt":
                 question["prompt"] = text
-            elif not text.strip().isdigit() or not 1 <= int(text) <= most:
+            elif not re.fullmatch(r"[0-9]{1,9}", text.strip()) or not 1 <= int(text) <= most:  # ASCII digits only
                 raise Refusal(400, f"max_new_tokens must be a whole number in 1..{most}")
             else:
                 question["max_new_tokens"] = int(text)
@@ -180,16 +208,24 @@ async def read_question(request, settings: ServeSettings) -> dict:
 
 
 def _recording(audio: bytes, settings: ServeSettings):
-    """Decoded 16 kHz samples of a recording within the time limit (runs off the event loop)."""
+    """Decoded 16 kHz samples of a recording within the time limit (runs off the event loop).
+    Decoding stops at the limit: a long or lying file costs no more than the limit's samples."""
     try:
-        samples = load_audio(audio, max_seconds=float("inf"))  # the limit below names this server's option
+        samples = load_audio(audio, max_seconds=settings.max_record_seconds)
+    except AudioTooLong as error:
+        raise Refusal(413, f"the recording is {error.length()}; this server takes at most "
+                           f"{settings.max_record_seconds:g} s (serve --max-record-seconds)") from None
     except Phi4MMError as error:
         raise Refusal(400, f"the recording: {error}") from None
-    seconds = len(samples) / SAMPLE_RATE
-    if seconds > settings.max_record_seconds:
-        raise Refusal(413, f"the recording is {seconds:.1f} s long; this server takes at most "
-                           f"{settings.max_record_seconds:g} s (serve --max-record-seconds)")
     return samples, SAMPLE_RATE
+
+
+def _photo(image: bytes):
+    """The decoded photo (runs off the event loop); an undecodable one is a 400 before any answer."""
+    try:
+        return load_image(image)
+    except Phi4MMError as error:
+        raise Refusal(400, f"the photo: {error}") from None
 
 
 async def _send(response, event: str, data: dict) -> None:
@@ -198,45 +234,60 @@ async def _send(response, event: str, data: dict) -> None:
 
 async def ask(request):
     app, settings = request.app, request.app[SETTINGS]
+    arrived = time.perf_counter()
     question = await read_question(request, settings)
     loop = asyncio.get_running_loop()
-    audios = []
-    if question["audio"] is not None:
-        audios.append(await loop.run_in_executor(None, _recording, question["audio"], settings))
-    images = [question["image"]] if question["image"] is not None else []
+    # In line from arrival: decoding an upload happens while waiting, and cannot be overtaken.
+    async with app[REQUESTS].place() as place:
+        audios, images = [], []
+        if question["audio"] is not None:
+            audios.append(await loop.run_in_executor(None, _recording, question["audio"], settings))
+        if question["image"] is not None:
+            images.append(await loop.run_in_executor(None, _photo, question["image"]))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        try:
+            await place.turn(lambda ahead: _send(response, "queue", {"ahead": ahead}))
+            waited_ms = (time.perf_counter() - arrived) * 1000
+            await _answer(app, settings, question, images, audios, response, loop, waited_ms)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the page went away: its turn ends here, the next request goes ahead
+    return response
 
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
-    await response.prepare(request)
-    arrived = time.perf_counter()
+
+async def _answer(app, settings, question, images, audios, response, loop, waited_ms: float) -> None:
+    """Stream one answer as events: pieces, then `done`, or `error` (a user error, or a failure
+    of ours, which is logged)."""
 
     def on_model(function, *args, **kwargs):
         # Every runtime call happens on the one model thread.
         return loop.run_in_executor(app[MODEL_THREAD], lambda: function(*args, **kwargs))
 
     try:
-        async with app[REQUESTS].turn(lambda ahead: _send(response, "queue", {"ahead": ahead})):
-            waited_ms = (time.perf_counter() - arrived) * 1000
-            try:
-                generation = await on_model(app[MODEL].generate, question["prompt"], images=images, audios=audios,
-                                            **{**settings.sampling, "max_new_tokens": question["max_new_tokens"]})
-                while (piece := await on_model(next, generation, None)) is not None:
-                    await _send(response, "piece", {"text": piece})
-            except Phi4MMError as error:
-                await _send(response, "error", {"message": str(error)})
-            else:
-                result = generation.result
-                await _send(response, "done", {
-                    "adapter": result.adapter,
-                    "ttft_ms": result.timings.ttft_ms,
-                    "decode_tokens_per_s": result.timings.decode_tokens_per_s,
-                    "tokens": len(result.token_ids),
-                    "finish_reason": result.finish_reason,
-                    "waited_ms": round(waited_ms, 1),
-                })
-        await response.write_eof()
+        generation = await on_model(app[MODEL].generate, question["prompt"], images=images, audios=audios,
+                                    **{**settings.sampling, "max_new_tokens": question["max_new_tokens"]})
+        while (piece := await on_model(next, generation, None)) is not None:
+            await _send(response, "piece", {"text": piece})
+    except Phi4MMError as error:
+        await _send(response, "error", {"message": str(error)})
+        return
     except ConnectionResetError:
-        pass  # the page went away: its turn ended above, the next request goes ahead
-    return response
+        raise
+    except Exception as error:  # a failure of ours (e.g. ONNX Runtime could not allocate): say so, log it
+        log.exception("generation failed")
+        await _send(response, "error", {"message": f"the server failed to answer ({type(error).__name__}: {error}); "
+                                                   f"its log has the details"})
+        return
+    result = generation.result
+    await _send(response, "done", {
+        "adapter": result.adapter,
+        "ttft_ms": result.timings.ttft_ms,
+        "decode_tokens_per_s": result.timings.decode_tokens_per_s,
+        "tokens": len(result.token_ids),
+        "finish_reason": result.finish_reason,
+        "waited_ms": round(waited_ms, 1),
+    })
 
 
 def make_app(model, settings: ServeSettings) -> web.Application:

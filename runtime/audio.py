@@ -76,12 +76,17 @@ BYTESIO = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
 class AudioTooLong(Phi4MMError):
-    """A clip over the length limit; `seconds` is its length, as far as it is known."""
+    """A clip over the length limit. `seconds` is its length when `exact`, else how far decoding
+    went before it stopped at the limit."""
 
-    def __init__(self, seconds: float, limit: float):
-        super().__init__(f"the audio is {seconds:.1f} s long, the limit is {limit:g} s: split it, or raise the limit "
+    def __init__(self, seconds: float, limit: float, exact: bool = True):
+        length = f"{seconds:.1f} s long" if exact else f"longer than {limit:g} s"
+        super().__init__(f"the audio is {length}, the limit is {limit:g} s: split it, or raise the limit "
                          f"(max_audio_seconds=, --max-audio-seconds)")
-        self.seconds, self.limit = seconds, limit
+        self.seconds, self.limit, self.exact = seconds, limit, exact
+
+    def length(self) -> str:
+        return f"{self.seconds:.1f} s long" if self.exact else f"longer than {self.limit:g} s"
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -141,8 +146,8 @@ def _decode(file, name: str, max_seconds: float) -> tuple[np.ndarray, int]:
             for block in audio.blocks(blocksize=DECODE_BLOCK, dtype="float32", always_2d=True):
                 blocks.append(block.mean(axis=1) if channels > 1 else block[:, 0].copy())
                 frames += len(block)
-                if limit is not None and frames > limit:
-                    raise AudioTooLong(frames / rate, max_seconds)
+                if limit is not None and frames > limit:  # the header said less, or nothing
+                    raise AudioTooLong(frames / rate, max_seconds, exact=False)
     except Phi4MMError:
         raise
     except MemoryError:
