@@ -31,6 +31,10 @@ def _export(args):
     sizes = sum(f.size for f in manifest.files.values())
     print(f"exported {args.checkpoint} -> {args.out} ({precision.weights}, {sizes / 1e6:.1f} MB, "
           f"{manifest.export_seconds} s, adapters: {', '.join(manifest.adapters) or 'none'})")
+    if manifest.graphs.prefill_int8:
+        int8_mb = sum(f.size for n, f in manifest.files.items() if n.startswith(manifest.graphs.prefill_int8)) / 1e6
+        print(f"with the int8 prefill graph {manifest.graphs.prefill_int8} ({int8_mb:.1f} MB of it): prompts of "
+              f"64+ tokens run on it where the CPU has a fast int8 GEMM (--prefill auto)")
 
 
 def resolve_artifact(args) -> None:
