@@ -22,7 +22,7 @@ def restore_ctrl_c() -> None:
 def positive_number(value: float, option: str) -> float:
     """`value` when it is a finite number above 0; else a Phi4MMError naming `option`."""
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise Phi4MMError(f"{option} {value}: give a number above 0")
+        raise Phi4MMError(f"{option} {value} is not a positive number: give a finite number above 0")
     return value
 
 
