@@ -19,7 +19,8 @@ def run(args):
     if args.mic is not None:
         audios.append(record(args.mic))
     model = Phi4MMEdge.load(args.artifact, threads=args.threads, context_length=args.context,
-                            max_audio_seconds=args.max_audio_seconds, prefill=args.prefill, prefill_chunk=args.prefill_chunk)
+                            max_audio_seconds=args.max_audio_seconds, prefill=args.prefill, prefill_chunk=args.prefill_chunk,
+                            verify=args.verify)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
     generation = model.generate(messages, images=images, audios=audios, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, top_k=args.top_k, seed=args.seed, adapter=args.adapter)

@@ -30,7 +30,7 @@ def load_model(args, status=None) -> Phi4MMEdge:
     """Load args.artifact; say how long it took, and whether its weights are random, on `status`
     (default stdout)."""
     status = status or sys.stdout
-    model = Phi4MMEdge.load(args.artifact, threads=args.threads, context_length=args.context)
+    model = Phi4MMEdge.load(args.artifact, threads=args.threads, context_length=args.context, verify=args.verify)
     print(f"loaded {args.artifact} in {model.load_ms:.0f} ms", file=status)
     if getattr(args, "random_weights", False):
         print(RANDOM_WEIGHTS_NOTE, file=status)

@@ -264,16 +264,19 @@ async def _answer(app, settings, question, images, audios, response, loop, waite
         # Every runtime call happens on the one model thread.
         return loop.run_in_executor(app[MODEL_THREAD], lambda: function(*args, **kwargs))
 
+    generation = None
     try:
         generation = await on_model(app[MODEL].generate, question["prompt"], images=images, audios=audios,
                                     **{**settings.sampling, "max_new_tokens": question["max_new_tokens"]})
         while (piece := await on_model(next, generation, None)) is not None:
             await _send(response, "piece", {"text": piece})
+    except ConnectionResetError:
+        if generation is not None:  # the page left mid-answer: stop it on the model thread, free the model
+            await on_model(generation.close)
+        raise
     except Phi4MMError as error:
         await _send(response, "error", {"message": str(error)})
         return
-    except ConnectionResetError:
-        raise
     except Exception as error:  # a failure of ours (e.g. ONNX Runtime could not allocate): say so, log it
         log.exception("generation failed")
         await _send(response, "error", {"message": f"the server failed to answer ({type(error).__name__}: {error}); "

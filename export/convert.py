@@ -6,10 +6,11 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import onnx
 from tqdm import tqdm
 
 from .. import artifact
-from ..manifest import (MANIFEST, AdapterEntry, AudioEntry, Graphs, Manifest, Source, StoredPrecision, VisionEntry,
+from ..manifest import (FORMAT_NAME, MANIFEST, AdapterEntry, AudioEntry, Graphs, Manifest, Source, StoredPrecision, VisionEntry,
                         file_entry, write_manifest)
 from ..errors import Phi4MMError
 from .adapters import ADAPTER_DTYPES, write_adapter
@@ -52,11 +53,53 @@ def write_graph(out: Path, file_name: str, build):
     return result
 
 
+def external_data_files(graph_path: Path) -> list[str]:
+    """The files a saved graph's initializers point at (its weights outside the .onnx file)."""
+    model = onnx.load(str(graph_path), load_external_data=False)
+    files = set()
+    for graph in [model.graph, *(a.g for n in model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)]:
+        for tensor in graph.initializer:
+            files.update(e.value for e in tensor.external_data if e.key == "location")
+    return sorted(files)
+
+
+def previous_export(out: Path) -> list[str] | None:
+    """The files a previous export listed in `out`'s manifest (any format version), or None when
+    `out` holds no manifest of ours."""
+    try:
+        data = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) and data.get("format") == FORMAT_NAME else None
+    if not isinstance(files, dict):
+        return None
+    return [name for name in files if isinstance(name, str) and "/" not in name and "\\" not in name and name not in ("", ".", "..")]
+
+
+def prepare_output_folder(out: Path, force: bool) -> None:
+    """Make `out` ready: new or empty, or a previous export (whose listed files are removed, so no
+    stale graph lingers); another non-empty folder only with `force`. Files export does not
+    write are never deleted."""
+    if out.exists() and not out.is_dir():
+        raise Phi4MMError(f"{out} is a file: give a folder for the artifact")
+    out.mkdir(parents=True, exist_ok=True)
+    ours = previous_export(out)
+    others = [p.name for p in out.iterdir() if not p.name.startswith(".") and p.name != MANIFEST and p.name not in (ours or [])]
+    if others and ours is None and not force:
+        raise Phi4MMError(f"{out} is not empty ({', '.join(sorted(others)[:3])}{', ...' if len(others) > 3 else ''}) and "
+                          f"holds no phi4mm-edge export: give a new or empty folder, or --force to write into it "
+                          f"(files export does not write are left alone)")
+    # A half-written folder must not look complete: the manifest and the verification stamp go first.
+    for name in [MANIFEST, ".verified.json", *(ours or [])]:
+        (out / name).unlink(missing_ok=True)
+
+
 def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_precision: str = "fp32",
-           show_progress: bool = True, prefill: str = "int4") -> dict:
+           show_progress: bool = True, prefill: str = "int4", force: bool = False) -> Manifest:
     """Export a checkpoint. `prefill="int8"` adds decoder_prefill.onnx: the decoder with 7-bit
     per-channel weights (quant/int8.py), for ~2x faster prompts at ~1.9x the decoder's bytes.
-    Returns the manifest that was written."""
+    `force` writes into a non-empty folder that is not a previous export. Returns the manifest
+    that was written: it lists exactly the files export wrote."""
     if prefill not in ("int4", "int8"):
         raise Phi4MMError(f"prefill {prefill!r} is not int4 or int8")
     if prefill == "int8" and not precision.is_int4:
@@ -71,11 +114,7 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     if (text.rotary_dim // 2) % 8:
         raise Phi4MMError(f"rotary dims {text.rotary_dim}: GroupQueryAttention needs rotary_dim/2 to be a multiple of 8")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # A half-written folder must not look complete, and a previous export's graphs must not linger.
-    for stale in [out / MANIFEST, out / ".verified.json", *out.glob("*.onnx"), *out.glob("*.onnx.data"),
-                  *out.glob("*" + artifact.ADAPTER_SUFFIX)]:
-        stale.unlink(missing_ok=True)
+    prepare_output_folder(out, force)
     adapters = ckpt.adapter_names()
     has_vision = ckpt.vision is not None
     has_audio = ckpt.audio is not None
@@ -126,11 +165,16 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         step(f"{name} adapter")
     bar.close()
 
-    for file_name in TOKENIZER_FILES:
-        if (ckpt.folder / file_name).is_file():
-            shutil.copyfile(ckpt.folder / file_name, out / file_name)
-    if not (out / "tokenizer.json").is_file():
+    copied = [name for name in TOKENIZER_FILES if (ckpt.folder / name).is_file()]
+    if "tokenizer.json" not in copied:
         raise Phi4MMError(f"{ckpt.folder} has no tokenizer.json: copy the model's tokenizer files into the checkpoint folder")
+    for name in copied:
+        shutil.copyfile(ckpt.folder / name, out / name)
+    graph_files = [g for g in (graphs.embedding, graphs.decoder, graphs.prefill_int8,
+                               vision_entry and vision_entry.graph, audio_entry and audio_entry.graph) if g]
+    graph_data = {graph: external_data_files(out / graph) for graph in graph_files}
+    written = {*graph_files, *(d for files in graph_data.values() for d in files),
+               *(entry.file for entry in adapter_entries.values()), *copied}
 
     manifest = Manifest(
         source=Source(layout=ckpt.layout, config_sha256=ckpt.config_sha256()),
@@ -141,9 +185,9 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         vision=vision_entry,
         audio=audio_entry,
         adapters=adapter_entries,
+        graph_data=graph_data,
         export_seconds=round(time.perf_counter() - started, 2),
     )
-    manifest.files = {p.name: file_entry(p) for p in sorted(out.iterdir())
-                      if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+    manifest.files = {name: file_entry(out / name) for name in sorted(written)}
     write_manifest(out, manifest)
     return manifest

@@ -14,7 +14,13 @@ PREFILL_INT8_GRAPH = "decoder_prefill.onnx"  # optional: the decoder with int8 l
 VISION_GRAPH = "vision.onnx"
 AUDIO_GRAPH = "audio.onnx"
 ADAPTER_SUFFIX = ".onnx_adapter"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"  # holds the chat template (and the bos/eos strings)
+CHAT_TEMPLATE = "chat_template.jinja"  # a checkpoint's template file, preferred to tokenizer_config's
+TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG, "generation_config.json")
+# Files the runtime opens by name rather than through the manifest: each present one must be
+# listed in the manifest (and so verified), or the artifact is refused.
+READ_BY_NAME = (TOKENIZER_JSON, TOKENIZER_CONFIG, CHAT_TEMPLATE)
 # Decoder graph input names: the runtime binds adapter tensors to these names.
 LORA_INPUT_PREFIX = "lora."
 NO_ADAPTER = "none"  # the adapter choice that runs the base model alone

@@ -27,7 +27,7 @@ def _export(args):
     precision = Precision(weights=args.precision, block_size=args.block_size, symmetric=not args.asymmetric,
                           accuracy_level=args.accuracy_level)
     manifest = export(args.checkpoint, args.out, precision, args.adapter_precision, show_progress=not args.quiet,
-                      prefill=args.prefill)
+                      prefill=args.prefill, force=args.force)
     sizes = sum(f.size for f in manifest.files.values())
     print(f"exported {args.checkpoint} -> {args.out} ({precision.weights}, {sizes / 1e6:.1f} MB, "
           f"{manifest.export_seconds} s, adapters: {', '.join(manifest.adapters) or 'none'})")
@@ -107,6 +107,9 @@ def add_model_arguments(parser, max_new_tokens: int = 256) -> None:
     parser.add_argument("--context", type=int, help="tokens of KV cache (prompt + answer); default 4096")
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--verify", choices=["cached", "full"], default="cached",
+                        help="cached (default): re-hash the files whose size or time changed, all of them weekly; "
+                             "full: re-hash every file now")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: also write decoder_prefill.onnx (int8 copy of the decoder linears, ~2x the int4 "
                         "decoder's bytes on disk and in RAM) for ~2x faster prompts on AVX2/ARM-dotprod CPUs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty folder that is not a previous export (its other files are left alone)")
     p.set_defaults(func=_export)
 
     p = commands.add_parser("run", help="answer one prompt with an exported artifact")

@@ -125,12 +125,23 @@ class Manifest:
     audio: AudioEntry | None
     adapters: dict[str, AdapterEntry]
     export_seconds: float
-    files: dict[str, FileEntry] = field(default_factory=dict)
+    graph_data: dict[str, list[str]] = field(default_factory=dict)  # graph file -> the data files it reads
+    files: dict[str, FileEntry] = field(default_factory=dict)  # every file export wrote: sha256 and size
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
     def adapter_names(self) -> list[str]:
         return list(self.adapters)
+
+    def graph_files(self) -> list[str]:
+        """Every graph the runtime may open."""
+        return [g for g in (self.graphs.embedding, self.graphs.decoder, self.graphs.prefill_int8,
+                            self.vision and self.vision.graph, self.audio and self.audio.graph) if g]
+
+    def file_names(self) -> list[str]:
+        """Every file name the manifest mentions (each must be a plain name inside the folder)."""
+        return [*self.files, *self.graph_files(), *(a.file for a in self.adapters.values()),
+                *self.graph_data, *(d for files in self.graph_data.values() for d in files)]
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -240,10 +251,18 @@ def manifest_from_json(data) -> Manifest:
                        f"of head_dim {text.head_dim}, which no Phi-4-multimodal has")
     if text.original_max_position_embeddings > text.max_position_embeddings:
         _fail("model.original_max_position_embeddings", "exceeds max_position_embeddings")
+    for name in manifest.file_names():
+        if not is_plain_file_name(name):
+            _fail("a file name", f"{name!r} is not a plain name inside the artifact folder")
     if not text.eos_token_ids or any(not 0 <= i < text.vocab_size for i in
                                      [*text.eos_token_ids, text.image_token_id, text.audio_token_id]):
         _fail("model", "has special token ids outside the vocabulary (or no end-of-sequence id)")
     return manifest
+
+
+def is_plain_file_name(name: str) -> bool:
+    """A name of a file directly in the folder: no path separators, no '..', no hidden files."""
+    return bool(name) and not any(c in name for c in "/\\\0:") and not name.startswith(".")  # ':' a Windows drive or stream
 
 
 def file_entry(path: Path) -> FileEntry:

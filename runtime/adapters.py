@@ -16,6 +16,10 @@ from ..manifest import AdapterEntry
 from ..errors import Phi4MMError
 
 AUTO = "auto"  # the adapter follows the request's media, as the model was trained
+# A LoRA's A and B (alpha/r folded in) hold values of order 0.01-1; anything this large is not a
+# trained adapter, and fp32 activations times it overflow to inf and then NaN logits.
+MAX_LORA_VALUE = 1e3
+STORED_TYPES = ("tensor(float)", "tensor(float16)")
 
 
 def choose_adapter(requested: str, has_image: bool = False, has_audio: bool = False) -> str:
@@ -38,11 +42,13 @@ class AdapterSet:
         self.tensors = {NO_ADAPTER: self._rank_zero()}
         self.ranks = {NO_ADAPTER: 0}
         for name, entry in manifest_adapters.items():
-            self.add(name, Path(folder) / entry.file)
+            # The artifact's own adapters are sha256-verified copies of what export checked.
+            self.add(name, Path(folder) / entry.file, check_values=False)
 
-    def add(self, name: str, path: Path) -> None:
-        """Load an adapter file (validated against the decoder's inputs) under `name`."""
-        self.tensors[name], self.ranks[name] = self._load(Path(path), name)
+    def add(self, name: str, path: Path, check_values: bool = True) -> None:
+        """Load an adapter file under `name`: its names, shapes and types must fit the decoder's
+        inputs, and (`check_values`) every value must be finite and of a LoRA's size."""
+        self.tensors[name], self.ranks[name] = self._load(Path(path), check_values)
 
     def names(self) -> list[str]:
         return list(self.tensors)
@@ -54,7 +60,7 @@ class AdapterSet:
             zero[name] = ort.OrtValue.ortvalue_from_numpy(np.zeros(dims, np.float32))
         return zero
 
-    def _load(self, path: Path, adapter: str):
+    def _load(self, path: Path, check_values: bool):
         try:
             parameters = ort.AdapterFormat.read_adapter(str(path)).get_parameters()
         except Exception as error:  # a truncated or foreign file
@@ -77,6 +83,14 @@ class AdapterSet:
                     f"the adapter is from another model"
                 )
             ranks.add(shape[1] if matrix == "A" else shape[0])
+            if value.data_type() not in STORED_TYPES:
+                raise Phi4MMError(f"adapter file {path}: tensor {name} is {value.data_type()}; adapters are float32 "
+                                  f"or float16: export the adapter again")
+            if check_values:
+                values = value.numpy()
+                if not np.isfinite(values).all() or (values.size and np.abs(values).max() > MAX_LORA_VALUE):
+                    raise Phi4MMError(f"adapter file {path}: tensor {name} holds NaN, infinite or huge values (over "
+                                      f"{MAX_LORA_VALUE:g}): it is damaged or not a trained LoRA")
             if value.data_type() != "tensor(float)":  # fp16 on disk: widened once here, never per token
                 value = ort.OrtValue.ortvalue_from_numpy(value.numpy().astype(np.float32))
             tensors[name] = value

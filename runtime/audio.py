@@ -70,6 +70,7 @@ def log_mel_spectrogram(wave: np.ndarray, n_mels: int) -> np.ndarray:
 
 
 # -- loading -------------------------------------------------------------------------------------
+MAX_SAMPLE = 1e3  # float PCM is [-1, 1] (a hot recording a little more); beyond this it is damaged, and the 16-bit scaled power overflows float32
 MAX_CHANNELS = 32  # more "channels" than this is a [channels, samples] array read the wrong way round
 DECODE_BLOCK = 1 << 16  # frames decoded (and mixed down) at a time: memory stays one block wide
 BYTESIO = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
@@ -187,6 +188,10 @@ def load_audio(source, sample_rate: int | None = None, max_seconds: float = MAX_
         raise Phi4MMError("the audio has no samples")
     if not np.all(np.isfinite(samples)):
         raise Phi4MMError("the audio contains NaN or infinite samples")
+    peak = float(np.abs(samples).max())
+    if peak > MAX_SAMPLE:
+        raise Phi4MMError(f"the audio's samples reach {peak:.3g}, far outside [-1, 1]: the file is damaged "
+                          f"(float audio is scaled to [-1, 1])")
     if samples.size / rate > max_seconds:
         raise AudioTooLong(samples.size / rate, max_seconds)
     return resample(samples, rate)

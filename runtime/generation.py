@@ -50,19 +50,27 @@ class Generation:
             pass
         return self.result.text
 
+    def close(self) -> None:
+        """Stop early and give the model back (a stopped generation keeps no result)."""
+        if self._pieces is not None:
+            self._pieces.close()
+
 
 def stream_text(generation: Generation, tokens: Iterator[int], detokenizer, stop_ids: set[int], adapter: str,
                 prompt_tokens: int, load_ms: float, started: float) -> Iterator[str]:
     """Text pieces for `tokens` as they arrive; sets `generation.result` when they end."""
     token_ids, first_token_at = [], None
-    for token in tokens:
-        if first_token_at is None:
-            first_token_at = time.perf_counter()
-        token_ids.append(token)
-        if token in stop_ids:
-            break  # an end-of-sequence id is kept in token_ids (it was generated) but never shown
-        if piece := detokenizer.add(token):
-            yield piece
+    try:
+        for token in tokens:
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            token_ids.append(token)
+            if token in stop_ids:
+                break  # an end-of-sequence id is kept in token_ids (it was generated) but never shown
+            if piece := detokenizer.add(token):
+                yield piece
+    finally:
+        tokens.close()  # also when the consumer stops early: the token loop gives the model back
     finished = time.perf_counter()
     if remainder := detokenizer.finish():
         yield remainder

@@ -11,13 +11,14 @@ features), choose the adapter (adapters.py), run the token loop (token_loop.py) 
 (decoder.py) and detokenize as it streams (detokenizer.py, generation.py).
 """
 
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from ..manifest import Manifest, read_manifest
+from ..manifest import Manifest
 from ..errors import Phi4MMError
 from .adapters import AdapterSet, choose_adapter
 from .audio import MAX_SECONDS
@@ -43,22 +44,26 @@ class Phi4MMEdge:
         self.folder, self.manifest, self.decoder, self.tokenizer = Path(folder), manifest, decoder, tokenizer
         self.text, self.vision, self.audio, self.load_ms = manifest.model, vision, audio, load_ms
         self.stop_ids = set(self.text.eos_token_ids)
+        # One KV cache and one set of bound adapter tensors: one generation streams at a time.
+        self._streaming = threading.Lock()
+        self._streaming_thread = None
 
     @classmethod
     def load(cls, folder, provider: str = "cpu", threads: int | None = None, context_length: int | None = None,
-             verify: bool = True, max_audio_seconds: float = MAX_SECONDS, prefill: str = "auto",
+             verify: bool | str = True, max_audio_seconds: float = MAX_SECONDS, prefill: str = "auto",
              prefill_chunk: int | None = None, session_options: ort.SessionOptions | None = None) -> "Phi4MMEdge":
         """Open an artifact folder. `context_length` (prompt + answer tokens) sizes the KV cache;
         audio clips longer than `max_audio_seconds` are refused. `prefill` picks how prompts run:
         'int8' (the artifact's int8 prompt graph), 'int4' (the decode graph) or 'auto' (int8 when
-        present and the CPU has a fast int8 GEMM). `prefill_chunk` splits long prompts into runs of
+        present and the CPU has a fast int8 GEMM). `verify`: True or "cached" (re-hash changed files,
+        all of them weekly), "full" (re-hash every file now) or False. `prefill_chunk` splits long prompts into runs of
         at most that many tokens (none: whole prompts). `session_options` replaces the default
         ONNX Runtime options of every session (then `threads` is not applied)."""
         started = time.perf_counter()
         if not max_audio_seconds > 0:  # NaN too
             raise Phi4MMError(f"max_audio_seconds {max_audio_seconds}: give a number of seconds above 0 (inf: no limit)")
         folder = Path(folder)
-        manifest = verify_artifact(folder) if verify else read_manifest(folder)
+        manifest = verify_artifact(folder, {True: "cached", False: "off"}.get(verify, verify))
         maximum = manifest.model.max_position_embeddings
         context_length = min(DEFAULT_CONTEXT, maximum) if context_length is None else context_length
         if isinstance(context_length, bool) or not isinstance(context_length, int) or not 0 < context_length <= maximum:
@@ -100,6 +105,15 @@ class Phi4MMEdge:
             self.decoder.active_adapter = None  # rebind on the next request
 
     # -- generation ----------------------------------------------------------------------------
+    def _take_model(self) -> None:
+        """Wait while another thread's generation streams (they run one after the other); refuse a
+        second generation interleaved in the same thread, which would wait forever."""
+        if self._streaming_thread == threading.get_ident():
+            raise Phi4MMError("another generation of this model is still streaming in this thread: iterate it to the "
+                              "end or call its .close() first (or load a second model to run two at once)")
+        self._streaming.acquire()
+        self._streaming_thread = threading.get_ident()
+
     def prompt(self, messages, images=(), audios=()) -> Prompt:
         """The token ids and media features of a request (see prompt.build_prompt)."""
         return build_prompt(messages, images, audios, self.tokenizer, self.text, self.vision, self.audio,
@@ -148,9 +162,14 @@ class Phi4MMEdge:
         generation = Generation()
 
         def tokens():
-            self.decoder.activate(adapter)
-            embeds = self.decoder.embed(np.array([ids], np.int64), prompt.image_features, prompt.audio_features)
-            yield from generate_tokens(self.decoder, embeds, sampling.chooser(), max_new_tokens, self.stop_ids)
+            self._take_model()
+            try:
+                self.decoder.activate(adapter)
+                embeds = self.decoder.embed(np.array([ids], np.int64), prompt.image_features, prompt.audio_features)
+                yield from generate_tokens(self.decoder, embeds, sampling.chooser(), max_new_tokens, self.stop_ids)
+            finally:
+                self._streaming_thread = None
+                self._streaming.release()
 
         generation._pieces = stream_text(generation, tokens(), StreamingDetokenizer(self.tokenizer), self.stop_ids,
                                          adapter, len(ids), self.load_ms, started)

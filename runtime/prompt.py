@@ -52,11 +52,6 @@ def place_media(messages: list[dict], images: int, audios: int) -> list[dict]:
     return messages
 
 
-def expand(text: str, token_strings: dict[str, str], counts: dict[str, list[int]]) -> str:
-    """Replace `<|image_N|>` by the image token string repeated counts['image'][N-1] times (same for audio)."""
-    return PLACEHOLDER.sub(lambda m: token_strings[m.group(1)] * counts[m.group(1)][int(m.group(2)) - 1], text)
-
-
 def check_fits(prompt_tokens: int, context_length: int, text: TextConfig) -> None:
     if prompt_tokens >= context_length:
         raise Phi4MMError(
@@ -96,10 +91,28 @@ def as_media_list(media, kind: str) -> list:
     return list(media)
 
 
+def encode_parts(parts: list[tuple[str, bool]], tokenizer: ChatTokenizer, token_ids: dict[str, int],
+                 counts: dict[str, list[int]]) -> tuple[list[int], dict[str, list[int]]]:
+    """Token ids of the rendered parts, each `<|image_N|>` / `<|audio_N|>` placeholder replaced by
+    its media token id repeated counts[kind][N-1] times; and the media numbers in prompt order."""
+    ids, order = [], {kind: [] for kind in token_ids}
+    for text, is_message_text in parts:
+        encode = tokenizer.encode_text if is_message_text else tokenizer.encode
+        position = 0
+        for match in PLACEHOLDER.finditer(text):
+            kind, number = match.group(1), int(match.group(2))
+            ids += encode(text[position:match.start()]) + [token_ids[kind]] * counts[kind][number - 1]
+            order[kind].append(number)
+            position = match.end()
+        ids += encode(text[position:])
+    return ids, order
+
+
 def build_prompt(messages, images, audios, tokenizer: ChatTokenizer, text: TextConfig,
                  vision: VisionEncoder | None, audio: AudioEncoder | None, context_length: int) -> Prompt:
     """Render the messages with the chat template, expand the media placeholders and encode every
-    image and clip (each once, whatever the number of references). A prompt that cannot fit
+    image and clip (each once, whatever the number of references). Message text is encoded as
+    text (it cannot produce control tokens; see tokenizer.py). A prompt that cannot fit
     `context_length` with one token of answer is refused before any encoder runs."""
     messages = as_messages(messages)
     images, audios = as_media_list(images, "image"), as_media_list(audios, "audio")
@@ -108,11 +121,10 @@ def build_prompt(messages, images, audios, tokenizer: ChatTokenizer, text: TextC
     if audios and audio is None:
         raise Phi4MMError("this artifact has no audio.onnx: re-export it from a checkpoint with the audio encoder")
     prepared = {"image": [vision.prepare(image) for image in images], "audio": [audio.prepare(clip) for clip in audios]}
-    rendered = tokenizer.render(place_media(messages, len(images), len(audios)))
-    order = {kind: [int(n) for k, n in PLACEHOLDER.findall(rendered) if k == kind] for kind in prepared}
     token_ids = {"image": text.image_token_id, "audio": text.audio_token_id}
-    token_strings = {kind: tokenizer.token_string(token_ids[kind]) for kind in prepared}
-    ids = tokenizer.encode(expand(rendered, token_strings, {kind: [p.num_tokens for p in items] for kind, items in prepared.items()}))
+    parts = tokenizer.render_parts(place_media(messages, len(images), len(audios)))
+    counts = {kind: [item.num_tokens for item in items] for kind, items in prepared.items()}
+    ids, order = encode_parts(parts, tokenizer, token_ids, counts)
     check_fits(len(ids), context_length, text)
     # Audio heard together with an image takes the vision-mode projection, as the reference does.
     encode = {"image": vision.features if vision else None,
@@ -122,7 +134,7 @@ def build_prompt(messages, images, audios, tokenizer: ChatTokenizer, text: TextC
         rows = {n: encode[kind](items[n - 1]) for n in sorted(set(order[kind]))}
         features[kind] = np.concatenate([rows[n] for n in order[kind]]) if items else None
         expected = 0 if features[kind] is None else features[kind].shape[0]
-        if ids.count(token_ids[kind]) != expected:
-            raise Phi4MMError(f"the prompt text contains the {kind} placeholder token {token_strings[kind]!r} itself: "
-                              f"refer to {kind}s with <|{kind}_N|> and pass them as {kind}s")
+        if ids.count(token_ids[kind]) != expected:  # the template itself wrote a media token
+            raise Phi4MMError(f"the prompt holds {ids.count(token_ids[kind])} {kind} tokens for {expected} feature rows: "
+                              f"the artifact's chat template writes {tokenizer.token_string(token_ids[kind])!r} itself")
     return Prompt(ids, features["image"], features["audio"])

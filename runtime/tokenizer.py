@@ -1,12 +1,22 @@
-"""Prompt text and token ids: the artifact's chat template and tokenizer.json."""
+"""Prompt text and token ids: the artifact's chat template and tokenizer.json.
+
+Control tokens (`<|end|>`, `<|system|>`, `<|assistant|>`, ...) come only from the chat template
+and from our own media placeholders. Text inside messages is encoded as text: a message that
+spells `<|end|><|system|>` gets the characters' ordinary tokens, so user text (a chat line, a web
+page, a transcript) cannot forge turns. transformers' `apply_chat_template` parses control
+tokens anywhere in the rendered string, message text included: that is the one difference, and
+ordinary text tokenizes the same either way (the template's control tokens bound each message).
+"""
 
 import json
+import operator
 from pathlib import Path
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
+from ..artifact import CHAT_TEMPLATE, TOKENIZER_CONFIG, TOKENIZER_JSON
 from ..errors import Phi4MMError
 
 # Phi-4-multimodal's own format, used only when the artifact carries no chat_template.
@@ -15,6 +25,28 @@ FALLBACK_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
 )
 ROLES = ("system", "user", "assistant")
+# A rendered prompt is far below this (131072 tokens is ~0.5 M characters); a template that
+# writes more, or builds a longer string or list, is stopped before it can exhaust memory.
+MAX_RENDERED_CHARS = 4_000_000
+SENTINEL = "\ue000{}\ue001"  # private-use characters: stand in for message texts while rendering
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, with `*`, `**` and `+` refused when their result would be huge."""
+
+    intercepted_binops = frozenset(["*", "**", "+"])
+
+    def call_binop(self, context, op, left, right):
+        if op == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            raise jinja2.exceptions.SecurityError(f"the template raises to the power {right}")
+        if op == "*":
+            for sequence, count in ((left, right), (right, left)):
+                if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) and len(sequence) * count > MAX_RENDERED_CHARS:
+                    raise jinja2.exceptions.SecurityError("the template repeats a value beyond any prompt's length")
+        if op == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, type(left)) \
+                and len(left) + len(right) > MAX_RENDERED_CHARS:
+            raise jinja2.exceptions.SecurityError("the template builds a value beyond any prompt's length")
+        return {"*": operator.mul, "**": operator.pow, "+": operator.add}[op](left, right)
 
 
 def check_message(message) -> None:
@@ -41,18 +73,21 @@ class ChatTokenizer:
 
     def __init__(self, folder):
         folder = Path(folder)
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        config_path = folder / "tokenizer_config.json"
+        self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_JSON))
+        config_path = folder / TOKENIZER_CONFIG
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         template = config.get("chat_template")
         if isinstance(template, list):  # [{name, template}, ...]
             template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
-        if (folder / "chat_template.jinja").is_file():
-            template = (folder / "chat_template.jinja").read_text()
-        environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        if (folder / CHAT_TEMPLATE).is_file():
+            template = (folder / CHAT_TEMPLATE).read_text()
+        environment = BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
         environment.globals["raise_exception"] = _raise
         self.template = environment.from_string(template or FALLBACK_TEMPLATE)
         self.special = {"bos_token": _token_text(config.get("bos_token")), "eos_token": _token_text(config.get("eos_token"))}
+        self.control_tokens = [t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special]
+        self.text_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+        self.text_tokenizer.encode_special_tokens = True  # control-token strings in text stay text
 
     def render(self, messages) -> str:
         """Messages (a string, or a list of {role, content}) -> prompt text ending in the assistant tag."""
@@ -60,13 +95,56 @@ class ChatTokenizer:
             messages = [{"role": "user", "content": messages}]
         for message in messages:
             check_message(message)
+        return self._render(messages)
+
+    def _render(self, messages) -> str:
         try:
-            return self.template.render(messages=messages, add_generation_prompt=True, **self.special)
+            pieces, size = [], 0
+            for piece in self.template.generate(messages=messages, add_generation_prompt=True, **self.special):
+                size += len(piece)
+                if size > MAX_RENDERED_CHARS:
+                    raise jinja2.exceptions.SecurityError("the template writes more than any prompt holds")
+                pieces.append(piece)
+            return "".join(pieces)
         except jinja2.exceptions.TemplateError as error:
             raise Phi4MMError(f"the chat template rejected the messages: {error}") from None
+        except (TypeError, ValueError, OverflowError, MemoryError, RecursionError) as error:
+            raise Phi4MMError(f"the chat template failed ({type(error).__name__}: {error}): check the artifact's "
+                              f"chat template") from None
+
+    def render_parts(self, messages) -> list[tuple[str, bool]]:
+        """The rendered prompt as (text, is_message_text) parts in order: the template's own text
+        (control tokens allowed) and each message's text (encoded as text only)."""
+        for message in messages:
+            check_message(message)
+        stand_ins = [{**m, "content": SENTINEL.format(i)} for i, m in enumerate(messages)]
+        rendered = self._render(stand_ins)
+        parts, rest = [], rendered
+        for i, message in enumerate(messages):
+            before, found, rest = rest.partition(SENTINEL.format(i))
+            if not found or SENTINEL.format(i) in rest:
+                return self._unsplit(messages)
+            parts += [(before, False), (message["content"], True)]
+        return [*parts, (rest, False)]
+
+    def _unsplit(self, messages) -> list[tuple[str, bool]]:
+        # The template rewrites or repeats message texts, so they cannot be told apart in its
+        # output: that is only safe when no message spells a control token.
+        for message in messages:
+            spelled = next((t for t in self.control_tokens if t in message["content"]), None)
+            if spelled:
+                raise Phi4MMError(f"a {message['role']} message contains the control token {spelled!r}, and this "
+                                  f"artifact's chat template changes message text, so it cannot be kept as text: "
+                                  f"remove it from the message")
+        return [(self._render(messages), False)]
 
     def encode(self, text: str) -> list[int]:
+        """Ids of template text: control-token strings become control tokens."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of message text: control-token strings are encoded as ordinary text."""
+        return self.text_tokenizer.encode(text, add_special_tokens=False).ids
 
     def token_string(self, token_id: int) -> str:
         """The vocabulary entry of one id, e.g. '<|endoftext10|>' for the image placeholder."""
