@@ -127,3 +127,24 @@ def test_a_failure_inside_the_model_ends_the_stream_with_an_error_event():
     events = [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("event: ")]
     assert events == ["piece", "error"]
     assert "the server failed to answer (RuntimeError" in text
+
+
+def test_ctrl_c_stops_a_server_started_with_sigint_ignored(artifacts):
+    """A background job's children start with SIGINT ignored; serve must still stop on Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "phi4mm_edge.cli", "serve", str(artifacts["int4"]), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        for line in process.stdout:
+            if "Ctrl+C" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) is not None
+    finally:
+        process.kill()

@@ -220,3 +220,28 @@ def test_bad_options_are_clear_errors(artifacts, tmp_path):
     unwritable = phi4mm_edge("transcribe", artifacts["int4"], "--input", tmp_path / "nope.wav",
                              "--output", tmp_path / "no-such-dir" / "t.txt", check=False)
     assert unwritable.returncode == 2 and "cannot write the transcript" in unwritable.stderr
+
+
+def test_a_missing_microphone_is_said_before_the_model_loads(artifacts, monkeypatch, capsys):
+    """No sounddevice (or no input device): transcribe says so first, not after loading the model
+    and announcing that it listens; chat's /rec likewise says it before 'recording ...'."""
+    from phi4mm_edge.apps.chat import Conversation, attach
+    from phi4mm_edge.cli import main
+
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails: not installed
+    assert main(["transcribe", str(artifacts["int4"])]) == 2
+    captured = capsys.readouterr()
+    assert "recording needs sounddevice" in captured.err and "loaded" not in captured.out
+    try:
+        attach(Conversation(), "/rec", "2", "0")
+    except Exception as error:  # noqa: BLE001  the Phi4MMError chat prints
+        assert "recording needs sounddevice" in str(error)
+    assert "recording 2 s" not in capsys.readouterr().out
+
+    def no_device(**settings):
+        raise RuntimeError("Error querying device -1")
+
+    monkeypatch.setitem(sys.modules, "sounddevice", types.SimpleNamespace(InputStream=None, check_input_settings=no_device))
+    assert main(["transcribe", str(artifacts["int4"])]) == 2
+    captured = capsys.readouterr()
+    assert "cannot record from the default microphone" in captured.err and "loaded" not in captured.out
