@@ -140,12 +140,15 @@ def read_bandwidth(repeats: int, threads: int | None = None) -> list[float]:
 def roofline(model: Phi4MMEdge, decode: dict, repeats: int) -> dict:
     """Decode tokens/s as a fraction of bandwidth / bytes read per token. A token reads every
     decoder weight and the whole lm_head table (the embedding lookup reads one row), plus the
-    active adapter's tensors (held as fp32 in memory whatever their file precision)."""
+    active adapter's weights: a built-in adapter's constants as stored, a bound one's fp32 tensors."""
     files = model.manifest.files
     base = files["decoder.onnx.data"].size + files["embed_tokens.onnx.data"].size
     adapter_bytes = {"none": 0}
     for name, tensors in model.adapters.tensors.items():
-        if name != "none":
+        entry = model.manifest.adapters.get(name)
+        if entry is not None and entry.graph_index:  # built in: its int4/int8 constants, as stored
+            adapter_bytes[name] = files[entry.file].size
+        elif name != "none":  # bound as inputs: fp32 in memory
             adapter_bytes[name] = sum(int(np.prod(v.shape())) * 4 for v in tensors.values())
     bandwidth = summary(read_bandwidth(repeats))
     out = {"read_bandwidth_gb_s": bandwidth, "per_adapter": {}}

@@ -14,17 +14,19 @@ from ..manifest import (FORMAT_NAME, MANIFEST, AdapterEntry, AudioEntry, Graphs,
                         file_entry, write_manifest)
 from ..errors import Phi4MMError
 from .adapters import ADAPTER_DTYPES, write_adapter
+from .graph_adapters import write_in_graph_adapter
 from .audio_encoder import build_audio_encoder
 from .checkpoint import Checkpoint
 from .embedding import build_embedding, tied_lm_head, untied_lm_head, write_token_table
 from .graph_blocks import Precision
 from .onnx_graph import ExternalData, Graph
-from .text_decoder import build_decoder
+from .text_decoder import LORA_MODULES, build_decoder
 from .vision_encoder import build_vision_encoder
 
 # Tokenizer and chat-template files copied next to the graphs when the checkpoint has them.
 TOKENIZER_FILES = artifact.TOKENIZER_FILES + ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
                                                "chat_template.json", "preprocessor_config.json")
+IN_GRAPH = {"int4": 4, "int8": 8}  # the adapters as constants in the decoder graph (graph_adapters.py), by bits
 MAX_CROPS = 36  # the processor's dynamic_hd when preprocessor_config.json does not say
 SAMPLE_RATE = 16000  # the feature extractor's sampling_rate when preprocessor_config.json does not say
 IMAGE_MEAN = IMAGE_STD = 0.5  # the processor normalizes each channel to [-1, 1]
@@ -56,10 +58,12 @@ def write_graph(out: Path, file_name: str, build):
 def external_data_files(graph_path: Path) -> list[str]:
     """The files a saved graph's initializers point at (its weights outside the .onnx file)."""
     model = onnx.load(str(graph_path), load_external_data=False)
-    files = set()
-    for graph in [model.graph, *(a.g for n in model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)]:
+    files, graphs = set(), [model.graph]
+    while graphs:  # the graph and every subgraph, however deeply nested (If branches)
+        graph = graphs.pop()
         for tensor in graph.initializer:
             files.update(e.value for e in tensor.external_data if e.key == "location")
+        graphs += [a.g for node in graph.node for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
     return sorted(files)
 
 
@@ -94,7 +98,7 @@ def prepare_output_folder(out: Path, force: bool) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_precision: str = "fp32",
+def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_precision: str = "auto",
            show_progress: bool = True, prefill: str = "int4", force: bool = False) -> Manifest:
     """Export a checkpoint. `prefill="int8"` adds decoder_prefill.onnx: the decoder with 7-bit
     per-channel weights (quant/int8.py), for ~2x faster prompts at ~1.9x the decoder's bytes.
@@ -104,8 +108,10 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         raise Phi4MMError(f"prefill {prefill!r} is not int4 or int8")
     if prefill == "int8" and not precision.is_int4:
         raise Phi4MMError("--prefill int8 pairs with an int4 decoder: an fp32 export already runs prompts in fp32")
-    if adapter_precision not in ADAPTER_DTYPES:
-        raise Phi4MMError(f"adapter precision {adapter_precision!r} is not one of {sorted(ADAPTER_DTYPES)}")
+    if adapter_precision == "auto":  # the adapters follow the base: int4 in the graph, or fp32 files
+        adapter_precision = "int4" if precision.is_int4 else "fp32"
+    if adapter_precision not in (*IN_GRAPH, *ADAPTER_DTYPES):
+        raise Phi4MMError(f"adapter precision {adapter_precision!r} is not one of {[*IN_GRAPH, *sorted(ADAPTER_DTYPES)]}")
     if precision.weights not in ("int4", "fp32"):
         raise Phi4MMError(f"precision {precision.weights!r} is not int4 or fp32")
     started = time.perf_counter()
@@ -124,18 +130,26 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         bar.set_postfix_str(label)
         bar.update(1)
 
+    # Built-in adapters are written first: the decode and int8 prefill graphs both name their bytes.
+    in_graph = []
+    if adapter_precision in IN_GRAPH:
+        for index, name in enumerate(adapters, start=1):
+            in_graph.append(write_in_graph_adapter(out, ckpt.lora(name), index, precision, LORA_MODULES, IN_GRAPH[adapter_precision]))
+            step(f"{name} adapter")
+
     shared = ExternalData(out / "embed_tokens.onnx.data")
     table = write_token_table(ckpt, shared, precision)
     step("token table")
 
     write_graph(out, artifact.EMBEDDING_GRAPH, lambda g: build_embedding(g, text, table))
     lm_head = tied_lm_head(table) if text.tie_word_embeddings else untied_lm_head(ckpt, precision)
-    write_graph(out, artifact.DECODER_GRAPH, lambda g: build_decoder(ckpt, g, precision, lm_head, progress=step))
+    write_graph(out, artifact.DECODER_GRAPH, lambda g: build_decoder(ckpt, g, precision, lm_head, progress=step, adapters=in_graph))
     graphs = Graphs(embedding=artifact.EMBEDDING_GRAPH, decoder=artifact.DECODER_GRAPH)
     if prefill == "int8":
         # The decoder with int8 linears; its lm_head still reads the int4 table (one row per prompt).
         write_graph(out, artifact.PREFILL_INT8_GRAPH,
-                    lambda g: build_decoder(ckpt, g, replace(precision, weights="int8"), lm_head, progress=step))
+                    lambda g: build_decoder(ckpt, g, replace(precision, weights="int8"), lm_head, progress=step,
+                                            adapters=in_graph))
         graphs = replace(graphs, prefill_int8=artifact.PREFILL_INT8_GRAPH)
     shared.close()
     step("lm_head")
@@ -155,8 +169,9 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
                                  compression_rate=config.time_reduction, encoder=asdict(config))
         step("audio")
 
-    adapter_entries = {}
-    for name in adapters:
+    adapter_entries = {a.name: AdapterEntry(file=a.file, rank=a.rank, alpha=a.alpha, scale=a.scale, precision=adapter_precision,
+                                            graph_index=a.index) for a in in_graph}
+    for name in adapters if not in_graph else []:
         lora = ckpt.lora(name)
         file_name = f"{name}{artifact.ADAPTER_SUFFIX}"
         write_adapter(out / file_name, lora, adapter_precision)

@@ -61,13 +61,14 @@ def int4_initializers(data: ExternalData, name: str, quantized: int4.Int4Weight)
     return protos
 
 
-def matmul_nbits(graph: Graph, x: str, protos, quantized: int4.Int4Weight, precision: Precision, name: str) -> str:
-    """x W^T for an int4 W whose initializers `protos` are already written."""
+def matmul_nbits(graph: Graph, x: str, protos, quantized, precision: Precision, name: str) -> str:
+    """x W^T for a block-quantized W (4 bits, or `quantized.bits`) whose initializers `protos` are
+    already written."""
     names = [graph.add_initializer(p) for p in protos]
     n, k = quantized.shape
     return graph.op(
         "MatMulNBits", [x, *names], domain=MS_DOMAIN, name=name,
-        K=k, N=n, bits=4, block_size=quantized.block_size, accuracy_level=precision.accuracy_level,
+        K=k, N=n, bits=getattr(quantized, "bits", 4), block_size=quantized.block_size, accuracy_level=precision.accuracy_level,
     )
 
 

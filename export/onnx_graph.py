@@ -179,10 +179,15 @@ class Graph:
         child._constants = dict(self._constants)  # outer-scope constants are visible in the branch
         return child
 
-    def subgraph(self, child: "Graph", outputs: list[str]):
-        """Close a branch (float outputs): its initializers move to this (outer) graph, which the subgraph can see."""
-        self.initializers.extend(child.initializers)
-        return helper.make_graph(child.nodes, child.name, [], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs])
+    def subgraph(self, child: "Graph", outputs: list[str], keep_initializers: bool = False):
+        """Close a branch (float outputs). Its initializers move to this (outer) graph, which the
+        subgraph can see; with `keep_initializers` they stay in the branch (where ONNX Runtime
+        prepacks them with the branch's kernels)."""
+        if not keep_initializers:
+            self.initializers.extend(child.initializers)
+        self._counter = max(self._counter, child._counter)
+        return helper.make_graph(child.nodes, child.name, [], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+                                 child.initializers if keep_initializers else [])
 
     def save(self, path: Path) -> None:
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)

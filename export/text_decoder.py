@@ -3,7 +3,8 @@
 Inputs: inputs_embeds [batch, seq, hidden], attention_mask [batch, total] (int64; total = past +
 seq), past_key_values.N.{key,value} [batch, kv_heads, cache, head_dim], and for every LoRA
 target `lora.layers.N.<module>.A` [in, rank] / `.B` [rank, out] (rank 0 = no adapter).
-logits_to_keep [1] says how many of the last positions get logits.
+With built-in adapters (graph_adapters.py), `adapter_index` [] picks one (1, 2, ...) or the
+A/B inputs (0). logits_to_keep [1] says how many of the last positions get logits.
 Outputs: logits [batch, logits_to_keep, vocab] and present.N.{key,value}. Attention is ONNX Runtime's
 GroupQueryAttention: past and present may share one buffer of the maximum length.
 """
@@ -15,7 +16,8 @@ from onnx import TensorProto
 
 from ..artifact import lora_input_name, past_key_name, past_value_name, present_key_name, present_value_name
 from .checkpoint import Checkpoint, TextConfig, Weights
-from .graph_blocks import Builder, Precision, linear, lora_branch, rms_norm, swish
+from .graph_adapters import InGraphAdapter
+from .graph_blocks import Builder, Precision, linear, lora_branch, matmul_nbits, rms_norm, swish
 from .onnx_graph import MS_DOMAIN, Graph
 
 LORA_MODULES = {"self_attn.qkv_proj": "qkv_proj", "self_attn.o_proj": "o_proj",
@@ -28,6 +30,8 @@ class DecoderBuilder(Builder):
     """The decoder graph being built, its precision, and the language model's sizes."""
 
     text: TextConfig
+    adapters: tuple[InGraphAdapter, ...] = ()  # built-in adapters, in adapter_index order
+    adapter_conditions: tuple[str, ...] = ()  # (adapter_index > 0, adapter_index == 1, == 2, ...)
 
 
 @dataclass(frozen=True)
@@ -63,13 +67,46 @@ def rotary_tables(graph: Graph, text: TextConfig, total_length: str) -> tuple[st
 
 
 def lora_linear(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, target: str) -> str:
-    """A LoRA target linear: the base weight plus the adapter's low-rank branch, whose A and B
-    are graph inputs."""
+    """A LoRA target linear: the base weight plus the active adapter's low-rank term."""
     graph, module = decoder.graph, LORA_MODULES[target]
     out_features, in_features = weights.shape(f"{target}.weight")
     a = graph.input(lora_input_name(layer, module, "A"), TensorProto.FLOAT, [in_features, "lora_rank"])
     b = graph.input(lora_input_name(layer, module, "B"), TensorProto.FLOAT, ["lora_rank", out_features])
-    return graph.add(linear(decoder, x, weights.scope(f"{target}.")), lora_branch(graph, x, a, b))
+    base = linear(decoder, x, weights.scope(f"{target}."))
+    if not decoder.adapters:
+        return graph.add(base, lora_branch(graph, x, a, b))
+    name = f"layers.{layer}.{module}.lora"
+    inputs_branch = graph.branch(f"{name}.inputs")
+    from_inputs = inputs_branch.op("Identity", [lora_branch(inputs_branch, x, a, b)], outputs=[f"{name}.from_inputs"])
+    lora = graph.op("If", [decoder.adapter_conditions[0]], outputs=[f"{name}"], name=f"{name}.choose",
+                    then_branch=built_in_lora(decoder, graph, x, layer, target, list(decoder.adapters)),
+                    else_branch=graph.subgraph(inputs_branch, [from_inputs]))
+    return graph.add(base, lora)
+
+
+def built_in_lora(decoder: DecoderBuilder, parent: Graph, x: str, layer: int, target: str, adapters: list) -> object:
+    """The subgraph computing x · A · B for the built-in adapter adapter_index names: the first of
+    `adapters` when its condition holds, else the rest (the last one needs no test)."""
+    adapter, name = adapters[0], f"layers.{layer}.{LORA_MODULES[target]}.lora.{adapters[0].name}"
+    branch = parent.branch(name)
+    stored_a, stored_b = adapter.weights[(layer, target)]
+    xa = matmul_nbits(branch, x, [copy_proto(p) for p in stored_a.protos], stored_a, decoder.precision, f"{name}.A")
+    out = branch.op("Identity", [matmul_nbits(branch, xa, [copy_proto(p) for p in stored_b.protos], stored_b,
+                                              decoder.precision, f"{name}.B")], outputs=[f"{name}.out"])
+    this = parent.subgraph(branch, [out], keep_initializers=True)  # prepacked with the branch's kernels
+    if len(adapters) == 1:
+        return this
+    chooser = parent.branch(f"{name}.or_next")
+    chosen = chooser.op("If", [decoder.adapter_conditions[adapter.index]], outputs=[f"{name}.chosen"],
+                        then_branch=this, else_branch=built_in_lora(decoder, chooser, x, layer, target, adapters[1:]))
+    return parent.subgraph(chooser, [chosen], keep_initializers=True)
+
+
+def copy_proto(proto):
+    """Each graph (and branch) holds its own TensorProto naming the same external bytes."""
+    copy = type(proto)()
+    copy.CopyFrom(proto)
+    return copy
 
 
 def attention(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, sequence: SequenceTensors) -> str:
@@ -104,11 +141,18 @@ def decoder_layer(decoder: DecoderBuilder, x: str, layer: int, weights: Weights,
     return graph.add(x, mlp(decoder, rms_norm(graph, x, weights.scope("post_attention_layernorm."), eps), layer, weights))
 
 
-def build_decoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, lm_head, progress=None) -> None:
+def build_decoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, lm_head, progress=None,
+                  adapters: tuple[InGraphAdapter, ...] = ()) -> None:
     """Fill `graph` with the decoder. `lm_head(graph, hidden)` emits the output projection (it may
-    share the embedding table's weights) and returns the logits name."""
+    share the embedding table's weights) and returns the logits name. `adapters` are built in as
+    int4 constants, chosen by the `adapter_index` input."""
     text = checkpoint.text
-    decoder = DecoderBuilder(graph, precision, text)
+    conditions = ()
+    if adapters:
+        index = graph.input("adapter_index", TensorProto.INT64, [])
+        conditions = (graph.op("Greater", [index, graph.ints(0)], name="adapter_is_built_in"),
+                      *(graph.op("Equal", [index, graph.ints(a.index)], name=f"adapter_is_{a.name}") for a in adapters))
+    decoder = DecoderBuilder(graph, precision, text, tuple(adapters), conditions)
     x = graph.input("inputs_embeds", TensorProto.FLOAT, ["batch", "sequence", text.hidden_size])
     mask = graph.input("attention_mask", TensorProto.INT64, ["batch", "total_sequence"])
     # GroupQueryAttention wants per-row (valid length - 1) and the padded total length, int32.

@@ -132,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asymmetric", action="store_true", help="int4 with per-block zero points")
     p.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4,
                    help="MatMulNBits accuracy level; 4 = int8 activations on CPU (fastest)")
-    p.add_argument("--adapter-precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--adapter-precision", choices=["auto", "int4", "int8", "fp32", "fp16"], default="auto",
+                   help="int4/int8: the adapters as constants in the decoder graph, each in its own .lora.data file "
+                        "(the fast path); fp32/fp16: .onnx_adapter files bound as inputs; auto: int4 with an int4 "
+                        "base, else fp32")
     p.add_argument("--prefill", choices=["int4", "int8"], default="int4",
                    help="int8: also write decoder_prefill.onnx (int8 copy of the decoder linears, ~2x the int4 "
                         "decoder's bytes on disk and in RAM) for ~2x faster prompts on AVX2/ARM-dotprod CPUs")

@@ -16,7 +16,7 @@ from .artifact import sha256_of
 from .errors import Phi4MMError
 
 FORMAT_NAME = "phi4mm-edge-artifact"
-FORMAT_VERSION = 3  # 3: typed manifest, the audio encoder's graph is audio.onnx, entry "audio"
+FORMAT_VERSION = 4  # 3: typed manifest, audio.onnx; 4: adapters as int4 constants in the decoder graph
 MANIFEST = "manifest.json"
 
 
@@ -102,11 +102,16 @@ class AudioEntry:
 
 @dataclass(frozen=True)
 class AdapterEntry:
+    """One adapter, in its own file: int4 constants the decoder graph reads (`graph_index` > 0,
+    the value of its `adapter_index` input), or an AdapterFormat file of fp32/fp16 A and B that
+    the runtime binds to the decoder's LoRA inputs (`graph_index` 0)."""
+
     file: str
     rank: int
     alpha: float
-    scale: float  # alpha / rank, already folded into the file's B matrices
-    precision: str
+    scale: float  # alpha / rank, already folded into B
+    precision: str  # "int4" (in the graph), "fp32" or "fp16" (bound as inputs)
+    graph_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,7 @@ class Manifest:
 POSITIVE = {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
             "rotary_dim", "original_max_position_embeddings", "max_position_embeddings", "crop_size", "patch_size",
             "max_crops", "sample_rate", "mel_bins", "compression_rate", "rank", "block_size", "rope_theta", "std"}
-NON_NEGATIVE = {"size", "accuracy_level", "export_seconds", "rms_norm_eps", "bos_token_id", "pad_token_id",
+NON_NEGATIVE = {"size", "graph_index", "accuracy_level", "export_seconds", "rms_norm_eps", "bos_token_id", "pad_token_id",
                 "image_token_id", "audio_token_id"}
 # Bounds far above the real model (vocab 200064, hidden 3072, 131072 positions) that keep a
 # tampered manifest from asking for absurd buffers.

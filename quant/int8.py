@@ -40,3 +40,36 @@ def quantize_columns(weight: np.ndarray) -> Int8Columns:
     scales = np.where(peak == 0, 1.0, peak / LIMIT).astype(np.float32)
     q = np.clip(np.rint(weight / scales[:, None]), -LIMIT, LIMIT).astype(np.int8)
     return Int8Columns(np.ascontiguousarray(q.T), scales)
+
+
+BLOCK_ZERO_POINT = 128  # MatMulNBits' default zero point at 8 bits: q - 128 spans [-127, 127]
+
+
+@dataclass
+class Int8Blocks:
+    """An [N, K] weight as MatMulNBits' 8-bit blocks along K: q [N, k_blocks, block_size] uint8,
+    one scale per block, W ~= (q - 128) * scale."""
+
+    packed: np.ndarray
+    scales: np.ndarray  # float32 [N, k_blocks]
+    shape: tuple[int, int]
+    block_size: int
+    zero_points = None  # symmetric: the default zero point
+    bits = 8
+
+    def dequantize(self) -> np.ndarray:
+        n, k = self.shape
+        return ((self.packed.astype(np.float32) - BLOCK_ZERO_POINT) * self.scales[..., None]).reshape(n, -1)[:, :k]
+
+
+def quantize_blocks(weight: np.ndarray, block_size: int) -> Int8Blocks:
+    """Symmetric 8-bit blocks of `block_size` along K (K padded with zeros to whole blocks)."""
+    n, k = weight.shape
+    k_blocks = -(-k // block_size)
+    blocks = np.zeros((n, k_blocks * block_size), np.float32)
+    blocks[:, :k] = weight
+    blocks = blocks.reshape(n, k_blocks, block_size)
+    peak = np.abs(blocks).max(axis=-1)
+    scales = np.where(peak == 0, 1.0, peak / 127).astype(np.float32)
+    q = np.clip(np.rint(blocks / scales[..., None]), -127, 127) + BLOCK_ZERO_POINT
+    return Int8Blocks(q.astype(np.uint8), scales, (n, k), block_size)

@@ -1,9 +1,13 @@
-"""The LoRA adapters of an artifact, loaded once and bound to the decoder's inputs per request.
+"""The LoRA adapters of an artifact, chosen per request by binding decoder inputs.
 
-The adapter tensors are ordinary decoder inputs (`lora.layers.N.<module>.A` / `.B`), so a
-request activates an adapter by binding its tensors; "none" binds rank-0 tensors. Switching is
-a few hundred pointer bindings: no reload, no new session. (ONNX Runtime's own adapter API is
-not used: it does not apply under IOBinding and DirectML rejects it.)
+Two kinds, one switch:
+- built-in adapters are int4 constants inside the decoder graph (export/graph_adapters.py): the
+  request binds their `adapter_index`; nothing is loaded here, each stays in its own file;
+- adapter files (`.onnx_adapter`, fp32/fp16 A and B; a user's own LoRA) are loaded once and their
+  tensors bound to the decoder's LoRA inputs (`lora.layers.N.<module>.A` / `.B`) with
+  `adapter_index` 0; "none" binds rank-0 tensors there.
+Switching is a few hundred pointer bindings: no reload, no new session. (ONNX Runtime's own
+adapter API is not used: it does not apply under IOBinding and DirectML rejects it.)
 """
 
 from pathlib import Path
@@ -16,6 +20,7 @@ from ..manifest import AdapterEntry
 from ..errors import Phi4MMError
 
 AUTO = "auto"  # the adapter follows the request's media, as the model was trained
+ADAPTER_INDEX = "adapter_index"  # the decoder input choosing a built-in adapter (0: the LoRA inputs)
 # A LoRA's A and B (alpha/r folded in) hold values of order 0.01-1; anything this large is not a
 # trained adapter, and fp32 activations times it overflow to inf and then NaN logits.
 MAX_LORA_VALUE = 1e3
@@ -38,17 +43,31 @@ class AdapterSet:
     none = NO_ADAPTER
 
     def __init__(self, folder: Path, manifest_adapters: dict[str, AdapterEntry], decoder: ort.InferenceSession):
+        names = {i.name for i in decoder.get_inputs()}
         self.inputs = {i.name: i.shape for i in decoder.get_inputs() if i.name.startswith(LORA_INPUT_PREFIX)}
+        self.has_index = ADAPTER_INDEX in names
         self.tensors = {NO_ADAPTER: self._rank_zero()}
         self.ranks = {NO_ADAPTER: 0}
+        self.graph_index = {NO_ADAPTER: 0}
+        self._index_values = {0: np.array(0, np.int64)}
         for name, entry in manifest_adapters.items():
-            # The artifact's own adapters are sha256-verified copies of what export checked.
-            self.add(name, Path(folder) / entry.file, check_values=False)
+            if entry.graph_index:
+                if not self.has_index:
+                    raise Phi4MMError(f"adapter {name!r} is built into the decoder graph, whose inputs have no "
+                                      f"{ADAPTER_INDEX}: re-export the artifact")
+                self.tensors[name], self.ranks[name] = self.tensors[NO_ADAPTER], entry.rank
+                self.graph_index[name] = entry.graph_index
+                self._index_values[entry.graph_index] = np.array(entry.graph_index, np.int64)
+            else:
+                # The artifact's own adapters are sha256-verified copies of what export checked.
+                self.add(name, Path(folder) / entry.file, check_values=False)
 
     def add(self, name: str, path: Path, check_values: bool = True) -> None:
         """Load an adapter file under `name`: its names, shapes and types must fit the decoder's
-        inputs, and (`check_values`) every value must be finite and of a LoRA's size."""
+        inputs, and (`check_values`) every value must be finite and of a LoRA's size. It runs
+        through the decoder's fp32 LoRA inputs (the built-in adapters' int4 path is fixed at export)."""
         self.tensors[name], self.ranks[name] = self._load(Path(path), check_values)
+        self.graph_index[name] = 0
 
     def names(self) -> list[str]:
         return list(self.tensors)
@@ -106,3 +125,5 @@ class AdapterSet:
         self.check(adapter)
         for name, value in self.tensors[adapter].items():
             binding.bind_ortvalue_input(name, value)
+        if self.has_index:
+            binding.bind_cpu_input(ADAPTER_INDEX, self._index_values[self.graph_index[adapter]])

@@ -13,6 +13,7 @@ features), choose the adapter (adapters.py), run the token loop (token_loop.py) 
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -71,18 +72,28 @@ class Phi4MMEdge:
         options = session_options or default_session_options(threads)
         graphs = manifest.graphs
         precision = choose_prefill_precision(prefill, graphs.prefill_int8 is not None)
-        decoder_session = open_session(folder / graphs.decoder, options, provider)
+        # The sessions are created side by side: ONNX Runtime releases the GIL while it reads and
+        # prepacks, and the decoder's prepacking (seconds at full size) keeps one core busy alone.
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="phi4mm-load") as pool:
+            def opening(graph):
+                return pool.submit(open_session, folder / graph, options, provider)
+
+            pending = {"decoder": opening(graphs.decoder), "embedding": opening(graphs.embedding)}
+            if precision == "int8":
+                pending["prompt_int8"] = opening(graphs.prefill_int8)
+            vision = pool.submit(VisionEncoder, folder, manifest.vision, options, provider) if manifest.vision else None
+            audio = pool.submit(AudioEncoder, folder, manifest.audio, options, provider, max_audio_seconds) if manifest.audio else None
+            sessions = {name: future.result() for name, future in pending.items()}
+            vision, audio = vision and vision.result(), audio and audio.result()
         decoder = Decoder(
             manifest.model,
-            embedding=open_session(folder / graphs.embedding, options, provider),
-            decoder=decoder_session,
-            adapters=AdapterSet(folder, manifest.adapters, decoder_session),
+            embedding=sessions["embedding"],
+            decoder=sessions["decoder"],
+            adapters=AdapterSet(folder, manifest.adapters, sessions["decoder"]),
             context_length=context_length,
-            prompt_int8=open_session(folder / graphs.prefill_int8, options, provider) if precision == "int8" else None,
+            prompt_int8=sessions.get("prompt_int8"),
             prefill_chunk=prefill_chunk,
         )
-        vision = VisionEncoder(folder, manifest.vision, options, provider) if manifest.vision else None
-        audio = AudioEncoder(folder, manifest.audio, options, provider, max_audio_seconds) if manifest.audio else None
         load_ms = (time.perf_counter() - started) * 1000
         return cls(folder, manifest, decoder, ChatTokenizer(folder), load_ms, vision, audio)
 

@@ -27,17 +27,20 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def artifacts(checkpoints, tmp_path_factory):
-    """Exports: fp32 of both layouts, int4 (accuracy level 4, what ships, with the int8 prefill
-    graph) and int4 at level 0."""
+    """Exports: fp32 of both layouts (fp32 adapters, bound as inputs), int4 as it ships (accuracy
+    level 4, int4 adapters in the graph, the int8 prefill graph), and at level 0 (fp32
+    activations) int4 with fp32 adapters and int4 with int4 adapters."""
     root = tmp_path_factory.mktemp("artifacts")
     made = {}
-    for name, layout, precision, prefill in (
-        ("fp32-native", "native", Precision(weights="fp32"), "int4"),
-        ("fp32-original", "original", Precision(weights="fp32"), "int4"),
-        ("int4", "native", Precision(weights="int4", block_size=32), "int8"),
-        ("int4-exact", "native", Precision(weights="int4", block_size=32, accuracy_level=0), "int4"),
+    for name, layout, precision, prefill, adapters in (
+        ("fp32-native", "native", Precision(weights="fp32"), "int4", "fp32"),
+        ("fp32-original", "original", Precision(weights="fp32"), "int4", "fp32"),
+        ("int4", "native", Precision(weights="int4", block_size=32), "int8", "int4"),
+        ("int4-exact", "native", Precision(weights="int4", block_size=32, accuracy_level=0), "int4", "fp32"),
+        ("int4-exact-lora", "native", Precision(weights="int4", block_size=32, accuracy_level=0), "int4", "int4"),
+        ("int4-exact-lora8", "native", Precision(weights="int4", block_size=32, accuracy_level=0), "int4", "int8"),
     ):
-        export(checkpoints[layout], root / name, precision, show_progress=False, prefill=prefill)
+        export(checkpoints[layout], root / name, precision, adapter_precision=adapters, show_progress=False, prefill=prefill)
         made[name] = root / name
     return made
 
@@ -85,23 +88,45 @@ def is_int4_exported(name: str) -> bool:
     return name in (VISION + "img_projection_up.weight", VISION + "img_projection_down.weight")
 
 
+def _dequantized(matrix: np.ndarray) -> np.ndarray:
+    from phi4mm_edge.quant import int4
+
+    return int4.dequantize(int4.quantize(matrix, 32, symmetric=True))
+
+
+def _dequantize_base(model):
+    import torch
+
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if is_int4_exported(name):
+                matrix = parameter.numpy().reshape(parameter.shape[0], -1)
+                parameter.copy_(torch.from_numpy(_dequantized(matrix).reshape(parameter.shape)))
+
+
 @pytest.fixture(scope="session")
 def int4_reference(checkpoints):
     """The reference with every int4-exported base weight replaced by its dequantized int4 value:
     the model our int4 artifact computes, up to activation rounding."""
+    return _reference(checkpoints["native"], _dequantize_base)
+
+
+@pytest.fixture(scope="session")
+def int4_lora_reference(checkpoints):
+    """The int4 reference whose LoRA A and B are their dequantized int4 values too, quantized as
+    export does: A as stored, B after the alpha / rank scale is folded in."""
     import torch
 
-    from phi4mm_edge.quant import int4
-
-    def dequantize_base(model):
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if is_int4_exported(name):
-                    matrix = parameter.numpy().reshape(parameter.shape[0], -1)
-                    q = int4.quantize(matrix, 32, symmetric=True)
-                    parameter.copy_(torch.from_numpy(int4.dequantize(q).reshape(parameter.shape)))
-
-    return _reference(checkpoints["native"], dequantize_base)
+    model = _reference(checkpoints["native"], _dequantize_base)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ".lora_A." in name:
+                parameter.copy_(torch.from_numpy(_dequantized(parameter.numpy())))
+            elif ".lora_B." in name:
+                adapter = name.split(".lora_B.")[1].split(".")[0]
+                scale = model.peft_config[adapter].lora_alpha / model.peft_config[adapter].r
+                parameter.copy_(torch.from_numpy(_dequantized(parameter.numpy() * scale) / scale))
+    return model
 
 
 def prompt_ids(count: int, seed: int = 1) -> np.ndarray:

@@ -26,7 +26,9 @@ def test_bench_quick_reports_every_figure(tmp_path):
     roof = results["roofline"]
     assert roof["read_bandwidth_gb_s"]["median"] > 0.1
     per_token = {a: r["bytes_per_token"] for a, r in roof["per_adapter"].items()}
-    assert per_token["vision"] > per_token["none"] and per_token["speech"] > per_token["vision"]  # speech has the larger rank
+    # The built-in int4 adapters' bytes: speech has the larger rank (at the tiny ranks, 8 and 12, both
+    # pad B's rank dimension to one 32-wide block, so the two files can round to the same size).
+    assert per_token["vision"] > per_token["none"] and per_token["speech"] >= per_token["vision"]
 
 
 def test_genai_peer_checkpoint_is_the_same_text_model(checkpoints, reference, tmp_path):

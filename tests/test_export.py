@@ -16,7 +16,7 @@ GRAPH_FILES = ("embedding.onnx", "decoder.onnx", "embed_tokens.onnx.data", "deco
 def test_artifact_layout_and_manifest(artifacts):
     folder = artifacts["int4"]
     manifest = json.loads((folder / "manifest.json").read_text())
-    for name in ("embedding.onnx", "decoder.onnx", "vision.onnx_adapter", "speech.onnx_adapter",
+    for name in ("embedding.onnx", "decoder.onnx", "vision.lora.data", "speech.lora.data",
                  "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (folder / name).is_file(), name
     on_disk = {p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} - {"manifest.json"}
@@ -26,7 +26,7 @@ def test_artifact_layout_and_manifest(artifacts):
         assert entry["sha256"] == sha256_of(folder / name)
     assert manifest["adapters"]["vision"]["rank"] != manifest["adapters"]["speech"]["rank"]
     assert manifest["model"]["num_kv_heads"] < manifest["model"]["num_heads"]
-    assert manifest["precision"] == {"weights": "int4", "block_size": 32, "symmetric": True, "accuracy_level": 4, "adapters": "fp32"}
+    assert manifest["precision"] == {"weights": "int4", "block_size": 32, "symmetric": True, "accuracy_level": 4, "adapters": "int4"}
     assert len(manifest["source"]["config_sha256"]) == 64
 
 
@@ -136,4 +136,4 @@ def test_adapter_folder_from_another_model(broken_copy, tmp_path):
 
 def test_bad_options(checkpoints, tmp_path):
     with pytest.raises(Phi4MMError, match="adapter precision"):
-        export(checkpoints["native"], tmp_path / "out", adapter_precision="int8", show_progress=False)
+        export(checkpoints["native"], tmp_path / "out", adapter_precision="int3", show_progress=False)

@@ -139,7 +139,7 @@ def test_modified_artifact_is_refused(artifact_copy):
 def test_missing_or_truncated_artifact_files_are_refused(artifact_copy, tmp_path):
     with pytest.raises(Phi4MMError, match="does not exist"):
         Phi4MMEdge.load(tmp_path / "nowhere")
-    (artifact_copy / "speech.onnx_adapter").write_bytes(b"")
+    (artifact_copy / "speech.lora.data").write_bytes(b"")
     with pytest.raises(Phi4MMError, match="truncated or was replaced"):
         Phi4MMEdge.load(artifact_copy)
     (artifact_copy / "decoder.onnx").unlink()
@@ -155,13 +155,14 @@ def test_adapter_file_from_another_model_is_refused(artifacts, tmp_path):
 
     config = tiny_config()
     config["intermediate_size"] = 256  # same names, other shapes
-    other = export(write_reference(tmp_path / "ckpt", config=config), tmp_path / "other", show_progress=False)
+    other = export(write_reference(tmp_path / "ckpt", config=config), tmp_path / "other", adapter_precision="fp32",
+                   show_progress=False)
     assert other.adapters
     model = Phi4MMEdge.load(artifacts["int4"])
     with pytest.raises(Phi4MMError, match="the adapter is from another model"):
         model.load_adapter("custom", tmp_path / "other" / "speech.onnx_adapter")
     # Same shapes, wrong names: e.g. an adapter exported for another graph.
-    parameters = ort.AdapterFormat.read_adapter(str(artifacts["int4"] / "speech.onnx_adapter")).get_parameters()
+    parameters = ort.AdapterFormat.read_adapter(str(artifacts["int4-exact"] / "speech.onnx_adapter")).get_parameters()
     renamed = ort.AdapterFormat()
     renamed.set_parameters({name.replace("lora.", "lora_"): value for name, value in parameters.items()})
     renamed.export_adapter(str(tmp_path / "renamed.onnx_adapter"))
@@ -172,13 +173,25 @@ def test_adapter_file_from_another_model_is_refused(artifacts, tmp_path):
 
 
 def test_custom_adapter_file_is_usable(artifacts):
-    model = Phi4MMEdge.load(artifacts["int4"])
-    model.load_adapter("my-speech", artifacts["int4"] / "speech.onnx_adapter")
+    # A user's adapter file runs through the decoder's fp32 LoRA inputs: on an artifact whose own
+    # adapters are fp32 files it computes exactly what the built-in one does.
+    model = Phi4MMEdge.load(artifacts["int4-exact"])
+    model.load_adapter("my-speech", artifacts["int4-exact"] / "speech.onnx_adapter")
     ids = prompt_ids(10)[0].tolist()
     ours = model.generate_from_ids(ids, max_new_tokens=6, adapter="my-speech")
     builtin = model.generate_from_ids(ids, max_new_tokens=6, adapter="speech")
     ours.text(), builtin.text()
     assert ours.result.token_ids == builtin.result.token_ids
+    # On an artifact with built-in int4 adapters it takes the same input path; its logits are the
+    # level-0 fp32-adapter artifact's up to the int4 base's activation rounding (~2%, see test_parity).
+    shipped = Phi4MMEdge.load(artifacts["int4"])
+    shipped.load_adapter("my-speech", artifacts["int4-exact"] / "speech.onnx_adapter")
+    logits = {}
+    for name, m in (("shipped", shipped), ("exact", model)):
+        m.decoder.activate("my-speech")
+        logits[name] = m.decoder.prefill(m.decoder.embed(prompt_ids(10)))[0]
+    error = np.linalg.norm(logits["shipped"] - logits["exact"]) / np.linalg.norm(logits["exact"])
+    assert error < 0.08
 
 
 def test_prompt_longer_than_the_context_is_refused(artifacts):

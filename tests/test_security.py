@@ -271,7 +271,7 @@ def served_answer(model, prompt: str, max_new_tokens: int) -> str:
     ("int32", "adapters are float32 or float16"),
 ])
 def test_a_poisoned_user_adapter_is_refused(artifacts, tmp_path, poison, message):
-    parameters = ort.AdapterFormat.read_adapter(str(artifacts["int4"] / "speech.onnx_adapter")).get_parameters()
+    parameters = ort.AdapterFormat.read_adapter(str(artifacts["int4-exact"] / "speech.onnx_adapter")).get_parameters()
     arrays = {name: value.numpy().copy() for name, value in parameters.items()}
     first = sorted(arrays)[0]
     if poison == "int32":
