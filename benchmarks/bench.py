@@ -181,6 +181,11 @@ def table(results: dict) -> str:
     for kernel, r in ceiling["kernels"].items():
         lines.append(f"{'GEMM ' + kernel:34} {'GFLOPS':>6} {r['layer_gflops']:10.1f}   (one decoder layer's linears, M={ceiling['rows']})")
     lines.append(f"{'peak RSS (load + runs, no probes)':34} {'MB':>6} {results['peak_rss_mb']:10.1f}")
+    own = results.get("own_process")
+    if own:
+        lines.append(f"{'one load, own process: load':34} {'s':>6} {own['load_s']:10.3g}   (warm: verified before)")
+        lines.append(f"{'one load, own process: peak RSS':34} {'MB':>6} {own['peak_rss_mb']:10.1f}   "
+                     f"(prompts to {max(map(int, own['ttft_s']))} tokens, decode with every adapter)")
     lines.append(f"{'artifact total':34} {'MB':>6} {sum(results['artifact_mb'].values()):10.1f}")
     lines += peer_lines(results)
     return "\n".join(lines)
@@ -196,7 +201,10 @@ def compare(results: dict, peer: dict) -> dict:
     if peer["decode_tokens_per_s"]:
         ratios["decode no adapter: ours / peer tok/s"] = (results["decode_tokens_per_s"]["none"]["median"]
                                                           / statistics.median(peer["decode_tokens_per_s"]))
-    # No RSS ratio: ours is the whole bench process (several loads, both prefill paths).
+    own = results.get("own_process")
+    if own:  # one load each, in its own process, on the same workload: like for like
+        ratios["warm load: ours / peer s"] = own["load_s"] / peer["load_s"]
+        ratios["one load's peak RSS, adapters included: ours / peer"] = own["peak_rss_mb"] / peer["peak_rss_mb"]
     if "artifact_mb" in peer:
         files = results["artifact_mb"]
         text = sum(v for k, v in files.items() if k.startswith(("decoder.", "embed")))
@@ -264,6 +272,8 @@ def main(args) -> dict:
     lengths = [int(n) for n in results["ttft_s"]]
     peers, failures = {}, {}
     runs = []
+    from .peers import run_peer
+
     if args.genai:
         from .peers import genai
 
@@ -279,6 +289,10 @@ def main(args) -> dict:
         except Phi4MMError as error:  # a peer that cannot run here is a finding, not a lost run
             failures[name] = str(error)
     results["peers"], results["peer_failures"] = peers, failures
+    try:  # ours again, in a process of its own, for the load and memory figures the peers give
+        results["own_process"] = run_peer("ours_run.py", [artifact, ",".join(map(str, lengths)), repeats, DECODE_TOKENS, threads])
+    except Phi4MMError as error:
+        failures["ours, own process"] = str(error)
     print(table(results))
     for name, error in failures.items():
         print(f"\n{name}: not measured: {error}")

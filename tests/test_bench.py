@@ -21,6 +21,8 @@ def test_bench_quick_reports_every_figure(tmp_path):
     assert set(results["vision_encoder_s"]) == {"1_tiles", "4_tiles"} and set(results["audio_encoder_s"]) == {"10s", "30s"}
     assert all(0 < s["min"] <= s["median"] <= s["max"] for s in spreads)
     assert results["adapter_swap_ms"]["n"] == 100
+    own = results["own_process"]  # one load in a fresh process: the figures compared with the peers'
+    assert 0 < own["load_s"] < 60 and own["peak_rss_mb"] > 50 and set(own["adapter_decode_tokens_per_s"]) == {"vision", "speech"}
     assert results["peak_rss_mb"] > 0 and results["artifact_mb"]["decoder.onnx.data"] > 0
     assert (tmp_path / "results" / "bench.png").stat().st_size > 10_000
     roof = results["roofline"]
