@@ -5,6 +5,7 @@ options."""
 import math
 import signal
 import sys
+import threading
 
 from ..errors import Phi4MMError
 from ..runtime import Phi4MMEdge
@@ -34,7 +35,18 @@ def load_model(args, status=None) -> Phi4MMEdge:
     print(f"loaded {args.artifact} in {model.load_ms:.0f} ms", file=status)
     if getattr(args, "random_weights", False):
         print(RANDOM_WEIGHTS_NOTE, file=status)
+    # The apps take images and audio: their encoders open in the background while the first
+    # request is being made (an error there is raised again, clearly, at first use). Not a daemon:
+    # the interpreter must not exit while ONNX Runtime is inside a session's creation (it aborts).
+    threading.Thread(target=_open_quietly, args=(model,), name="phi4mm-encoders").start()
     return model
+
+
+def _open_quietly(model: Phi4MMEdge) -> None:
+    try:
+        model.open_encoders()
+    except Phi4MMError:
+        pass
 
 
 def sampling_options(args) -> dict:

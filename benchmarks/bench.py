@@ -283,16 +283,26 @@ def main(args) -> dict:
 
         runs.append((f"pytorch-eager-{args.torch_dtype}", lambda: torch_eager(
             args.torch, lengths, repeats, DECODE_TOKENS, threads, args.torch_dtype, args.torch_python)))
-    for name, measure in runs:
+    # Ours again, in a process of its own, for the load and memory figures the peers give. With
+    # --rounds N the processes alternate (ours, then each peer) N times and medians are kept:
+    # load times drift by 20% from minute to minute on a shared host.
+    own_runs, peer_runs = [], {name: [] for name, _ in runs}
+    for _ in range(args.rounds):
         try:
-            peers[name] = measure()
-        except Phi4MMError as error:  # a peer that cannot run here is a finding, not a lost run
-            failures[name] = str(error)
+            own_runs.append(run_peer("ours_run.py", [artifact, ",".join(map(str, lengths)), repeats, DECODE_TOKENS, threads]))
+        except Phi4MMError as error:
+            failures["ours, own process"] = str(error)
+        for name, measure in runs:
+            try:
+                peer_runs[name].append(measure())
+            except Phi4MMError as error:  # a peer that cannot run here is a finding, not a lost run
+                failures[name] = str(error)
+    if own_runs:
+        results["own_process"] = median_run(own_runs)
+    for name, measured in peer_runs.items():
+        if measured:
+            peers[name] = median_run(measured)
     results["peers"], results["peer_failures"] = peers, failures
-    try:  # ours again, in a process of its own, for the load and memory figures the peers give
-        results["own_process"] = run_peer("ours_run.py", [artifact, ",".join(map(str, lengths)), repeats, DECODE_TOKENS, threads])
-    except Phi4MMError as error:
-        failures["ours, own process"] = str(error)
     print(table(results))
     for name, error in failures.items():
         print(f"\n{name}: not measured: {error}")
@@ -300,6 +310,17 @@ def main(args) -> dict:
     drawn = chart(results, out / "bench.png")
     print(f"\nwrote {out / 'bench.json'}" + (f" and {out / 'bench.png'}" if drawn else " (no chart: pip install matplotlib)"))
     return results
+
+
+def median_run(runs: list[dict]) -> dict:
+    """One process's figures from several: the median load and peak RSS, every run's timings."""
+    merged = dict(runs[-1])
+    merged["load_s"] = statistics.median(r["load_s"] for r in runs)
+    merged["peak_rss_mb"] = statistics.median(r["peak_rss_mb"] for r in runs)
+    merged["ttft_s"] = {n: [t for r in runs for t in r["ttft_s"][n]] for n in runs[0]["ttft_s"]}
+    merged["decode_tokens_per_s"] = [t for r in runs for t in r["decode_tokens_per_s"]]
+    merged["rounds"] = len(runs)
+    return merged
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -314,3 +335,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--torch", metavar="PHI3_FOLDER", help="peer: PyTorch eager on the Phi-3 checkpoint genai_peer writes")
     parser.add_argument("--torch-python", metavar="PYTHON", help="interpreter that has torch + transformers (default: this one)")
     parser.add_argument("--torch-dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate our own-process run and the peers' this many times; medians are kept")

@@ -7,7 +7,7 @@ import numpy as np
 from ..manifest import AudioEntry
 from ..errors import Phi4MMError
 from .audio import MAX_SECONDS, SAMPLE_RATE, frame_count, load_audio, log_mel_spectrogram, token_count
-from .providers import open_session
+from .encoder_session import LazySession
 
 
 @dataclass
@@ -23,7 +23,7 @@ class AudioEncoder:
             raise Phi4MMError(f"the artifact's audio encoder takes {entry.sample_rate} Hz features; this runtime computes "
                               f"them at {SAMPLE_RATE} Hz only: re-export from a {SAMPLE_RATE} Hz checkpoint")
         self.entry, self.max_seconds = entry, max_seconds
-        self.session = open_session(folder / entry.graph, options, provider)
+        self.session = LazySession(folder / entry.graph, options, provider)
 
     def prepare(self, source, sample_rate: int | None = None) -> AudioInput:
         """A path, bytes, (array, rate) or an array with `sample_rate` -> log-mel and token count."""

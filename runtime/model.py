@@ -52,14 +52,17 @@ class Phi4MMEdge:
     @classmethod
     def load(cls, folder, provider: str = "cpu", threads: int | None = None, context_length: int | None = None,
              verify: bool | str = True, max_audio_seconds: float = MAX_SECONDS, prefill: str = "auto",
-             prefill_chunk: int | None = None, session_options: ort.SessionOptions | None = None) -> "Phi4MMEdge":
+             prefill_chunk: int | None = None, session_options: ort.SessionOptions | None = None,
+             preload_encoders: bool = False) -> "Phi4MMEdge":
         """Open an artifact folder. `context_length` (prompt + answer tokens) sizes the KV cache;
         audio clips longer than `max_audio_seconds` are refused. `prefill` picks how prompts run:
         'int8' (the artifact's int8 prompt graph), 'int4' (the decode graph) or 'auto' (int8 when
         present and the CPU has a fast int8 GEMM). `verify`: True or "cached" (re-hash changed files,
         all of them weekly), "full" (re-hash every file now) or False. `prefill_chunk` splits long prompts into runs of
         at most that many tokens (none: whole prompts). `session_options` replaces the default
-        ONNX Runtime options of every session (then `threads` is not applied)."""
+        ONNX Runtime options of every session (then `threads` is not applied). The vision and
+        audio encoders open on their first image or clip unless `preload_encoders` (or call
+        `open_encoders()` later, e.g. from a background thread)."""
         started = time.perf_counter()
         if not max_audio_seconds > 0:  # NaN too
             raise Phi4MMError(f"max_audio_seconds {max_audio_seconds}: give a number of seconds above 0 (inf: no limit)")
@@ -81,10 +84,14 @@ class Phi4MMEdge:
             pending = {"decoder": opening(graphs.decoder), "embedding": opening(graphs.embedding)}
             if precision == "int8":
                 pending["prompt_int8"] = opening(graphs.prefill_int8)
-            vision = pool.submit(VisionEncoder, folder, manifest.vision, options, provider) if manifest.vision else None
-            audio = pool.submit(AudioEncoder, folder, manifest.audio, options, provider, max_audio_seconds) if manifest.audio else None
+            tokenizer = pool.submit(ChatTokenizer, folder)
+            vision = VisionEncoder(folder, manifest.vision, options, provider) if manifest.vision else None
+            audio = AudioEncoder(folder, manifest.audio, options, provider, max_audio_seconds) if manifest.audio else None
+            encoders = [pool.submit(e.session.open) for e in (vision, audio) if e is not None and preload_encoders]
             sessions = {name: future.result() for name, future in pending.items()}
-            vision, audio = vision and vision.result(), audio and audio.result()
+            tokenizer = tokenizer.result()
+            for future in encoders:
+                future.result()
         decoder = Decoder(
             manifest.model,
             embedding=sessions["embedding"],
@@ -95,7 +102,13 @@ class Phi4MMEdge:
             prefill_chunk=prefill_chunk,
         )
         load_ms = (time.perf_counter() - started) * 1000
-        return cls(folder, manifest, decoder, ChatTokenizer(folder), load_ms, vision, audio)
+        return cls(folder, manifest, decoder, tokenizer, load_ms, vision, audio)
+
+    def open_encoders(self) -> None:
+        """Open the vision and audio encoders' sessions now rather than on first use."""
+        for encoder in (self.vision, self.audio):
+            if encoder is not None:
+                encoder.session.open()
 
     # -- adapters ----------------------------------------------------------------------------
     @property

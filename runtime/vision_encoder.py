@@ -1,17 +1,18 @@
-"""The vision encoder of an artifact: an image -> image_features rows for the prompt."""
+"""The vision encoder of an artifact: an image -> image_features rows for the prompt. Its ONNX
+Runtime session opens on first use (see encoder_session.py)."""
 
 import numpy as np
 
 from ..manifest import VisionEntry
 from ..errors import Phi4MMError
 from .image import ImageInput, load_image, preprocess
-from .providers import open_session
+from .encoder_session import LazySession
 
 
 class VisionEncoder:
     def __init__(self, folder, entry: VisionEntry, options, provider: str):
         self.geometry = entry
-        self.session = open_session(folder / entry.graph, options, provider)
+        self.session = LazySession(folder / entry.graph, options, provider)
 
     def prepare(self, source) -> ImageInput:
         """Any accepted image input -> crops, masks and its token count."""

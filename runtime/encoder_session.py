@@ -1,0 +1,30 @@
+"""A session opened on first use. The vision and audio encoders are ~1 GB of RSS and ~2 s of load
+at full size; a text-only user never pays for them, and an app that will need them calls
+`open()` ahead, e.g. from a background thread while it waits for its first request."""
+
+import threading
+
+import onnxruntime as ort
+
+from .providers import open_session
+
+
+class LazySession:
+    def __init__(self, path, options: ort.SessionOptions, provider: str):
+        self.path, self._options, self._provider = path, options, provider
+        self._session = None
+        self._opening = threading.Lock()
+
+    def open(self) -> ort.InferenceSession:
+        """The session, opened now if it was not yet (once, whichever thread asks first)."""
+        with self._opening:
+            if self._session is None:
+                self._session = open_session(self.path, self._options, self._provider)
+        return self._session
+
+    @property
+    def is_open(self) -> bool:
+        return self._session is not None
+
+    def run(self, outputs, feeds):
+        return self.open().run(outputs, feeds)
