@@ -10,12 +10,20 @@ import asyncio
 from contextlib import asynccontextmanager
 
 
-class RequestQueue:
-    """A FIFO of requests; the request at its head has the model."""
+class QueueFull(Exception):
+    def __init__(self, length: int):
+        super().__init__(f"{length} requests in line")
+        self.length = length
 
-    def __init__(self):
+
+class RequestQueue:
+    """A FIFO of requests; the request at its head has the model. At most `limit` requests wait
+    or run at once: one more raises QueueFull (the server answers 503, try again later)."""
+
+    def __init__(self, limit: int | None = None):
         self._tickets = []
         self._moved = asyncio.Condition()
+        self.limit = limit
 
     def __len__(self) -> int:
         return len(self._tickets)
@@ -26,6 +34,8 @@ class RequestQueue:
         `await place.turn(on_wait)` waits for the head of the line."""
         place = Place(self)
         async with self._moved:
+            if self.limit is not None and len(self._tickets) >= self.limit:
+                raise QueueFull(len(self._tickets))
             self._tickets.append(place)
         try:
             yield place

@@ -33,6 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-image-mb", type=float, default=10.0, help="largest photo accepted (default 10 MB)")
     parser.add_argument("--max-record-seconds", type=float, default=30.0,
                         help="longest recording accepted (default 30 s)")
+    parser.add_argument("--max-queue", type=int, default=8,
+                        help="requests waiting or answering at once (default 8); more are refused with 503 and Retry-After")
 
 
 def _is_loopback(host: str) -> bool:
@@ -102,7 +104,7 @@ def serve(args) -> None:
         import aiohttp  # noqa: F401
     except ImportError:
         raise Phi4MMError('serve needs aiohttp: pip install -e ".[serve]" in the phi4mm-edge folder') from None
-    from .web_app import ServeSettings
+    from .server_state import ServeSettings
 
     host = args.host or ("0.0.0.0" if args.lan else "127.0.0.1")
     if not args.lan and not _is_loopback(host):
@@ -110,6 +112,8 @@ def serve(args) -> None:
     restore_ctrl_c()  # Ctrl-C stops the server even when started as a background job's child
     positive_number(args.max_image_mb, "--max-image-mb")
     positive_number(args.max_record_seconds, "--max-record-seconds")
+    if args.max_queue < 1:
+        raise Phi4MMError(f"--max-queue {args.max_queue}: give at least 1")
     if args.max_new_tokens < 1:
         raise Phi4MMError(f"--max-new-tokens {args.max_new_tokens}: give at least 1")
     if not 0 <= args.port <= 65535:
@@ -131,7 +135,8 @@ def serve(args) -> None:
         ssl_context, fingerprint = self_signed_context([shown_host, "localhost", "127.0.0.1"])
     settings = ServeSettings(max_image_bytes=int(args.max_image_mb * 1e6), max_record_seconds=args.max_record_seconds,
                              sampling=sampling_options(args), token=token, tls=args.lan,
-                             model_name=model.folder.name, random_weights=args.artifact is None)
+                             model_name=model.folder.name, random_weights=args.random_weights,
+                             max_queue=args.max_queue)
     address = f"[{shown_host}]" if ":" in shown_host else shown_host
     if args.lan:
         print_lan_access(f"https://{address}:{port}/?token={token}", fingerprint)

@@ -20,7 +20,6 @@ import re
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -29,7 +28,11 @@ from aiohttp import BodyPartReader, web
 from ..errors import Phi4MMError
 from ..runtime.audio import SAMPLE_RATE, AudioTooLong, load_audio
 from ..runtime.image import load_image
-from .request_queue import RequestQueue
+from .openai_api import API_PREFIX, ApiError, chat_completions, list_models
+from .request_queue import QueueFull, RequestQueue
+from .server_state import MODEL, MODEL_THREAD, REQUESTS, SETTINGS, ServeSettings
+
+__all__ = ["ServeSettings", "make_app"]
 
 log = logging.getLogger("phi4mm_edge.serve")
 WEB_FOLDER = Path(__file__).with_name("web")
@@ -37,31 +40,9 @@ TOKEN_COOKIE = "phi4mm_token"
 TOKEN_HEADER = "X-Access-Token"
 MAX_PROMPT_BYTES = 64 * 1024  # far beyond any context; only bounds what is held in memory
 READ_CHUNK = 64 * 1024
-# A recording's bytes are bounded before it is decoded: float32 stereo at 48 kHz is the
-# largest ordinary PCM a browser or phone sends, so any clip within the time limit fits.
-LARGEST_PCM_BYTES_PER_SECOND = 48000 * 2 * 4
 LOOPBACK_NAMES = {"localhost"}  # besides loopback IP addresses, the one name that always means this machine
 
 
-@dataclass(frozen=True)
-class ServeSettings:
-    max_image_bytes: int
-    max_record_seconds: float
-    sampling: dict  # generate() keywords: max_new_tokens (the most a request may ask for), temperature
-    token: str | None = None   # set in --lan mode: every request must carry it
-    tls: bool = False
-    model_name: str = ""
-    random_weights: bool = False  # the bundled reference model: the page says its words mean nothing
-
-    @property
-    def max_audio_bytes(self) -> int:
-        return int(self.max_record_seconds * LARGEST_PCM_BYTES_PER_SECOND) + 64 * 1024
-
-
-SETTINGS = web.AppKey("settings", ServeSettings)
-MODEL = web.AppKey("model", object)
-REQUESTS = web.AppKey("requests", RequestQueue)
-MODEL_THREAD = web.AppKey("model_thread", ThreadPoolExecutor)
 
 
 class Refusal(Exception):
@@ -89,39 +70,51 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def access_refusal(request, settings: ServeSettings) -> str | None:
-    """Why this request may not use the server, or None."""
+def access_refusal(request, settings: ServeSettings) -> tuple[str, bool] | None:
+    """Why this request may not use the server (and whether it is only the token), or None."""
     host = urlsplit(f"//{request.host}").hostname or ""
     origin = request.headers.get("Origin")
     # Another web site's script may send requests to this server from the user's browser: a
     # POST needs no permission to be sent. Refuse origins other than the page's own.
     if origin is not None and urlsplit(origin).netloc != request.host:
-        return f"requests from {origin} are refused: only this server's own page may use it"
+        return f"requests from {origin} are refused: only this server's own page may use it", False
     if settings.token is None:
         # Local mode: a Host other than loopback means DNS rebinding (a site's name pointed at 127.0.0.1).
         if not is_loopback_host(host):
-            return f"this server answers only on localhost, not as {host!r}; use serve --lan for other devices"
+            return f"this server answers only on localhost, not as {host!r}; use serve --lan for other devices", False
         return None
     remote = ipaddress.ip_address((request.remote or "0.0.0.0").split("%")[0])
     if not (remote.is_private or remote.is_loopback or remote.is_link_local):
-        return f"{remote} is not on the local network: serve --lan answers only local addresses"
-    offered = (request.query.get("token") or request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or "")
+        return f"{remote} is not on the local network: serve --lan answers only local addresses", False
+    bearer = request.headers.get("Authorization", "")
+    bearer = bearer[len("Bearer "):].strip() if bearer.startswith("Bearer ") else ""
+    offered = (bearer or request.query.get("token") or request.headers.get(TOKEN_HEADER)
+               or request.cookies.get(TOKEN_COOKIE) or "")
     if not secrets.compare_digest(offered.encode(), settings.token.encode()):
+        if request.path.startswith(API_PREFIX):
+            return ("missing or wrong API key: send the token `phi4mm-edge serve --lan` printed as "
+                    "Authorization: Bearer TOKEN (the OpenAI client's api_key)"), True
         return ("this page needs its access token: open the full URL that `phi4mm-edge serve --lan` printed "
-                "(it ends in ?token=...) or scan its QR code")
+                "(it ends in ?token=...) or scan its QR code"), True
     return None
 
 
 @web.middleware
 async def guard(request, handler):
     settings = request.app[SETTINGS]
-    reason = access_refusal(request, settings)
-    if reason:
+    refused = access_refusal(request, settings)
+    api = request.path.startswith(API_PREFIX)
+    if refused:
+        reason, token_only = refused
+        if api:
+            return ApiError(401 if token_only else 403, reason, code="invalid_api_key" if token_only else None).response()
         return _refusal_response(request, Refusal(403, reason))
     try:
         return await handler(request)
     except Refusal as refusal:
         return _refusal_response(request, refusal)
+    except ApiError as error:
+        return error.response()
 
 
 async def page(request):
@@ -238,21 +231,24 @@ async def ask(request):
     question = await read_question(request, settings)
     loop = asyncio.get_running_loop()
     # In line from arrival: decoding an upload happens while waiting, and cannot be overtaken.
-    async with app[REQUESTS].place() as place:
-        audios, images = [], []
-        if question["audio"] is not None:
-            audios.append(await loop.run_in_executor(None, _recording, question["audio"], settings))
-        if question["image"] is not None:
-            images.append(await loop.run_in_executor(None, _photo, question["image"]))
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
-        await response.prepare(request)
-        try:
-            await place.turn(lambda ahead: _send(response, "queue", {"ahead": ahead}))
-            waited_ms = (time.perf_counter() - arrived) * 1000
-            await _answer(app, settings, question, images, audios, response, loop, waited_ms)
-            await response.write_eof()
-        except ConnectionResetError:
-            pass  # the page went away: its turn ends here, the next request goes ahead
+    try:
+        async with app[REQUESTS].place() as place:
+            audios, images = [], []
+            if question["audio"] is not None:
+                audios.append(await loop.run_in_executor(None, _recording, question["audio"], settings))
+            if question["image"] is not None:
+                images.append(await loop.run_in_executor(None, _photo, question["image"]))
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
+            await response.prepare(request)
+            try:
+                await place.turn(lambda ahead: _send(response, "queue", {"ahead": ahead}))
+                waited_ms = (time.perf_counter() - arrived) * 1000
+                await _answer(app, settings, question, images, audios, response, loop, waited_ms)
+                await response.write_eof()
+            except ConnectionResetError:
+                pass  # the page went away: its turn ends here, the next request goes ahead
+    except QueueFull as full:
+        raise Refusal(503, f"the server is busy ({full.length} requests in line): try again shortly") from None
     return response
 
 
@@ -295,12 +291,14 @@ async def _answer(app, settings, question, images, audios, response, loop, waite
 
 def make_app(model, settings: ServeSettings) -> web.Application:
     """The aiohttp application serving `model` (a loaded Phi4MMEdge) under `settings`."""
-    app = web.Application(middlewares=[guard])
-    app[MODEL], app[SETTINGS], app[REQUESTS] = model, settings, RequestQueue()
+    app = web.Application(middlewares=[guard], client_max_size=settings.max_body_bytes)
+    app[MODEL], app[SETTINGS], app[REQUESTS] = model, settings, RequestQueue(settings.max_queue)
     app[MODEL_THREAD] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phi4mm-model")
     app.router.add_get("/", page)
     app.router.add_get("/api/config", config)
     app.router.add_post("/api/ask", ask)
+    app.router.add_post(API_PREFIX + "chat/completions", chat_completions)
+    app.router.add_get(API_PREFIX + "models", list_models)
     app.router.add_static("/static/", WEB_FOLDER)
 
     async def stop_model_thread(app):

@@ -69,17 +69,19 @@ def run_bench(artifact: Path, repeats: int = 3, context: int = 1100, threads: in
     prefill[model.decoder.prefill_precision] = {n: summary([int(n) / s for s in t]) for n, t in ttfts.items()}
     results["prefill_tokens_per_s"] = prefill
 
-    decode = {}
-    for adapter in (NO_ADAPTER, *ADAPTERS):
-        if adapter != "none" and adapter not in model.adapters.names():
-            continue
-        rates = []
-        for _ in range(repeats + 1):  # the first is the warm-up
+    # Adapters interleaved round by round (the first round warms up): a shared host's speed drifts
+    # within a minute, and the ratios between adapters must not absorb that drift.
+    adapters = [a for a in (NO_ADAPTER, *ADAPTERS) if a == NO_ADAPTER or a in model.adapters.names()]
+    rates = {adapter: [] for adapter in adapters}
+    for round_ in range(repeats + 1):
+        for adapter in adapters:
             generation = model.generate_from_ids(prompt(16, seed=1), max_new_tokens=DECODE_TOKENS, adapter=adapter)
             generation.text()
-            rates.append(generation.result.timings.decode_tokens_per_s)
-        decode[adapter] = summary(rates[1:])
-    results["decode_tokens_per_s"] = decode
+            if round_:
+                rates[adapter].append(generation.result.timings.decode_tokens_per_s)
+    results["decode_tokens_per_s"] = {adapter: summary(r) for adapter, r in rates.items()}
+    results["adapter_step_ratio"] = {adapter: statistics.median(rates[NO_ADAPTER][i] / r[i] for i in range(len(r)))
+                                     for adapter, r in rates.items() if adapter != NO_ADAPTER}
 
     names = [a for a in ADAPTERS if a in model.adapters.names()] or [NO_ADAPTER]
     swaps = []
@@ -171,6 +173,8 @@ def table(results: dict) -> str:
     rows += [(f"audio encoder, {k} audio", "s", s) for k, s in results.get("audio_encoder_s", {}).items()]
     lines = [f"{'measure':34} {'unit':>6} {'min':>10} {'median':>10} {'max':>10}"]
     lines += [f"{name:34} {unit:>6} {s['min']:10.4g} {s['median']:10.4g} {s['max']:10.4g}" for name, unit, s in rows]
+    for adapter, ratio in results.get("adapter_step_ratio", {}).items():
+        lines.append(f"{'decode step, ' + adapter + ' / none':34} {'x':>6} {ratio:10.3f}   (median of per-round ratios)")
     roof = results["roofline"]
     lines.append(f"{'read bandwidth':34} {'GB/s':>6} {roof['read_bandwidth_gb_s']['min']:10.4g} "
                  f"{roof['read_bandwidth_gb_s']['median']:10.4g} {roof['read_bandwidth_gb_s']['max']:10.4g}")

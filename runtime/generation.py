@@ -35,8 +35,9 @@ class Generation:
     """An iterator over streamed text pieces. `.result` is None until the iteration ends; then it
     holds the GenerationResult. `.text()` runs to the end and returns the whole answer."""
 
-    def __init__(self, pieces: Iterator[str] | None = None):
+    def __init__(self, pieces: Iterator[str] | None = None, adapter: str | None = None):
         self._pieces = pieces
+        self.adapter = adapter  # the adapter answering (known before the first piece)
         self.result: GenerationResult | None = None
 
     def __iter__(self):

@@ -183,7 +183,7 @@ class Phi4MMEdge:
         if any(not 0 <= i < self.text.vocab_size for i in ids):
             raise Phi4MMError(f"prompt token ids must be in 0..{self.text.vocab_size - 1}")
         check_fits(len(ids), capacity, self.text)
-        generation = Generation()
+        generation = Generation(adapter=adapter)
 
         def tokens():
             self._take_model()
