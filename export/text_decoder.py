@@ -9,7 +9,7 @@ Outputs: logits [batch, logits_to_keep, vocab] and present.N.{key,value}. Attent
 GroupQueryAttention: past and present may share one buffer of the maximum length.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from onnx import TensorProto
@@ -23,7 +23,6 @@ from .onnx_graph import MS_DOMAIN, Graph
 LORA_MODULES = {"self_attn.qkv_proj": "qkv_proj", "self_attn.o_proj": "o_proj",
                 "mlp.gate_up_proj": "gate_up_proj", "mlp.down_proj": "down_proj"}
 LAST_POSITION = np.iinfo(np.int64).max  # a Slice end past any length
-LORA_ACCURACY_LEVEL = 4  # the built-in adapters' MatMulNBits: int8 activations, like the base
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ def built_in_lora(decoder: DecoderBuilder, parent: Graph, x: str, layer: int, ta
     adapter, name = adapters[0], f"layers.{layer}.{LORA_MODULES[target]}.lora.{adapters[0].name}"
     branch = parent.branch(name)
     stored_a, stored_b = adapter.weights[(layer, target)]
-    precision = replace(decoder.precision, accuracy_level=LORA_ACCURACY_LEVEL)
+    precision = decoder.precision  # the base's accuracy level: 4 measured fastest for these GEMVs too (RESULTS.md)
     xa = matmul_nbits(branch, x, [copy_proto(p) for p in stored_a.protos], stored_a, precision, f"{name}.A")
     out = branch.op("Identity", [matmul_nbits(branch, xa, [copy_proto(p) for p in stored_b.protos], stored_b,
                                               precision, f"{name}.B")], outputs=[f"{name}.out"])
