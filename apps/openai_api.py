@@ -170,6 +170,9 @@ def parse_request(body, limits, most_new_tokens: int) -> ChatRequest:
     if not isinstance(adapter, str):
         raise ApiError(400, "adapter must be a string: auto, none, or an adapter of the model", param="adapter")
     options["adapter"] = adapter
+    max_crops = _number(body, "max_crops", 1, 1024, whole=True)  # an extra field, like adapter; the model checks its limit
+    if max_crops is not None:
+        options["max_crops"] = max_crops
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or len(stop) > MAX_STOP_SEQUENCES or not all(isinstance(s, str) and s for s in stop):
@@ -235,7 +238,8 @@ def completion_id() -> str:
 
 def usage(result) -> dict:
     return {"prompt_tokens": result.prompt_tokens, "completion_tokens": len(result.token_ids),
-            "total_tokens": result.prompt_tokens + len(result.token_ids)}
+            "total_tokens": result.prompt_tokens + len(result.token_ids),
+            "prompt_tokens_details": {"cached_tokens": result.cached_prompt_tokens}}
 
 
 async def stream_chunks(response: web.StreamResponse, pieces, request: ChatRequest, meta: dict) -> None:
@@ -338,6 +342,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, settings.max_body_bytes)
     chat = parse_request(body, settings, settings.sampling["max_new_tokens"])
     chat.options.setdefault("temperature", settings.sampling.get("temperature", 0.0))
+    if "max_crops" in settings.sampling:  # serve's --max-crops, unless the request names its own
+        chat.options.setdefault("max_crops", settings.sampling["max_crops"])
     loop, run_on_model = asyncio.get_running_loop(), on_model(app)
     try:
         async with app[REQUESTS].place() as place:

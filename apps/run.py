@@ -23,7 +23,8 @@ def run(args):
                             verify=args.verify)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
     generation = model.generate(messages, images=images, audios=audios, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_p=args.top_p, top_k=args.top_k, seed=args.seed, adapter=args.adapter)
+                                top_p=args.top_p, top_k=args.top_k, seed=args.seed, adapter=args.adapter,
+                                max_crops=args.max_crops)
     if args.json:
         generation.text()
         result = generation.result

@@ -51,4 +51,7 @@ def _open_quietly(model: Phi4MMEdge) -> None:
 
 def sampling_options(args) -> dict:
     """The generate() keywords the options set."""
-    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+    options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+    if getattr(args, "max_crops", None) is not None:
+        options["max_crops"] = args.max_crops
+    return options

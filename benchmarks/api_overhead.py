@@ -30,10 +30,10 @@ def start_server(artifact: str, tokens: int, threads: int) -> tuple[subprocess.P
     raise RuntimeError("the server did not start")
 
 
-def through_api(client, tokens: int) -> tuple[float, float]:
+def through_api(client, prompt: str, tokens: int) -> tuple[float, float]:
     started = time.perf_counter()
     first, last, count = None, None, 0
-    for chunk in client.chat.completions.create(model="m", messages=[{"role": "user", "content": PROMPT}], stream=True,
+    for chunk in client.chat.completions.create(model="m", messages=[{"role": "user", "content": prompt}], stream=True,
                                                 max_tokens=tokens, stream_options={"include_usage": True}):
         if chunk.choices and chunk.choices[0].delta.content:
             last = time.perf_counter()
@@ -43,8 +43,8 @@ def through_api(client, tokens: int) -> tuple[float, float]:
     return (first - started) * 1000, (count - 1) / (last - first)
 
 
-def in_process(model: Phi4MMEdge, tokens: int) -> tuple[float, float]:
-    generation = model.generate(PROMPT, max_new_tokens=tokens)
+def in_process(model: Phi4MMEdge, prompt: str, tokens: int) -> tuple[float, float]:
+    generation = model.generate(prompt, max_new_tokens=tokens)
     generation.text()
     return generation.result.timings.ttft_ms, generation.result.timings.decode_tokens_per_s
 
@@ -64,7 +64,11 @@ def main(argv=None) -> dict:
         model = Phi4MMEdge.load(args.artifact, threads=args.threads)
         samples = {"api": [], "in process": []}
         for round_ in range(args.rounds + 1):  # round 0 warms both up
-            for name, measure in (("api", lambda: through_api(client, args.tokens)), ("in process", lambda: in_process(model, args.tokens))):
+            # A new prompt each round, the same on both sides: a repeated one would be a follow-up
+            # that reuses its KV cache and skips the prefill.
+            prompt = f"{round_}. {PROMPT}"
+            for name, measure in (("api", lambda: through_api(client, prompt, args.tokens)),
+                                  ("in process", lambda: in_process(model, prompt, args.tokens))):
                 result = measure()
                 if round_:
                     samples[name].append(result)

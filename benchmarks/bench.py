@@ -4,7 +4,8 @@ repeats after a warm-up. Prints a table, and writes a JSON file and a PNG chart.
 Measured: load time; time to first token for 128- and 1024-token text prompts; decode tokens/s
 with no adapter, the vision adapter and the speech adapter; adapter swap latency (100 swaps);
 the vision encoder for an image of 1 and of 4 tiles; the audio encoder for 10 s and 30 s of
-audio; peak RSS; artifact size per file; prompt tokens/s at 128/512/1024 tokens for each prefill
+audio; time to first token from the file for a 448x448 photo and for 30 s of audio, each with a
+one-line question, and for a follow-up question about the photo; peak RSS; artifact size per file; prompt tokens/s at 128/512/1024 tokens for each prefill
 path the artifact has; the memory-bandwidth roofline of decode; the GEMM compute ceiling of
 prefill (gemm_ceiling.py). `--genai` and `--torch` measure the peers in the same invocation
 (peers.py) and every shared figure is printed as a ratio to each. `--quick` runs the tiny
@@ -15,6 +16,7 @@ import argparse
 import json
 import resource
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +51,11 @@ def run_bench(artifact: Path, repeats: int = 3, context: int = 1100, threads: in
 
     def ttft(length):
         ids = prompt(length)
-        return lambda: model.generate_from_ids(ids, max_new_tokens=1).text()
+
+        def first_token():
+            model.clear_cache()  # the same prompt again would reuse all but its last position
+            return model.generate_from_ids(ids, max_new_tokens=1).text()
+        return first_token
 
     # Prompt throughput per prefill path; the portable int4 path first, on a load of its own.
     prefill = {}
@@ -107,6 +113,8 @@ def run_bench(artifact: Path, repeats: int = 3, context: int = 1100, threads: in
             audio_encoder[f"{seconds}s"] = summary(timed(lambda: model.audio.features(clip), repeats))
         results["audio_encoder_s"] = audio_encoder
 
+    results["media_ttft_s"] = media_ttft(model, repeats)
+
     # Peak RSS of this process so far: Python and the libraries, one load at a time, its prompts
     # (1024 tokens), decode and both encoders; taken before the probes below allocate their own
     # buffers (the bandwidth probe alone reads a 1 GiB array).
@@ -115,6 +123,56 @@ def run_bench(artifact: Path, repeats: int = 3, context: int = 1100, threads: in
     results["gemm_ceiling"] = gemm_ceiling(model.text, model.manifest.precision, threads=threads)
     results["artifact_mb"] = {name: entry.size / 1e6 for name, entry in model.manifest.files.items()}
     return results
+
+
+PHOTO_QUESTION = "<|image_1|>What is in this photo?"
+AUDIO_QUESTION = "<|audio_1|>What is said in this recording?"
+FOLLOW_UP = "And what colours does it have?"
+
+
+def media_ttft(model: Phi4MMEdge, repeats: int) -> dict:
+    """From file to first token, the caches emptied first: a 448x448 photo (one tile and the
+    global view) and 30 s of audio, each with a one-line question; then a follow-up question
+    about the photo in the same conversation (its KV cache and image features reused)."""
+    import soundfile
+
+    figures = {}
+    with tempfile.TemporaryDirectory() as folder:
+        photo, clip = Path(folder) / "photo.png", Path(folder) / "speech.wav"
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).resize((448, 448), Image.BICUBIC).save(photo)
+        soundfile.write(clip, 0.1 * rng.standard_normal(30 * 16000).astype(np.float32), 16000)
+
+        def ttft(messages, **media) -> tuple[float, str]:
+            generation = model.generate(messages, max_new_tokens=8, **media)
+            text = generation.text()
+            return generation.result.timings.ttft_ms / 1000, text
+
+        if model.vision is not None:
+            firsts, follow_ups = [], []
+            for round_ in range(repeats + 1):  # round 0 warms up (and opens the encoder)
+                model.clear_cache()
+                first, answer = ttft(PHOTO_QUESTION, images=[photo])
+                conversation = [{"role": "user", "content": PHOTO_QUESTION}, {"role": "assistant", "content": answer},
+                                {"role": "user", "content": FOLLOW_UP}]
+                follow_up, _ = ttft(conversation, images=[photo])
+                if round_:
+                    firsts.append(first)
+                    follow_ups.append(follow_up)
+            figures["photo_448"] = summary(firsts)
+            figures["photo_follow_up"] = summary(follow_ups)
+            figures["follow_up_over_first"] = statistics.median(f / s for f, s in zip(follow_ups, firsts))
+        if model.audio is not None:
+            times = []
+            for round_ in range(repeats + 1):
+                model.clear_cache()
+                if round_:
+                    times.append(ttft(AUDIO_QUESTION, audios=[clip])[0])
+                else:
+                    ttft(AUDIO_QUESTION, audios=[clip])
+            figures["audio_30s"] = summary(times)
+    model.clear_cache()
+    return figures
 
 
 BANDWIDTH_BYTES = 1 << 30  # read per bandwidth measurement: far beyond any cache
@@ -162,6 +220,10 @@ def roofline(model: Phi4MMEdge, decode: dict, repeats: int) -> dict:
     return out
 
 
+MEDIA_ROWS = {"photo_448": "photo 448x448 + question", "audio_30s": "30 s audio + question",
+              "photo_follow_up": "photo follow-up"}  # from the file to the first token
+
+
 def table(results: dict) -> str:
     rows = [("load", "s", results["load_s"])]
     rows += [(f"ttft {n} tokens", "s", s) for n, s in results["ttft_s"].items()]
@@ -171,8 +233,12 @@ def table(results: dict) -> str:
     rows.append(("adapter swap", "ms", results["adapter_swap_ms"]))
     rows += [(f"vision encoder, {k.replace('_', ' ')}", "s", s) for k, s in results.get("vision_encoder_s", {}).items()]
     rows += [(f"audio encoder, {k} audio", "s", s) for k, s in results.get("audio_encoder_s", {}).items()]
+    media = results.get("media_ttft_s", {})
+    rows += [(f"ttft {MEDIA_ROWS[k]}", "s", media[k]) for k in MEDIA_ROWS if k in media]
     lines = [f"{'measure':34} {'unit':>6} {'min':>10} {'median':>10} {'max':>10}"]
     lines += [f"{name:34} {unit:>6} {s['min']:10.4g} {s['median']:10.4g} {s['max']:10.4g}" for name, unit, s in rows]
+    if "follow_up_over_first" in media:
+        lines.append(f"{'ttft photo follow-up / first turn':34} {'x':>6} {media['follow_up_over_first']:10.3f}   (median of per-round ratios)")
     for adapter, ratio in results.get("adapter_step_ratio", {}).items():
         lines.append(f"{'decode step, ' + adapter + ' / none':34} {'x':>6} {ratio:10.3f}   (median of per-round ratios)")
     roof = results["roofline"]

@@ -81,6 +81,7 @@ class Decoder:
     def activate(self, adapter: str) -> None:
         """Bind an adapter's tensors (rank-0 tensors for 'none') to the decoder inputs."""
         if adapter != self.active_adapter:
+            self.cache.forget()  # the adapter's LoRA shapes every cached key and value
             self.adapters.bind(self._binding, adapter)
             if self._int8_binding is not None:
                 self.adapters.bind(self._int8_binding, adapter)
@@ -94,9 +95,18 @@ class Decoder:
             "audio_features": self.no_features if audio_features is None else audio_features,
         })[0]
 
-    def prefill(self, embeds: np.ndarray, start: int = 0, keep: int | None = None) -> np.ndarray:
+    def reusable_prefix(self, keys: np.ndarray) -> int:
+        """How many leading positions of a prompt with position `keys` (kv_cache.position_keys)
+        the cache holds as a fresh prefill would compute them; at least the last position is
+        always run again, for its logits."""
+        long_rope = len(keys) > self.text.original_max_position_embeddings
+        return min(self.cache.reusable(keys, long_rope), len(keys) - 1)
+
+    def prefill(self, embeds: np.ndarray, start: int = 0, keep: int | None = None, keys: np.ndarray | None = None) -> np.ndarray:
         """Run inputs_embeds [1, n, hidden] at positions start..start+n-1 over the cached prefix;
-        return the logits of the last `keep` positions (all by default), [1, keep, vocab]."""
+        return the logits of the last `keep` positions (all by default), [1, keep, vocab].
+        `keys` (n of them) say what the positions are computed from, so a later prompt that
+        starts the same way can reuse them."""
         count = embeds.shape[1]
         if start + count > self.cache.capacity:
             raise Phi4MMError(f"{start + count} positions do not fit the context of {self.cache.capacity} tokens")
@@ -105,13 +115,14 @@ class Decoder:
         for offset, end in chunk_bounds(self.text, start, count, self.prefill_chunk):
             # This chunk's share of the last `keep` positions; a chunk with none keeps one row, unused.
             wanted = min(end - offset, max(0, end - (count - keep)))
-            logits = self._run(embeds[:, offset:end], start + offset, max(wanted, 1))
+            logits = self._run(embeds[:, offset:end], start + offset, max(wanted, 1), None if keys is None else keys[offset:end])
             if wanted:
                 kept.append(logits[:, -wanted:])
         return kept[0] if len(kept) == 1 else np.concatenate(kept, axis=1)
 
-    def _run(self, embeds: np.ndarray, start: int, keep: int) -> np.ndarray:
+    def _run(self, embeds: np.ndarray, start: int, keep: int, keys: np.ndarray | None) -> np.ndarray:
         count = embeds.shape[1]
+        self._will_write(start, start + count)
         use_int8 = self.prompt_int8 is not None and count >= INT8_MIN_POSITIONS
         session, binding = (self.prompt_int8, self._int8_binding) if use_int8 else (self.decoder, self._binding)
         logits = np.empty((1, keep, self.text.vocab_size), np.float32)
@@ -121,12 +132,24 @@ class Decoder:
         binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
         session.run_with_iobinding(binding)
         self.cache.length = start + count
+        self.cache.record(start, keys)
         return logits
+
+    def _will_write(self, start: int, end: int) -> None:
+        """Before positions start..end-1 are computed: they no longer hold what they did; and when
+        the earlier positions were rotated with the other LongRoPE factors (a run that crosses the
+        switch without recomputing from the start) the sequence is mixed: none of it is reusable."""
+        self.cache.overwrite_from(start)
+        long_rope = end > self.text.original_max_position_embeddings
+        if start > 0 and long_rope != self.cache.long_rope:
+            self.cache.forget()
+        self.cache.long_rope = long_rope
 
     def step(self, token_id: int) -> np.ndarray:
         """Logits [vocab] after appending one token to the cached sequence. The array is the
         preallocated step buffer: it is valid until the next step (copy it to keep it)."""
         self._step_id[0, 0] = token_id
+        self._will_write(self.cache.length, self.cache.length + 1)
         self.embedding.run_with_iobinding(self._step_embedding)
         self._binding.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask[:, :self.cache.length + 1]))
         self._binding.bind_cpu_input("logits_to_keep", self._keep_last)
@@ -134,4 +157,5 @@ class Decoder:
         self._binding.bind_ortvalue_output("logits", self._step_logits)
         self.decoder.run_with_iobinding(self._binding)
         self.cache.length += 1
+        self.cache.record(self.cache.length - 1, self._step_id[0])
         return self._step_logits_array[0, -1]

@@ -20,6 +20,7 @@ class GenerationResult:
     prompt_tokens: int
     finish_reason: str  # "stop" (an end-of-sequence id) or "length" (max_new_tokens or the context)
     timings: Timings
+    cached_prompt_tokens: int = 0  # leading prompt positions the KV cache already held (not prefilled again)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -38,6 +39,7 @@ class Generation:
     def __init__(self, pieces: Iterator[str] | None = None, adapter: str | None = None):
         self._pieces = pieces
         self.adapter = adapter  # the adapter answering (known before the first piece)
+        self.cached_prompt_tokens = 0  # set when the prompt is prefilled
         self.result: GenerationResult | None = None
 
     def __iter__(self):
@@ -82,6 +84,7 @@ def stream_text(generation: Generation, tokens: Iterator[int], detokenizer, stop
         adapter=adapter,
         prompt_tokens=prompt_tokens,
         finish_reason="stop" if token_ids[-1] in stop_ids else "length",
+        cached_prompt_tokens=generation.cached_prompt_tokens,
         timings=Timings(
             load_ms=round(load_ms, 2),
             ttft_ms=round((first_token_at - started) * 1000, 2),

@@ -2,18 +2,52 @@
 
 GroupQueryAttention reads past keys from and writes present keys into the same buffer when
 both are bound to it, so nothing is copied or reallocated per token.
+
+The cache also remembers what its positions were computed from (`keys`: a token id, or a digest
+of the image/audio feature row placed there), with which adapter and which LongRoPE factors, so
+a follow-up prompt that starts like the cached sequence prefills only what is new. A causal
+model's keys and values at a position depend only on the inputs up to it, so the reused
+positions hold exactly what a fresh prefill would compute on the same path.
 """
+
+import hashlib
 
 import numpy as np
 import onnxruntime as ort
 
 from ..artifact import past_key_name, past_value_name, present_key_name, present_value_name
+from ..errors import Phi4MMError
+
+
+def row_keys(features: np.ndarray) -> np.ndarray:
+    """A negative 63-bit digest per feature row (token ids are never negative)."""
+    rows = np.ascontiguousarray(features, dtype=np.float32)
+    digests = [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little") >> 1 for row in rows]
+    return -1 - np.array(digests, np.int64)
+
+
+def position_keys(ids, media: dict[int, np.ndarray | None]) -> np.ndarray:
+    """What each prompt position is computed from: its token id, or for a media placeholder token
+    (a key of `media`: token id -> feature rows, in prompt order) its feature row's digest."""
+    ids = np.asarray(ids, np.int64)
+    keys = ids.copy()
+    for token_id, features in media.items():
+        if features is None:
+            continue
+        where = np.flatnonzero(ids == token_id)
+        if len(where) != len(features):
+            raise Phi4MMError(f"the prompt has {len(where)} placeholder tokens {token_id} for {len(features)} feature rows")
+        keys[where] = row_keys(features)
+    return keys
 
 
 class KVCache:
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int):
         self.capacity = capacity
-        self.length = 0  # tokens currently held
+        self.length = 0  # positions currently held (what attention sees)
+        self.keys = np.zeros(capacity, np.int64)  # what positions 0..known-1 were computed from
+        self.known = 0  # positions whose keys are recorded: the reusable prefix is at most this long
+        self.long_rope = False  # whether the held positions were rotated with LongRoPE's long factors
         self._buffers = [np.zeros((1, num_kv_heads, capacity, head_dim), np.float32) for _ in range(2 * num_layers)]
         self._values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self._buffers]
         self.num_layers = num_layers
@@ -26,6 +60,28 @@ class KVCache:
             binding.bind_ortvalue_input(past_value_name(layer), value)
             binding.bind_ortvalue_output(present_key_name(layer), key)
             binding.bind_ortvalue_output(present_value_name(layer), value)
+
+    def reusable(self, keys: np.ndarray, long_rope: bool) -> int:
+        """How many leading positions of a sequence with `keys`, to be run with the long factors
+        or not, the cache already holds."""
+        if long_rope != self.long_rope:
+            return 0  # every position's rotation differs
+        count = min(self.known, len(keys))
+        differs = np.flatnonzero(self.keys[:count] != keys[:count])
+        return int(differs[0]) if len(differs) else count
+
+    def overwrite_from(self, start: int) -> None:
+        """Positions from `start` on are about to be rewritten: forget what they held."""
+        self.known = min(self.known, start)
+
+    def record(self, start: int, keys: np.ndarray | None) -> None:
+        """Positions start..start+len(keys)-1 now hold `keys` (None: not known, not reusable)."""
+        if keys is not None and self.known == start:
+            self.keys[start:start + len(keys)] = keys
+            self.known = start + len(keys)
+
+    def forget(self) -> None:
+        self.known = 0
 
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self._buffers)

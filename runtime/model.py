@@ -27,7 +27,9 @@ from .audio_encoder import AudioEncoder
 from .cpu import choose_prefill_precision
 from .decoder import Decoder
 from .detokenizer import StreamingDetokenizer
+from .feature_cache import DEFAULT_MAX_BYTES, FeatureCache
 from .generation import Generation, stream_text
+from .kv_cache import position_keys
 from .prompt import Prompt, build_prompt, check_fits
 from .providers import open_session, session_options as default_session_options
 from .sampling import Sampling
@@ -41,9 +43,11 @@ DEFAULT_CONTEXT = 4096  # tokens of KV cache allocated at load; --context raises
 
 class Phi4MMEdge:
     def __init__(self, folder: Path, manifest: Manifest, decoder: Decoder, tokenizer: ChatTokenizer, load_ms: float,
-                 vision: VisionEncoder | None = None, audio: AudioEncoder | None = None):
+                 vision: VisionEncoder | None = None, audio: AudioEncoder | None = None,
+                 media_cache_bytes: int = DEFAULT_MAX_BYTES):
         self.folder, self.manifest, self.decoder, self.tokenizer = Path(folder), manifest, decoder, tokenizer
         self.text, self.vision, self.audio, self.load_ms = manifest.model, vision, audio, load_ms
+        self.media_cache = FeatureCache(media_cache_bytes)  # encoded images and clips, by content
         self.stop_ids = set(self.text.eos_token_ids)
         # One KV cache and one set of bound adapter tensors: one generation streams at a time.
         self._streaming = threading.Lock()
@@ -53,7 +57,7 @@ class Phi4MMEdge:
     def load(cls, folder, provider: str = "cpu", threads: int | None = None, context_length: int | None = None,
              verify: bool | str = True, max_audio_seconds: float = MAX_SECONDS, prefill: str = "auto",
              prefill_chunk: int | None = None, session_options: ort.SessionOptions | None = None,
-             preload_encoders: bool = False) -> "Phi4MMEdge":
+             preload_encoders: bool = False, media_cache_mb: float = DEFAULT_MAX_BYTES / 2**20) -> "Phi4MMEdge":
         """Open an artifact folder. `context_length` (prompt + answer tokens) sizes the KV cache;
         audio clips longer than `max_audio_seconds` are refused. `prefill` picks how prompts run:
         'int8' (the artifact's int8 prompt graph), 'int4' (the decode graph) or 'auto' (int8 when
@@ -62,10 +66,13 @@ class Phi4MMEdge:
         at most that many tokens (none: whole prompts). `session_options` replaces the default
         ONNX Runtime options of every session (then `threads` is not applied). The vision and
         audio encoders open on their first image or clip unless `preload_encoders` (or call
-        `open_encoders()` later, e.g. from a background thread)."""
+        `open_encoders()` later, e.g. from a background thread). Encoded images and clips are
+        kept by content, up to `media_cache_mb` (0: none), so a conversation encodes each once."""
         started = time.perf_counter()
         if not max_audio_seconds > 0:  # NaN too
             raise Phi4MMError(f"max_audio_seconds {max_audio_seconds}: give a number of seconds above 0 (inf: no limit)")
+        if isinstance(media_cache_mb, bool) or not isinstance(media_cache_mb, (int, float)) or not media_cache_mb >= 0:
+            raise Phi4MMError(f"media_cache_mb {media_cache_mb!r}: give megabytes, 0 or more (0 keeps no media)")
         folder = Path(folder)
         manifest = verify_artifact(folder, {True: "cached", False: "off"}.get(verify, verify))
         maximum = manifest.model.max_position_embeddings
@@ -102,13 +109,19 @@ class Phi4MMEdge:
             prefill_chunk=prefill_chunk,
         )
         load_ms = (time.perf_counter() - started) * 1000
-        return cls(folder, manifest, decoder, tokenizer, load_ms, vision, audio)
+        return cls(folder, manifest, decoder, tokenizer, load_ms, vision, audio, int(media_cache_mb * 2**20))
 
     def open_encoders(self) -> None:
         """Open the vision and audio encoders' sessions now rather than on first use."""
         for encoder in (self.vision, self.audio):
             if encoder is not None:
                 encoder.session.open()
+
+    def clear_cache(self) -> None:
+        """Forget the previous conversation: its KV cache (reused by a follow-up that starts the
+        same way) and the encoded images and clips."""
+        self.decoder.cache.forget()  # a generation streaming meanwhile then records nothing reusable
+        self.media_cache.clear()
 
     # -- adapters ----------------------------------------------------------------------------
     @property
@@ -138,26 +151,32 @@ class Phi4MMEdge:
         self._streaming.acquire()
         self._streaming_thread = threading.get_ident()
 
-    def prompt(self, messages, images=(), audios=()) -> Prompt:
+    def prompt(self, messages, images=(), audios=(), max_crops: int | None = None) -> Prompt:
         """The token ids and media features of a request (see prompt.build_prompt)."""
         return build_prompt(messages, images, audios, self.tokenizer, self.text, self.vision, self.audio,
-                            self.decoder.cache.capacity)
+                            self.decoder.cache.capacity, self.media_cache, max_crops)
 
     def prompt_ids(self, messages) -> list[int]:
         """The token ids of a text-only prompt."""
         return self.prompt(messages).token_ids
 
     def generate(self, messages, images=(), audios=(), max_new_tokens: int = 256, temperature: float = 0.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, adapter: str = "auto") -> Generation:
+                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, adapter: str = "auto",
+                 max_crops: int | None = None) -> Generation:
         """Stream an answer. `messages` is a string or a list of {role, content}. `images` are paths,
         bytes, PIL images or HxWx3 BGR arrays (<|image_1|> ...); `audios` are paths, bytes or
         (array, sample_rate) pairs (<|audio_1|> ...). `adapter` is 'auto' (by the media), 'none'
-        or an adapter of the artifact."""
+        or an adapter of the artifact. `max_crops` caps an image's HD tiling below the model's
+        limit (fewer crops: faster, fewer prompt tokens, less detail; see the README).
+
+        A request that starts like the previous one (a chat's history) with the same adapter
+        prefills only what is new (`result.cached_prompt_tokens` says how much was reused), and
+        images and clips seen before are not encoded again."""
         started = time.perf_counter()
         sampling = Sampling(temperature, top_p, top_k, seed)
         if adapter != "auto":
             self.adapters.check(adapter)
-        prompt = self.prompt(messages, images, audios)
+        prompt = self.prompt(messages, images, audios, max_crops)
         adapter = choose_adapter(adapter, has_image=prompt.image_features is not None,
                                  has_audio=prompt.audio_features is not None)
         return self._generate(prompt, max_new_tokens, sampling, adapter, started)
@@ -189,8 +208,12 @@ class Phi4MMEdge:
             self._take_model()
             try:
                 self.decoder.activate(adapter)
+                keys = position_keys(ids, {self.text.image_token_id: prompt.image_features,
+                                           self.text.audio_token_id: prompt.audio_features})
+                reused = self.decoder.reusable_prefix(keys)
+                generation.cached_prompt_tokens = reused
                 embeds = self.decoder.embed(np.array([ids], np.int64), prompt.image_features, prompt.audio_features)
-                yield from generate_tokens(self.decoder, embeds, sampling.chooser(), max_new_tokens, self.stop_ids)
+                yield from generate_tokens(self.decoder, embeds, keys, reused, sampling.chooser(), max_new_tokens, self.stop_ids)
             finally:
                 self._streaming_thread = None
                 self._streaming.release()

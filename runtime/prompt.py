@@ -14,6 +14,7 @@ import numpy as np
 from ..manifest import TextConfig
 from ..errors import Phi4MMError
 from .audio_encoder import AudioEncoder
+from .feature_cache import FeatureCache, content_key
 from .tokenizer import ChatTokenizer, check_message
 from .vision_encoder import VisionEncoder
 
@@ -109,26 +110,38 @@ def encode_parts(parts: list[tuple[str, bool]], tokenizer: ChatTokenizer, token_
 
 
 def build_prompt(messages, images, audios, tokenizer: ChatTokenizer, text: TextConfig,
-                 vision: VisionEncoder | None, audio: AudioEncoder | None, context_length: int) -> Prompt:
+                 vision: VisionEncoder | None, audio: AudioEncoder | None, context_length: int,
+                 media_cache: FeatureCache | None = None, max_crops: int | None = None) -> Prompt:
     """Render the messages with the chat template, expand the media placeholders and encode every
     image and clip (each once, whatever the number of references). Message text is encoded as
     text (it cannot produce control tokens; see tokenizer.py). A prompt that cannot fit
-    `context_length` with one token of answer is refused before any encoder runs."""
+    `context_length` with one token of answer is refused before any encoder runs. Features
+    already in `media_cache` (same encoder input) are not computed again; `max_crops` caps the
+    images' HD tiling."""
     messages = as_messages(messages)
     images, audios = as_media_list(images, "image"), as_media_list(audios, "audio")
     if images and vision is None:
         raise Phi4MMError("this artifact has no vision.onnx: re-export it from a checkpoint with the vision encoder")
     if audios and audio is None:
         raise Phi4MMError("this artifact has no audio.onnx: re-export it from a checkpoint with the audio encoder")
-    prepared = {"image": [vision.prepare(image) for image in images], "audio": [audio.prepare(clip) for clip in audios]}
+    prepared = {"image": [vision.prepare(image, max_crops) for image in images], "audio": [audio.prepare(clip) for clip in audios]}
     token_ids = {"image": text.image_token_id, "audio": text.audio_token_id}
     parts = tokenizer.render_parts(place_media(messages, len(images), len(audios)))
     counts = {kind: [item.num_tokens for item in items] for kind, items in prepared.items()}
     ids, order = encode_parts(parts, tokenizer, token_ids, counts)
     check_fits(len(ids), context_length, text)
     # Audio heard together with an image takes the vision-mode projection, as the reference does.
-    encode = {"image": vision.features if vision else None,
-              "audio": (lambda clip: audio.features(clip, vision_mode=bool(images))) if audio else None}
+    cache = media_cache or FeatureCache(max_bytes=0)
+
+    def image_features(image):
+        key = content_key("image", image.pixel_values, image.attention_mask, np.array(image.crop_grid))
+        return cache.features(key, lambda: vision.features(image))
+
+    def audio_features(clip):
+        vision_mode = bool(images)
+        return cache.features(content_key(f"audio vision_mode={vision_mode}", clip.features),
+                              lambda: audio.features(clip, vision_mode=vision_mode))
+    encode = {"image": image_features, "audio": audio_features}
     features = {}
     for kind, items in prepared.items():
         rows = {n: encode[kind](items[n - 1]) for n in sorted(set(order[kind]))}

@@ -11,7 +11,9 @@ def test_bench_quick_reports_every_figure(tmp_path):
     results = json.loads((tmp_path / "results" / "bench.json").read_text())
     spreads = [results["load_s"], results["adapter_swap_ms"], *results["ttft_s"].values(),
                *results["decode_tokens_per_s"].values(), *results["vision_encoder_s"].values(),
-               *results["audio_encoder_s"].values()]
+               *results["audio_encoder_s"].values(), *(results["media_ttft_s"][k] for k in ("photo_448", "photo_follow_up", "audio_30s"))]
+    assert "ttft photo 448x448 + question" in out and "ttft photo follow-up / first turn" in out
+    assert results["media_ttft_s"]["follow_up_over_first"] > 0
     assert set(results["ttft_s"]) == {"128", "512", "1024"}
     assert set(results["prefill_tokens_per_s"]) == {results["prefill_precision"]}  # the demo artifact: int4 only
     kernels = results["gemm_ceiling"]["kernels"]

@@ -237,3 +237,25 @@ def test_lan_mode_needs_the_key(lan_server):
     keyed = openai.OpenAI(base_url=lan_server.base + "v1", api_key=token, max_retries=0, http_client=insecure)
     answer = keyed.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert answer.usage.completion_tokens >= 1
+
+
+def test_follow_ups_report_cached_tokens_and_max_crops_is_a_request_field(client):
+    small = Image.fromarray(np.random.default_rng(3).integers(0, 256, (25, 50, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    small.resize((1000, 500), Image.BILINEAR).save(buffer, "JPEG")  # 2 tiles at most, ~50 kB
+    wide = buffer.getvalue()
+    url = "data:image/jpeg;base64," + base64.b64encode(wide).decode()
+    look = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Look."}]}
+    tokens = {}
+    for max_crops in (1, 2):
+        first = client.chat.completions.create(model="phi4mm", messages=[look], extra_body={"max_crops": max_crops})
+        tokens[max_crops] = first.usage.prompt_tokens
+    assert tokens[1] < tokens[2]
+    follow_up = [look, {"role": "assistant", "content": first.choices[0].message.content}, {"role": "user", "content": "More?"}]
+    second = client.chat.completions.create(model="phi4mm", messages=follow_up, extra_body={"max_crops": 2})
+    # the first request's prompt is this one's start: reused, not prefilled again
+    assert second.usage.prompt_tokens_details.cached_tokens >= tokens[2]
+    # (that the answer equals a fresh prefill's is tests/test_prefix_cache.py's: on the int4 path
+    # bit for bit, on this server's int8 prompt path within that path's own error)
+    with pytest.raises(openai.BadRequestError, match="max_crops"):
+        client.chat.completions.create(model="phi4mm", messages=[look], extra_body={"max_crops": 0})

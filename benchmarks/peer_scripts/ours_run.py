@@ -21,6 +21,7 @@ for n in lengths:
     ids = np.random.default_rng(0).integers(0, 199_000, n).tolist()  # bench.prompt(n)
     times = []
     for repeat in range(repeats + 1):  # the first is the warm-up
+        model.clear_cache()  # the same prompt again would be a follow-up: all but its last position reused
         generation = model.generate_from_ids(ids, max_new_tokens=1)
         generation.text()
         if repeat:

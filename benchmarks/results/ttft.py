@@ -14,6 +14,7 @@ ids = np.random.default_rng(128).integers(0, 199_000, 128).tolist()
 model.generate_from_ids(ids, max_new_tokens=1).text()  # warm-up
 times = []
 for _ in range(3):
+    model.clear_cache()  # else the repeat reuses the previous prompt's KV cache
     started = time.perf_counter()
     model.generate_from_ids(ids, max_new_tokens=1).text()
     times.append(time.perf_counter() - started)
