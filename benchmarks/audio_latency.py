@@ -1,48 +1,108 @@
 """Audio encoder real-time factor (encoder seconds per second of audio; below 1 is faster than
-real time), for an artifact and for one full-size conformer block.
+real time), for an artifact and for full-size conformer blocks.
 
     python -m phi4mm_edge.benchmarks.audio_latency ARTIFACT
-    python -m phi4mm_edge.benchmarks.audio_latency --full-size-block
+    python -m phi4mm_edge.benchmarks.audio_latency --full-size-block [--rounds 5] [--profile]
 
-`--full-size-block` writes checkpoints whose audio encoder has the real width (1024, MLP
-1536, 16 heads, 1024 subsampling channels) and one or three conformer blocks, exports them at
-fp32 and int4 and times them; the full encoder's factor is estimated as the rest + 24 x (block).
-The projection there maps to the tiny text width, so the full-size projection is not counted. Figures
-are medians after a warm-up, for 10 s and 30 s of audio.
+`--full-size-block` writes checkpoints whose audio encoder has the real width (1024, MLP 1536, 16
+heads, 1024 subsampling channels) and one or three conformer blocks, builds audio.onnx for each
+variant (linears int4 / int8 / fp32; attention from plain ops or ONNX Runtime's fused kernel;
+encoder_variants.py) and times them all in one process, interleaved, on 30 s of audio (375
+encoder frames, one chunk). Half the difference between three blocks and one isolates a block;
+the full encoder is estimated as the rest (subsampling, projection) + 24 blocks. The projection
+there maps to the tiny text width, so the full-size projection is not counted. Figures are
+medians over the rounds after a warm-up; ratios are medians of the per-round ratios to today's
+export (int4, plain). `--profile` adds the per-operator profile of the after variant's
+three-block graph.
 """
 
 import argparse
+import statistics
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..runtime import Phi4MMEdge
+from ..runtime.cpu import physical_cores
+from ..runtime.audio import SAMPLE_RATE, log_mel_spectrogram
 from ..export.reference_checkpoint import tiny_config
-from .timing import measure_at_both_precisions, median_seconds
+from .encoder_variants import (AFTER, BASELINE, EXACT, VARIANTS, cpu_description, interleaved_seconds, median_ratio, open_sessions,
+                               per_layer, profile)
+from .timing import median_seconds
 
 FULL_SIZE_BLOCKS = 24
+FEW, MORE = 1, 3  # conformer blocks of the two graphs of each variant
+SECONDS = 30.0
+FULL_WIDTH = dict(hidden_size=1024, intermediate_size=1536, num_attention_heads=16, ext_pw_out_channel=1024,
+                  depthwise_separable_out_channel=1024, nemo_conv_channels=1024)
+
+
+def noise(seconds: float) -> np.ndarray:
+    return 0.1 * np.random.default_rng(0).standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32)
 
 
 def real_time_factor(model: Phi4MMEdge, seconds: float, repeats: int = 5) -> float:
-    rng = np.random.default_rng(0)
-    rate = model.audio.entry.sample_rate
-    clip = model.audio.prepare((0.1 * rng.standard_normal(int(seconds * rate)).astype(np.float32), rate))
+    clip = model.audio.prepare((noise(seconds), SAMPLE_RATE))
     return median_seconds(lambda: model.audio.features(clip), repeats) / seconds
 
 
-def full_size_block(folder: Path, blocks: int) -> dict:
+def export_variants(folder: Path, blocks: int) -> dict:
+    """A full-width checkpoint whose audio encoder has `blocks` conformer blocks, then audio.onnx per variant."""
+    from ..export.audio_encoder import build_audio_encoder
+    from ..export.checkpoint import Checkpoint
+    from ..export.convert import write_graph
+    from ..export.reference_checkpoint import write_reference
+
     config = tiny_config()
-    config["audio_config"].update(hidden_size=1024, intermediate_size=1536, num_blocks=blocks, num_attention_heads=16,
-                                  ext_pw_out_channel=1024, depthwise_separable_out_channel=1024, nemo_conv_channels=1024)
-    return measure_at_both_precisions(folder / f"blocks{blocks}", config,
-                                      lambda model: {seconds: real_time_factor(model, seconds) for seconds in (10.0, 30.0)})
+    config["audio_config"].update(FULL_WIDTH, num_blocks=blocks)
+    checkpoint = Checkpoint(write_reference(folder / f"checkpoint{blocks}", config=config))
+    graphs = {}
+    for index, variant in enumerate(VARIANTS):
+        name = f"audio{blocks}_{index}.onnx"
+        write_graph(folder, name, lambda graph: build_audio_encoder(checkpoint, graph, variant.precision(),
+                                                                     fused_attention=variant.fused_attention))
+        graphs[variant, blocks] = folder / name
+    return graphs
+
+
+def full_size_block(folder: Path, rounds: int, with_profile: bool, threads: int | None = None, baseline: Path | None = None) -> list[str]:
+    variants = ([BASELINE] if baseline else []) + list(VARIANTS)  # ratios are to the first
+    graphs = {**export_variants(folder, FEW), **export_variants(folder, MORE)}
+    if baseline:
+        graphs.update({(BASELINE, n): Path(baseline) / f"audio{n}.onnx" for n in (FEW, MORE)})
+    feeds = {"input_features": log_mel_spectrogram(noise(SECONDS), tiny_config()["audio_config"]["input_size"])[None],
+             "vision_mode": np.array(False)}
+    sessions = open_sessions(graphs, threads)
+    factors = {key: [s / SECONDS for s in values] for key, values in interleaved_seconds(sessions, feeds, rounds).items()}
+    outputs = {key: session.run(None, feeds)[0] for key, session in sessions.items()}
+    estimates = {variant: per_layer(factors[variant, FEW], factors[variant, MORE], FEW, MORE, FULL_SIZE_BLOCKS) for variant in variants}
+    lines = [f"full-width conformer blocks (1024/1536/16 heads), {SECONDS:.0f} s of audio, {rounds} interleaved rounds, "
+             f"{threads or physical_cores()} threads; {cpu_description()}",
+             f"  real-time factors: the {MORE}-block graph (and its median per-round ratio to before); from the {FEW}- and "
+             f"{MORE}-block graphs' medians: one block, the rest, the encoder = rest + {FULL_SIZE_BLOCKS} blocks (and its ratio "
+             f"to before); features vs fp32 plain ({MORE} blocks, relative L2)"]
+    exact = outputs[EXACT, MORE]
+    for variant, (block, rest, encoder) in estimates.items():
+        error = np.linalg.norm(outputs[variant, MORE] - exact) / np.linalg.norm(exact)
+        lines.append(f"  {variant.name:42s} {statistics.median(factors[variant, MORE]):7.4f} "
+                     f"({median_ratio(factors[variant, MORE], factors[variants[0], MORE]):4.2f}x)  block {block:7.4f}  rest {rest:7.4f}  "
+                     f"encoder {encoder:6.3f} ({encoder / estimates[variants[0]][2]:4.2f}x)  {error:.1e}")
+    if with_profile:
+        lines.append(f"  per-operator profile of {AFTER.name}, {MORE} blocks:")
+        lines += profile(graphs[AFTER, MORE], feeds, threads)
+    return lines
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", nargs="?")
     parser.add_argument("--full-size-block", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: one per physical core, as the runtime)")
+    parser.add_argument("--baseline", type=Path, help="a folder with audio1.onnx and audio3.onnx built by another "
+                                                      "version of the code for the same checkpoints: timed too, and the ratios are to it")
+    parser.add_argument("--profile", action="store_true", help="with --full-size-block: profile the after variant")
     args = parser.parse_args(argv)
     if args.artifact:
         model = Phi4MMEdge.load(args.artifact)
@@ -50,15 +110,7 @@ def main(argv=None):
             print(f"{args.artifact}: audio encoder real-time factor {real_time_factor(model, seconds):.4f} for {seconds:.0f} s")
     if args.full_size_block:
         with tempfile.TemporaryDirectory() as folder:
-            # One block and three blocks: half the difference isolates a block from the subsampling
-            # and projection (a single block's time is within the machine's noise).
-            one, three = full_size_block(Path(folder), 1), full_size_block(Path(folder), 3)
-            for precision in one:
-                for seconds in (10.0, 30.0):
-                    block = (three[precision][seconds] - one[precision][seconds]) / 2
-                    rest = one[precision][seconds] - block
-                    print(f"full-size conformer, {precision}, {seconds:.0f} s audio: one block RTF {block:.4f}, "
-                          f"subsampling+projection {rest:.4f}, estimated 24-block encoder RTF {rest + FULL_SIZE_BLOCKS * block:.3f}")
+            print("\n".join(full_size_block(Path(folder), args.rounds, args.profile, args.threads, args.baseline)))
 
 
 if __name__ == "__main__":

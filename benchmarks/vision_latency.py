@@ -1,26 +1,43 @@
 """Vision encoder latency per crop, and crops/tokens for common frame sizes.
 
     python -m phi4mm_edge.benchmarks.vision_latency ARTIFACT
-    python -m phi4mm_edge.benchmarks.vision_latency --full-size-layer   # one SigLIP so400m layer
+    python -m phi4mm_edge.benchmarks.vision_latency --full-size-layer [--rounds 5] [--profile]
 
-`--full-size-layer` writes a checkpoint whose vision encoder has the real width (1152, MLP 4304,
-16 heads) and two layers, so the exported graph runs exactly one (features come from layer -2),
-exports it at fp32 and int4 and times both. Figures are medians over repeats after a warm-up.
+`--full-size-layer` writes checkpoints whose vision encoder has the real width (1152, MLP 4304,
+16 heads) and runs one or three layers, builds vision.onnx for each variant (linears int4 /
+int8 / fp32; attention from plain ops or ONNX Runtime's fused kernel; encoder_variants.py) and
+times them all in one process, interleaved: each round runs every graph once on one 448x448
+image (the global view and one tile). Half the difference between three layers and one isolates
+a layer from the patch embedding, pooling and projection ("the rest"); the full encoder (26
+layers, features come from layer -2) is estimated as the rest + 26 layers. The projection there
+maps to the tiny text width, so the full-size projection is not counted. Figures are medians over
+the rounds after a warm-up; ratios are medians of the per-round ratios to today's export (int4,
+plain), so a busy machine slows both sides of each ratio alike. `--profile` adds ONNX Runtime's
+per-operator profile of the after variant's three-layer graph (time share by operator type).
 """
 
 import argparse
+import statistics
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from ..runtime import Phi4MMEdge
+from ..runtime.cpu import physical_cores
 from ..manifest import VisionEntry
 from ..runtime.image import preprocess
 from ..export.reference_checkpoint import tiny_config
-from .timing import measure_at_both_precisions, median_seconds
+from .encoder_variants import (AFTER, BASELINE, EXACT, VARIANTS, cpu_description, interleaved_seconds, median_ratio, open_sessions,
+                               per_layer, profile)
+from .timing import median_seconds
 
 FRAME_SIZES = ((1920, 1080), (1280, 720), (448, 448), (4032, 3024))
+FULL_WIDTH = dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16)
+FULL_SIZE_LAYERS = 26  # SigLIP's 27 layers, features taken at layer -2
+FEW, MORE = 1, 3  # layers run by the two graphs of each variant
+GEOMETRY = VisionEntry(graph="vision.onnx", crop_size=448, patch_size=14, max_crops=36, mean=0.5, std=0.5, encoder={})
 
 
 def per_crop_ms(model: Phi4MMEdge, repeats: int = 5) -> float:
@@ -39,16 +56,71 @@ def frame_table(geometry: VisionEntry) -> list[str]:
     return lines
 
 
-def full_size_layer(folder: Path) -> dict:
+def export_variants(folder: Path, layers: int) -> dict:
+    """A full-width checkpoint whose vision encoder runs `layers` layers, then vision.onnx per variant."""
+    from ..export.checkpoint import Checkpoint
+    from ..export.convert import write_graph
+    from ..export.reference_checkpoint import write_reference
+    from ..export.vision_encoder import build_vision_encoder
+
     config = tiny_config()
-    config["vision_config"].update(hidden_size=1152, intermediate_size=4304, num_hidden_layers=2, num_attention_heads=16)
-    return measure_at_both_precisions(folder, config, per_crop_ms)
+    config["vision_config"].update(FULL_WIDTH, num_hidden_layers=layers + 1)  # features come from layer -2
+    checkpoint = Checkpoint(write_reference(folder / f"checkpoint{layers}", config=config))
+    graphs = {}
+    for index, variant in enumerate(VARIANTS):
+        name = f"vision{layers}_{index}.onnx"
+        write_graph(folder, name, lambda graph: build_vision_encoder(checkpoint, graph, variant.precision(),
+                                                                      fused_attention=variant.fused_attention))
+        graphs[variant, layers] = folder / name
+    return graphs
+
+
+def crop_inputs(width: int, height: int) -> dict:
+    """vision.onnx's feeds for a smooth random image of width x height."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8)
+    image = preprocess(Image.fromarray(small).resize((width, height), Image.BILINEAR), GEOMETRY)
+    return {"pixel_values": image.pixel_values, "attention_mask": image.attention_mask,
+            "crop_grid": np.array(image.crop_grid, np.int64)}
+
+
+def full_size_layer(folder: Path, rounds: int, with_profile: bool, threads: int | None = None, baseline: Path | None = None) -> list[str]:
+    variants = ([BASELINE] if baseline else []) + list(VARIANTS)  # ratios are to the first
+    graphs = {**export_variants(folder, FEW), **export_variants(folder, MORE)}
+    if baseline:
+        graphs.update({(BASELINE, n): Path(baseline) / f"vision{n}.onnx" for n in (FEW, MORE)})
+    feeds = crop_inputs(GEOMETRY.crop_size, GEOMETRY.crop_size)
+    crops = feeds["pixel_values"].shape[0]
+    sessions = open_sessions(graphs, threads)
+    seconds = interleaved_seconds(sessions, feeds, rounds)
+    ms = {key: [1000 * s / crops for s in values] for key, values in seconds.items()}
+    features = {key: session.run(None, feeds)[0] for key, session in sessions.items()}
+    estimates = {variant: per_layer(ms[variant, FEW], ms[variant, MORE], FEW, MORE, FULL_SIZE_LAYERS) for variant in variants}
+    lines = [f"full-width SigLIP layers (1152/4304/16 heads, 1024 patches a crop), {crops} crops, {rounds} interleaved rounds, "
+             f"{threads or physical_cores()} threads; {cpu_description()}",
+             f"  ms per crop: the {MORE}-layer graph (and its median per-round ratio to before); from the {FEW}- and {MORE}-layer "
+             f"graphs' medians: one layer, the rest, the encoder = rest + {FULL_SIZE_LAYERS} layers (and its ratio to before); "
+             f"features vs fp32 plain ({MORE} layers, relative L2)"]
+    exact = features[EXACT, MORE]
+    for variant, (layer, rest, encoder) in estimates.items():
+        error = np.linalg.norm(features[variant, MORE] - exact) / np.linalg.norm(exact)
+        lines.append(f"  {variant.name:42s} {statistics.median(ms[variant, MORE]):7.1f} ({median_ratio(ms[variant, MORE], ms[variants[0], MORE]):4.2f}x)"
+                     f"  layer {layer:6.1f}  rest {rest:6.1f}  encoder {encoder:7.0f} ({encoder / estimates[variants[0]][2]:4.2f}x)  {error:.1e}")
+    if with_profile:
+        lines.append(f"  per-operator profile of {AFTER.name}, {MORE} layers, {crops} crops:")
+        lines += profile(graphs[AFTER, MORE], feeds, threads)
+    return lines
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", nargs="?")
     parser.add_argument("--full-size-layer", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: one per physical core, as the runtime)")
+    parser.add_argument("--baseline", type=Path, help="a folder with vision1.onnx and vision3.onnx built by another "
+                                                      "version of the code for the same checkpoints: timed too, and the ratios are to it")
+    parser.add_argument("--profile", action="store_true", help="with --full-size-layer: profile the after variant")
     args = parser.parse_args(argv)
     if args.artifact:
         model = Phi4MMEdge.load(args.artifact)
@@ -56,8 +128,7 @@ def main(argv=None):
         print("\n".join(frame_table(model.vision.geometry)))
     if args.full_size_layer:
         with tempfile.TemporaryDirectory() as folder:
-            for precision, ms in full_size_layer(Path(folder)).items():
-                print(f"one full-size SigLIP layer (1152/4304/16 heads, 1024 patches), {precision}: {ms:.1f} ms per crop")
+            print("\n".join(full_size_layer(Path(folder), args.rounds, args.profile, args.threads, args.baseline)))
 
 
 if __name__ == "__main__":

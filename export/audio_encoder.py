@@ -18,7 +18,7 @@ from onnx import TensorProto
 from .architecture import AUDIO_EMBED
 from .checkpoint import Checkpoint, Weights
 from .checkpoint_config import AudioConfig
-from .graph_blocks import Builder, Precision, gelu, initializer, layer_norm, linear, multi_head_attention, swish
+from .graph_blocks import Builder, Precision, fused_attention, gelu, initializer, layer_norm, linear, multi_head_attention, swish
 from .onnx_graph import Graph
 
 MAX_CHUNK = 500  # the reference's "maximum position for absolute positional encoding"
@@ -29,9 +29,11 @@ STRIDE = 2  # each subsampling stage halves time and frequency
 
 @dataclass(frozen=True)
 class AudioBuilder(Builder):
-    """The audio graph being built, its precision, and the encoder's sizes."""
+    """The audio graph being built, its precision, the encoder's sizes, and how attention runs:
+    ONNX Runtime's fused kernel (the default) or plain ops (kept to measure and test against)."""
 
     config: AudioConfig
+    fused_attention: bool = True
     linear_bias: ClassVar[bool] = True
 
 
@@ -51,10 +53,19 @@ def subsample(audio: AudioBuilder, features: str, weights: Weights) -> str:
         return graph.op("Conv", [x, initializer(graph, weights, f"conv.{index}.weight"), initializer(graph, weights, f"conv.{index}.bias")],
                         kernel_shape=[kernel, kernel], strides=[stride, stride], pads=[kernel // 2] * 4, group=group)
 
+    def pointwise(x: str, index: int) -> str:
+        """A 1x1 convolution [1, C, T, F] -> the same, as one MatMul W [C, C] x [1, C, T*F]: ONNX
+        Runtime's Conv kernel ran it at ~21 GFLOPS at 1024 channels, MLAS's SGEMM runs it at
+        several times that (benchmarks/RESULTS.md, "Encoder latency")."""
+        weight = initializer(graph, weights, f"conv.{index}.weight", shape=weights.shape(f"conv.{index}.weight")[:2])
+        y = graph.op("MatMul", [weight, graph.reshape(x, [0, 0, -1])])
+        y = graph.add(y, initializer(graph, weights, f"conv.{index}.bias", shape=[-1, 1]))
+        return graph.reshape(y, graph.op("Shape", [x]))
+
     x = graph.op("Relu", [conv(graph.unsqueeze(features, [1]), 0, STRIDE)])  # one input channel
     for stage in range(int(math.log2(audio.config.time_reduction)) - 1):  # conv.2, conv.3, then conv.5, conv.6, ...
         x = conv(x, 2 + 3 * stage, STRIDE, group=audio.config.conv_channels)
-        x = graph.op("Relu", [conv(x, 3 + 3 * stage, 1)])
+        x = graph.op("Relu", [pointwise(x, 3 + 3 * stage)])
     x = graph.reshape(graph.transpose(x, [0, 2, 1, 3]), [0, 0, -1])  # [1, time, channels * frequency]
     return linear(audio, x, weights.scope("out."))
 
@@ -79,9 +90,12 @@ def feed_forward(audio: AudioBuilder, x: str, weights: Weights) -> str:
 
 def attention(audio: AudioBuilder, x: str, bias: str, weights: Weights) -> str:
     """[chunks, chunk, hidden] -> the same: self-attention within each chunk, plus the relative bias."""
-    config = audio.config
+    graph, config = audio.graph, audio.config
     q, k, v = (linear(audio, x, weights.scope(projection)) for projection in ("q_proj.", "k_proj.", "v_proj."))
-    context = multi_head_attention(audio.graph, q, k, v, bias, config.num_heads, config.hidden_size // config.num_heads)
+    if audio.fused_attention:
+        context = fused_attention(graph, q, k, v, config.num_heads, bias=bias)
+    else:
+        context = multi_head_attention(graph, q, k, v, bias, config.num_heads, config.hidden_size // config.num_heads)
     return linear(audio, context, weights.scope("o_proj."))
 
 
@@ -144,10 +158,11 @@ def projection(audio: AudioBuilder, x: str, vision_mode: str, weights: Weights) 
                     then_branch=branch("vision_speech"), else_branch=branch("speech"))
 
 
-def build_audio_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precision) -> AudioConfig:
-    """Fill `graph` with speech.onnx for the checkpoint's audio encoder; returns its config."""
+def build_audio_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, fused_attention: bool = True) -> AudioConfig:
+    """Fill `graph` with speech.onnx for the checkpoint's audio encoder, its linears stored at
+    `precision`; returns its config. `fused_attention=False` builds attention from plain ops."""
     config = checkpoint.audio
-    audio = AudioBuilder(graph, precision, config)
+    audio = AudioBuilder(graph, precision, config, fused_attention)
     weights = checkpoint.weights(AUDIO_EMBED, graph_prefix="audio.")
     encoder = weights.scope("encoder.")
     features = graph.input("input_features", TensorProto.FLOAT, [1, "frames", config.input_size])

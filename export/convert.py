@@ -27,6 +27,7 @@ from .vision_encoder import build_vision_encoder
 TOKENIZER_FILES = artifact.TOKENIZER_FILES + ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
                                                "chat_template.json", "preprocessor_config.json")
 IN_GRAPH = {"int4": 4, "int8": 8}  # the adapters as constants in the decoder graph (graph_adapters.py), by bits
+ENCODER_PRECISIONS = ("auto", "int4", "int8", "fp32")
 MAX_CROPS = 36  # the processor's dynamic_hd when preprocessor_config.json does not say
 SAMPLE_RATE = 16000  # the feature extractor's sampling_rate when preprocessor_config.json does not say
 IMAGE_MEAN = IMAGE_STD = 0.5  # the processor normalizes each channel to [-1, 1]
@@ -43,6 +44,22 @@ def _preprocessor_config(folder: Path) -> dict:
         return settings
     except (json.JSONDecodeError, ValueError, TypeError, AttributeError):
         raise Phi4MMError(f"{path} is not valid: re-download the checkpoint's preprocessor_config.json") from None
+
+
+def encoder_precision_for(precision: Precision, choice: str = "auto") -> Precision:
+    """How the vision and audio encoders store their linears. "auto" is int8 with an int4 base and
+    fp32 with an fp32 one (exactness is what an fp32 export is for). Why int8: an encoder
+    multiplies crops x 1024 patch rows (or every audio frame) at once, so its linears are
+    compute-bound, where DynamicQuantizeMatMul's uint8 x int8 GEMM runs ~1.7x MatMulNBits on AVX2
+    (an encoder ~1.5x overall: benchmarks/RESULTS.md, "Encoder latency"); its 7-bit per-channel
+    weights come from the checkpoint and are ~5x closer to it than int4 blocks (quant/int8.py).
+    Its cost: activations are rounded per row (row_scaled_int8_matmul), not per block of 32, and
+    the encoders take ~1.6x the int4 bytes (0.87 vs 0.55 GB at full size)."""
+    if choice not in ENCODER_PRECISIONS:
+        raise Phi4MMError(f"encoder precision {choice!r} is not one of {list(ENCODER_PRECISIONS)}")
+    if choice == "auto":
+        choice = "int8" if precision.is_int4 else "fp32"
+    return replace(precision, weights=choice, int8_row_scales=choice == "int8")
 
 
 def write_graph(out: Path, file_name: str, build):
@@ -99,9 +116,12 @@ def prepare_output_folder(out: Path, force: bool) -> None:
 
 
 def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_precision: str = "auto",
-           show_progress: bool = True, prefill: str = "int4", force: bool = False) -> Manifest:
+           show_progress: bool = True, prefill: str = "int4", force: bool = False,
+           encoder_precision: str = "auto") -> Manifest:
     """Export a checkpoint. `prefill="int8"` adds decoder_prefill.onnx: the decoder with 7-bit
     per-channel weights (quant/int8.py), for ~2x faster prompts at ~1.9x the decoder's bytes.
+    `encoder_precision` ("auto", "int4", "int8", "fp32") is how vision.onnx and audio.onnx store
+    their linears (see encoder_precision_for).
     `force` writes into a non-empty folder that is not a previous export. Returns the manifest
     that was written: it lists exactly the files export wrote."""
     if prefill not in ("int4", "int8"):
@@ -114,6 +134,7 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         raise Phi4MMError(f"adapter precision {adapter_precision!r} is not one of {[*IN_GRAPH, *sorted(ADAPTER_DTYPES)]}")
     if precision.weights not in ("int4", "fp32"):
         raise Phi4MMError(f"precision {precision.weights!r} is not int4 or fp32")
+    encoder = encoder_precision_for(precision, encoder_precision)
     started = time.perf_counter()
     ckpt = Checkpoint(checkpoint_dir)
     text = ckpt.text
@@ -157,14 +178,14 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     processor = _preprocessor_config(ckpt.folder)
     vision_entry = None
     if has_vision:
-        config = write_graph(out, artifact.VISION_GRAPH, lambda g: build_vision_encoder(ckpt, g, precision))
+        config = write_graph(out, artifact.VISION_GRAPH, lambda g: build_vision_encoder(ckpt, g, encoder))
         vision_entry = VisionEntry(graph=artifact.VISION_GRAPH, crop_size=config.crop_size, patch_size=config.patch_size,
                                    max_crops=int(processor.get("dynamic_hd", MAX_CROPS)), mean=IMAGE_MEAN, std=IMAGE_STD, encoder=asdict(config))
         step("vision")
 
     audio_entry = None
     if has_audio:
-        config = write_graph(out, artifact.AUDIO_GRAPH, lambda g: build_audio_encoder(ckpt, g, precision))
+        config = write_graph(out, artifact.AUDIO_GRAPH, lambda g: build_audio_encoder(ckpt, g, encoder))
         audio_entry = AudioEntry(graph=artifact.AUDIO_GRAPH, sample_rate=int(processor.get("sampling_rate", SAMPLE_RATE)), mel_bins=config.input_size,
                                  compression_rate=config.time_reduction, encoder=asdict(config))
         step("audio")

@@ -1,6 +1,7 @@
 """The blocks the decoder, vision and audio graphs share, as ONNX nodes: linear layers at the
 export's precision (int4 MatMulNBits, int8 DynamicQuantizeMatMul or fp32 MatMul), the LoRA
-branch, layer norm, RMS norm, bidirectional multi-head attention and the activations.
+branch, layer norm, RMS norm, bidirectional multi-head attention (plain ops, or ONNX Runtime's
+fused kernel) and the activations.
 
 Weights come from a checkpoint `Weights` scope (one module) and are named after it in the
 graph. `linear` takes a `Builder` (the graph and the precision linears are stored at); blocks
@@ -16,17 +17,24 @@ from ..quant import int4, int8
 from .checkpoint import Weights
 from .onnx_graph import MS_DOMAIN, ExternalData, Graph
 
+MATMUL_NBITS_BIAS = 5  # MatMulNBits' input index of its optional bias (after zero_points and g_idx)
+MASKED_SCORE = np.float32(np.finfo(np.float32).min)  # added to a hidden key's score: softmax gives it exactly 0
+
 
 @dataclass(frozen=True)
 class Precision:
     """How base weights are stored. accuracy_level 4 lets the CPU kernel quantize activations
-    to int8 per block (its fastest path); 0 keeps fp32 activations. "int8" is the prefill graph's
-    precision: 7-bit per-output-channel weights for DynamicQuantizeMatMul (quant/int8.py)."""
+    to int8 per block (its fastest path); 0 keeps fp32 activations. "int8" is the precision of the
+    prefill graph and of the encoders: 7-bit per-output-channel weights for DynamicQuantizeMatMul
+    (quant/int8.py), which quantizes activations per tensor; with `int8_row_scales` each
+    activation row is scaled to [-1, 1] around the kernel first (the encoders', see
+    row_scaled_int8_matmul)."""
 
-    weights: str = "int4"  # "int4", "fp32", or "int8" (prefill graph only)
+    weights: str = "int4"  # "int4", "fp32", or "int8" (the prefill graph and the encoders)
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 4
+    int8_row_scales: bool = False
 
     @property
     def is_int4(self) -> bool:
@@ -61,36 +69,52 @@ def int4_initializers(data: ExternalData, name: str, quantized: int4.Int4Weight)
     return protos
 
 
-def matmul_nbits(graph: Graph, x: str, protos, quantized, precision: Precision, name: str) -> str:
-    """x W^T for a block-quantized W (4 bits, or `quantized.bits`) whose initializers `protos` are
-    already written."""
-    names = [graph.add_initializer(p) for p in protos]
+def matmul_nbits(graph: Graph, x: str, protos, quantized, precision: Precision, name: str, bias: str | None = None) -> str:
+    """x W^T (+ bias, added by the kernel) for a block-quantized W (4 bits, or `quantized.bits`)
+    whose initializers `protos` are already written."""
+    inputs = [x, *(graph.add_initializer(p) for p in protos)]
+    if bias:
+        inputs += [""] * (MATMUL_NBITS_BIAS - len(inputs)) + [bias]  # after the absent optional inputs
     n, k = quantized.shape
     return graph.op(
-        "MatMulNBits", [x, *names], domain=MS_DOMAIN, name=name,
+        "MatMulNBits", inputs, domain=MS_DOMAIN, name=name,
         K=k, N=n, bits=getattr(quantized, "bits", 4), block_size=quantized.block_size, accuracy_level=precision.accuracy_level,
     )
 
 
 def linear(builder: Builder, x: str, weights: Weights) -> str:
     """y = x W^T (+ b) for the module `weights`: W = weights["weight"] [out, in], b =
-    weights["bias"] when the builder's part has biases. W is stored at the builder's precision."""
+    weights["bias"] when the builder's part has biases. W is stored at the builder's precision;
+    the int4 and int8 kernels add b themselves (one pass over y fewer than an Add)."""
     graph, precision, name = builder.graph, builder.precision, weights.graph_name()
     weight = weights["weight"]
     weight = weight.reshape(weight.shape[0], -1)  # a 1x1 convolution's [out, in, 1] is a linear too
+    bias = graph.weight(f"{name}.bias", weights["bias"].astype(np.float32)) if builder.linear_bias else None
     if precision.is_int4:
         quantized = int4.quantize(weight, precision.block_size, precision.symmetric)
-        y = matmul_nbits(graph, x, int4_initializers(graph.data, name, quantized), quantized, precision, name)
-    elif precision.weights == "int8":
+        return matmul_nbits(graph, x, int4_initializers(graph.data, name, quantized), quantized, precision, name, bias)
+    if precision.weights == "int8":
         columns = int8.quantize_columns(weight)
-        y = graph.op("DynamicQuantizeMatMul", [x, graph.weight(f"{name}.int8", columns.weight_t),
-                                               graph.weight(f"{name}.int8_scales", columns.scales)],
-                     domain=MS_DOMAIN, name=name)
-    else:
-        y = graph.op("MatMul", [x, graph.weight(f"{name}.weight_t", np.ascontiguousarray(weight.T))], name=name)
-    if builder.linear_bias:
-        y = graph.add(y, graph.weight(f"{name}.bias", weights["bias"].astype(np.float32)))
-    return y
+        weight_names = [graph.weight(f"{name}.int8", columns.weight_t), graph.weight(f"{name}.int8_scales", columns.scales)]
+        if precision.int8_row_scales:
+            return row_scaled_int8_matmul(graph, x, weight_names, bias, name)
+        return graph.op("DynamicQuantizeMatMul", [x, *weight_names] + (["", bias] if bias else []), domain=MS_DOMAIN, name=name)
+    y = graph.op("MatMul", [x, graph.weight(f"{name}.weight_t", np.ascontiguousarray(weight.T))], name=name)
+    return graph.add(y, bias) if bias else y
+
+
+def row_scaled_int8_matmul(graph: Graph, x: str, weight_names: list[str], bias: str | None, name: str) -> str:
+    """DynamicQuantizeMatMul (x / peak) times peak (+ bias), peak = each row's max |x|: per-row
+    (per-token) activation scales around a kernel that rounds a whole tensor on one uint8 grid.
+    One large token (a vision transformer's "massive activation") would otherwise coarsen every
+    row's grid: with one element at 300 in a [512, 1152] input of unit scale, the other rows'
+    error is 34% per tensor and 0.8% per row (tests/test_vision.py). Costs ~11% of a linear's
+    time (benchmarks/RESULTS.md, "Encoder latency"). Rows that are all zero stay zero."""
+    peak = graph.op("Max", [graph.op("ReduceMax", [graph.op("Abs", [x]), graph.ints([-1])], keepdims=1),
+                            graph.constant("tiny", np.float32(np.finfo(np.float32).tiny))])
+    y = graph.op("DynamicQuantizeMatMul", [graph.op("Div", [x, peak]), *weight_names], domain=MS_DOMAIN, name=name)
+    y = graph.mul(y, peak)
+    return graph.add(y, bias) if bias else y
 
 
 def lora_branch(graph: Graph, x: str, a_input: str, b_input: str) -> str:
@@ -123,6 +147,21 @@ def multi_head_attention(graph: Graph, q: str, k: str, v: str, bias: str, num_he
     scores = graph.add(graph.mul(graph.op("MatMul", [q, k]), graph.constant("scale", np.float32(head_dim ** -0.5))), bias)
     context = graph.op("MatMul", [graph.op("Softmax", [scores], axis=-1), v])
     return graph.reshape(graph.transpose(context, [0, 2, 1, 3]), [0, 0, -1])
+
+
+def fused_attention(graph: Graph, q: str, k: str, v: str, num_heads: int, key_padding_mask: str | None = None,
+                    bias: str | None = None) -> str:
+    """multi_head_attention in one ONNX Runtime kernel (com.microsoft MultiHeadAttention): per
+    head, scores, mask, softmax and context run back to back in one parallel loop, without the
+    plain graph's Transposes and its broadcast Add over [batch, heads, seq, seq]. q, k, v are
+    [batch, seq, heads * head_dim];
+    `key_padding_mask` int32 [batch, seq] (0 hides that key from every query) adds
+    MASKED_SCORE to the hidden keys' scores, as the plain graph's bias does; `bias` [1 or batch,
+    heads or 1, seq, seq] is added to the scores. Scale 1/sqrt(head_dim), bidirectional."""
+    inputs = [q, k, v, "", key_padding_mask or "", bias or ""]  # "" = an absent optional input
+    while not inputs[-1]:
+        inputs.pop()
+    return graph.op("MultiHeadAttention", inputs, domain=MS_DOMAIN, num_heads=num_heads, mask_filter_value=float(MASKED_SCORE))
 
 
 def gelu(graph: Graph, x: str, approximate: str = "none") -> str:

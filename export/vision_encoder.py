@@ -15,21 +15,23 @@ from onnx import TensorProto
 from .architecture import IMAGE_EMBED
 from .checkpoint import Checkpoint, Weights
 from .checkpoint_config import VisionConfig
-from .graph_blocks import Builder, Precision, gelu, initializer, layer_norm, linear, multi_head_attention
+from .graph_blocks import (MASKED_SCORE, Builder, Precision, fused_attention, gelu, initializer, layer_norm, linear,
+                           multi_head_attention)
 from .onnx_graph import Graph
 
 GLOBAL_VIEW = 0  # crop 0 is the whole image; crops 1.. are the tiles, row-major
 FIRST_TILE = 1
 TO_THE_END = np.iinfo(np.int64).max  # a Slice end past any length
 BELOW_ONE = np.float32(1.0 - 1e-6)  # keeps the last real patch's fraction inside the last bucket
-MASKED = np.float32(np.finfo(np.float32).min)  # the additive bias that hides a key
 
 
 @dataclass(frozen=True)
 class VisionBuilder(Builder):
-    """The vision graph being built, its precision, and the encoder's sizes."""
+    """The vision graph being built, its precision, the encoder's sizes, and how attention runs:
+    ONNX Runtime's fused kernel (the default) or plain ops (kept to measure and test against)."""
 
     config: VisionConfig
+    fused_attention: bool = True
     linear_bias: ClassVar[bool] = True
 
 
@@ -67,18 +69,25 @@ def position_ids(vision: VisionBuilder, mask: str) -> str:
     return graph.op("Where", [is_real, graph.reshape(position, [0, -1]), graph.ints(0)])
 
 
-def key_padding_bias(graph: Graph, mask: str) -> str:
-    """[crops, 1, 1, patches^2]: padding patches are hidden from every query as keys (the
-    reference's bidirectional mask)."""
+def key_padding_of(vision: VisionBuilder, mask: str) -> str:
+    """Padding patches are hidden from every query as keys (the reference's bidirectional mask):
+    for the fused kernel an int32 [crops, patches^2] mask (1 = a real patch), for plain ops the
+    additive bias [crops, 1, 1, patches^2]."""
+    graph = vision.graph
+    if vision.fused_attention:
+        return graph.cast(graph.reshape(mask, [0, -1]), TensorProto.INT32)
     is_padding = graph.sub(graph.constant("one_f", np.float32(1.0)), graph.reshape(mask, [0, 1, 1, -1]))
-    return graph.mul(is_padding, graph.constant("masked", MASKED))
+    return graph.mul(is_padding, graph.constant("masked", MASKED_SCORE))
 
 
 def attention(vision: VisionBuilder, x: str, key_padding: str, weights: Weights) -> str:
     """[crops, patches^2, hidden] -> the same: self-attention, padding patches hidden as keys."""
-    config = vision.config
+    graph, config = vision.graph, vision.config
     q, k, v = (linear(vision, x, weights.scope(projection)) for projection in ("q_proj.", "k_proj.", "v_proj."))
-    context = multi_head_attention(vision.graph, q, k, v, key_padding, config.num_heads, config.hidden_size // config.num_heads)
+    if vision.fused_attention:
+        context = fused_attention(graph, q, k, v, config.num_heads, key_padding_mask=key_padding)
+    else:
+        context = multi_head_attention(graph, q, k, v, key_padding, config.num_heads, config.hidden_size // config.num_heads)
     return linear(vision, context, weights.scope("out_proj."))
 
 
@@ -158,10 +167,12 @@ def projection(vision: VisionBuilder, tokens: str, weights: Weights) -> str:
     return linear(vision, gelu(vision.graph, up), weights.scope("img_projection_down."))
 
 
-def build_vision_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, progress=None) -> VisionConfig:
-    """Fill `graph` with vision.onnx for the checkpoint's vision encoder; returns its config."""
+def build_vision_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, progress=None,
+                         fused_attention: bool = True) -> VisionConfig:
+    """Fill `graph` with vision.onnx for the checkpoint's vision encoder, its linears stored at
+    `precision`; returns its config. `fused_attention=False` builds attention from plain ops."""
     config = checkpoint.vision
-    vision = VisionBuilder(graph, precision, config)
+    vision = VisionBuilder(graph, precision, config, fused_attention)
     weights = checkpoint.weights(IMAGE_EMBED, graph_prefix="vision.")
     encoder = weights.scope("img_processor.")
     side = config.patches_per_side
@@ -171,7 +182,7 @@ def build_vision_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precis
 
     positions = graph.gather(initializer(graph, encoder, "embeddings.position_embedding.weight"), position_ids(vision, mask), axis=0)
     x = graph.add(patch_embeddings(vision, pixels, encoder.scope("embeddings.patch_embedding.")), positions)
-    key_padding = key_padding_bias(graph, mask)
+    key_padding = key_padding_of(vision, mask)
     for layer in range(config.layers_used):
         x = encoder_layer(vision, x, key_padding, encoder.scope(f"encoder.layers.{layer}."))
         if progress:

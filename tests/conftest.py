@@ -132,3 +132,37 @@ def int4_lora_reference(checkpoints):
 def prompt_ids(count: int, seed: int = 1) -> np.ndarray:
     """Random ordinary token ids [1, count] (below the special ids)."""
     return np.random.default_rng(seed).integers(0, 199_000, (1, count))
+
+
+@pytest.fixture(scope="session")
+def encoder_artifacts(checkpoints, tmp_path_factory):
+    """Exports whose encoders keep int4 linears (`encoder_precision="int4"`; the default with an
+    int4 base is int8): "int4" as it ships (accuracy level 4) and "int4-exact" (level 0)."""
+    root = tmp_path_factory.mktemp("encoder_artifacts")
+    made = {}
+    for name, level in (("int4", 4), ("int4-exact", 0)):
+        export(checkpoints["native"], root / name, Precision(weights="int4", block_size=32, accuracy_level=level),
+               show_progress=False, encoder_precision="int4")
+        made[name] = root / name
+    return made
+
+
+def _int8_encoders(model):
+    """The vision and audio linears -> their dequantized 7-bit per-channel values, as export stores
+    them at encoder precision int8 (quant/int8.py)."""
+    import torch
+
+    from phi4mm_edge.quant import int8
+
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.startswith((VISION, AUDIO)) and is_int4_exported(name):
+                matrix = parameter.numpy().reshape(parameter.shape[0], -1)
+                parameter.copy_(torch.from_numpy(int8.quantize_columns(matrix).dequantize().reshape(parameter.shape)))
+
+
+@pytest.fixture(scope="session")
+def int8_encoder_reference(checkpoints):
+    """The reference whose encoder linears hold the int8 weights: the encoders our default int4
+    export computes, up to the rounding of activations."""
+    return _reference(checkpoints["native"], _int8_encoders)

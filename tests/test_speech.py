@@ -199,8 +199,8 @@ def test_audio_with_image_greedy_ids_equal_reference(vision_speech_models, refer
     assert generation.result.token_ids == expected
 
 
-def test_int4_audio_features_are_exactly_the_dequantized_reference(artifacts, int4_reference):
-    model = Phi4MMEdge.load(artifacts["int4-exact"])  # accuracy level 0: the fp32 tolerance applies
+def test_int4_audio_features_are_exactly_the_dequantized_reference(encoder_artifacts, int4_reference):
+    model = Phi4MMEdge.load(encoder_artifacts["int4-exact"])  # accuracy level 0: the fp32 tolerance applies
     audio = model.audio.prepare(tone(3.0, 16000), 16000)
     expected = reference_audio_features(int4_reference, audio.features, False)
     assert np.abs(model.audio.features(audio) - expected).max() <= FEATURE_TOLERANCE * np.abs(expected).max()
@@ -212,12 +212,71 @@ def test_int4_audio_features_are_exactly_the_dequantized_reference(artifacts, in
 INT4_FEATURE_TOLERANCE = 0.06
 
 
-def test_int4_audio_features_as_shipped_stay_close(vision_speech_models, int4_reference):
-    model = vision_speech_models["int4"]
+def relative_l2(ours, expected) -> float:
+    return float(np.linalg.norm(ours - expected) / np.linalg.norm(expected))
+
+
+def test_int4_audio_features_as_shipped_stay_close(encoder_artifacts, int4_reference):
+    model = Phi4MMEdge.load(encoder_artifacts["int4"])
     audio = model.audio.prepare(tone(5.0, 16000), 16000)
     expected = reference_audio_features(int4_reference, audio.features, False)
-    ours = model.audio.features(audio)
-    assert np.linalg.norm(ours - expected) / np.linalg.norm(expected) <= INT4_FEATURE_TOLERANCE
+    assert relative_l2(model.audio.features(audio), expected) <= INT4_FEATURE_TOLERANCE
+
+
+# -- the encoder's fast paths: fused attention, int8 linears ----------------------------------------
+def plain_attention_features(checkpoint, folder, features: np.ndarray, vision_mode: bool) -> np.ndarray:
+    """audio_features from an audio.onnx built like the fp32 artifact's but with plain-op attention."""
+    import onnxruntime as ort
+
+    from phi4mm_edge.export.checkpoint import Checkpoint
+    from phi4mm_edge.export.convert import write_graph
+    from phi4mm_edge.export.graph_blocks import Precision
+    from phi4mm_edge.export.audio_encoder import build_audio_encoder
+
+    write_graph(folder, "audio.onnx", lambda g: build_audio_encoder(Checkpoint(checkpoint), g, Precision(weights="fp32"),
+                                                                    fused_attention=False))
+    session = ort.InferenceSession(str(folder / "audio.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input_features": features[None], "vision_mode": np.array(vision_mode)})[0]
+
+
+# The fused kernel adds the relative bias to the scaled scores and runs the same MLAS SGEMM and
+# softmax as the plain graph: bitwise equal on this model (~4e-7 relative is the float32
+# reordering seen at full width). A bias misplaced by one position or head moves the features
+# by more than 1e-2.
+FUSED_TOLERANCE = 1e-5
+
+
+@pytest.mark.parametrize("seconds", [3.0, 45.0])  # 45 s: several chunks, the last one padded
+def test_fused_attention_equals_plain_ops(vision_speech_models, checkpoints, tmp_path, seconds):
+    model = vision_speech_models["fp32-native"]  # built with the fused kernel, as every export is
+    audio = model.audio.prepare(tone(seconds, 16000), 16000)
+    fused = model.audio.features(audio)
+    plain = plain_attention_features(checkpoints["native"], tmp_path, audio.features, False)
+    assert np.abs(fused - plain).max() <= FUSED_TOLERANCE * np.abs(plain).max()
+
+
+# int8 encoders (the default with an int4 base) against the reference holding the same int8
+# weights: what is left is the rounding of activations to uint8 per row, ~1% of a matmul's output
+# (test_vision.test_int8_linear_rounds_activations_per_row); ~25 matmuls would give ~5% if every
+# error reached the output in quadrature. Measured 1.1%; a layout or scale bug gives ~100%.
+INT8_FEATURE_TOLERANCE = 0.06
+
+
+@pytest.mark.parametrize("vision_mode", [False, True])
+def test_int8_audio_features_stay_close(vision_speech_models, int8_encoder_reference, vision_mode):
+    model = vision_speech_models["int4"]
+    audio = model.audio.prepare(tone(5.0, 16000), 16000)
+    expected = reference_audio_features(int8_encoder_reference, audio.features, vision_mode)
+    assert relative_l2(model.audio.features(audio, vision_mode), expected) <= INT8_FEATURE_TOLERANCE
+
+
+def test_int8_audio_features_are_closer_to_float_than_int4(vision_speech_models, encoder_artifacts, reference):
+    # Why int8 is the default: 7-bit per-channel weights are ~5x closer to the checkpoint than int4 blocks.
+    int4_model, int8_model = Phi4MMEdge.load(encoder_artifacts["int4"]), vision_speech_models["int4"]
+    audio = int8_model.audio.prepare(tone(5.0, 16000), 16000)
+    expected = reference_audio_features(reference, audio.features, False)
+    int8_error = relative_l2(int8_model.audio.features(audio), expected)
+    assert int8_error <= 0.5 * relative_l2(int4_model.audio.features(audio), expected)  # measured 2.8% vs 17.8%
 
 
 def test_microphone_path_through_sounddevice_api(artifacts, tmp_path, monkeypatch, capsys):

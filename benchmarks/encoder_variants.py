@@ -1,0 +1,108 @@
+"""What the encoder benchmarks share: the variants of an encoder graph they compare (how linears
+are stored, how attention runs), interleaved timing, ONNX Runtime's per-operator profile, and the
+CPU they ran on."""
+
+import json
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..runtime.providers import open_session, session_options
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    weights: str  # the linears: "int4" (MatMulNBits, accuracy level 4), "int8" (DynamicQuantizeMatMul), "fp32"
+    fused_attention: bool
+    int8_row_scales: bool = True  # int8: activations scaled per row around the kernel, as export's encoders do
+
+    def precision(self):
+        from ..export.graph_blocks import Precision
+
+        return Precision(weights=self.weights, int8_row_scales=self.int8_row_scales)
+
+
+BASELINE = Variant("--baseline graphs (another version's export)", "int4", False)  # timed from files, never built here
+BEFORE = Variant("int4 linears, plain attention (before)", "int4", False)
+AFTER = Variant("int8 linears, fused attention (after)", "int8", True)  # export's default with an int4 base
+EXACT = Variant("fp32 linears, plain attention", "fp32", False)  # what the others' outputs are compared with
+VARIANTS = (
+    BEFORE,
+    Variant("int4 linears, fused attention", "int4", True),
+    Variant("int8 per-tensor linears, fused attention", "int8", True, int8_row_scales=False),
+    Variant("int8 linears, plain attention", "int8", False),
+    AFTER,
+    EXACT,
+    Variant("fp32 linears, fused attention", "fp32", True),
+)
+
+
+def open_sessions(graphs: dict, threads: int | None = None) -> dict:
+    """{key: session} with the runtime's session options (`threads` None: one per physical core)."""
+    options = session_options(threads)
+    return {key: open_session(path, options, "cpu") for key, path in graphs.items()}
+
+
+def interleaved_seconds(sessions: dict, feeds: dict, rounds: int) -> dict:
+    """{key: [seconds in each round]}: every round runs each session once, after one warm-up each."""
+    for session in sessions.values():
+        session.run(None, feeds)
+    times = {key: [] for key in sessions}
+    for _ in range(rounds):
+        for key, session in sessions.items():
+            started = time.perf_counter()
+            session.run(None, feeds)
+            times[key].append(time.perf_counter() - started)
+    return times
+
+
+def per_layer(few: list[float], more: list[float], few_layers: int, more_layers: int, full_layers: int) -> tuple[float, float, float]:
+    """From the times of graphs running `few_layers` and `more_layers` layers (their medians):
+    (one layer, the rest, the rest + `full_layers` layers)."""
+    few, more = statistics.median(few), statistics.median(more)
+    layer = (more - few) / (more_layers - few_layers)
+    rest = few - few_layers * layer
+    return layer, rest, rest + full_layers * layer
+
+
+def median_ratio(values: list[float], baseline: list[float]) -> float:
+    """The median of the per-round ratios: drift of a shared machine cancels within a round."""
+    return statistics.median(v / b for v, b in zip(values, baseline))
+
+
+def op_type_shares(profile_path: str, runs: int) -> list[tuple[str, float, float]]:
+    """[(operator type, ms per run, share of the kernels' time)] from an ONNX Runtime profile."""
+    by_type = Counter()
+    for event in json.loads(Path(profile_path).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            by_type[event["args"]["op_name"]] += event["dur"]
+    total = sum(by_type.values())
+    return [(op, microseconds / 1000 / runs, microseconds / total) for op, microseconds in by_type.most_common()]
+
+
+def profile(graph: Path, feeds: dict, threads: int | None = None, runs: int = 3) -> list[str]:
+    """The per-operator profile of `runs` runs of `graph` (after a warm-up in another session), as lines."""
+    open_session(graph, session_options(threads), "cpu").run(None, feeds)  # page the weights in
+    options = session_options(threads)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(graph.with_suffix(""))
+    session = open_session(graph, options, "cpu")
+    for _ in range(runs):
+        session.run(None, feeds)
+    return [f"    {op:28s} {ms:8.1f} ms per run  {share:6.1%}" for op, ms, share in op_type_shares(session.end_profiling(), runs)]
+
+
+def cpu_description() -> str:
+    """The CPU model name, its logical CPUs and which of the GEMM-relevant flags it has (Linux)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    cpus = sum(1 for line in lines if line.startswith("processor"))
+    return f"{model}, {cpus} CPUs; " + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in wanted)
