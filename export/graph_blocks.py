@@ -35,6 +35,7 @@ class Precision:
     symmetric: bool = True
     accuracy_level: int = 4
     int8_row_scales: bool = False
+    int8_weight_bits: int = 7  # 8 only for CPUs whose int8 dot products do not saturate (quant/int8.py)
 
     @property
     def is_int4(self) -> bool:
@@ -94,7 +95,7 @@ def linear(builder: Builder, x: str, weights: Weights) -> str:
         quantized = int4.quantize(weight, precision.block_size, precision.symmetric)
         return matmul_nbits(graph, x, int4_initializers(graph.data, name, quantized), quantized, precision, name, bias)
     if precision.weights == "int8":
-        columns = int8.quantize_columns(weight)
+        columns = int8.quantize_columns(weight, precision.int8_weight_bits)
         weight_names = [graph.weight(f"{name}.int8", columns.weight_t), graph.weight(f"{name}.int8_scales", columns.scales)]
         if precision.int8_row_scales:
             return row_scaled_int8_matmul(graph, x, weight_names, bias, name)

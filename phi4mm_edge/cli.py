@@ -27,7 +27,8 @@ def _export(args):
     precision = Precision(weights=args.precision, block_size=args.block_size, symmetric=not args.asymmetric,
                           accuracy_level=args.accuracy_level)
     manifest = export(args.checkpoint, args.out, precision, args.adapter_precision, show_progress=not args.quiet,
-                      prefill=args.prefill, force=args.force, encoder_precision=args.encoder_precision)
+                      prefill=args.prefill, force=args.force, encoder_precision=args.encoder_precision,
+                      prefill_weight_bits=args.prefill_weight_bits)
     sizes = sum(f.size for f in manifest.files.values())
     print(f"exported {args.checkpoint} -> {args.out} ({precision.weights}, {sizes / 1e6:.1f} MB, "
           f"{manifest.export_seconds} s, adapters: {', '.join(manifest.adapters) or 'none'})")
@@ -152,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill", choices=["int4", "int8"], default="int4",
                    help="int8: also write decoder_prefill.onnx (int8 copy of the decoder linears, ~2x the int4 "
                         "decoder's bytes on disk and in RAM) for ~2x faster prompts on AVX2/ARM-dotprod CPUs")
+    p.add_argument("--prefill-weight-bits", type=int, choices=[7, 8], default=7,
+                   help="the int8 prefill graph's weights: 7 (default) runs on every CPU; 8 is twice as fine but "
+                        "runs only where int8 dot products do not saturate (VNNI, AMX, ARM dotprod); elsewhere the "
+                        "runtime takes the int4 path")
     p.add_argument("--encoder-precision", choices=["auto", "int4", "int8", "fp32"], default="auto",
                    help="the vision and audio encoders' linears; auto: int8 with an int4 base (~1.5x faster images and "
                         "audio than int4, closer to the checkpoint, ~1.6x the int4 encoder bytes), fp32 with an fp32 base")

@@ -70,6 +70,7 @@ class Graphs:
     embedding: str
     decoder: str
     prefill_int8: str | None = None  # the int8 prompt graph, when exported with --prefill int8
+    prefill_int8_weight_bits: int = 7  # 8: for CPUs whose int8 dot products do not saturate (runtime/cpu.py)
 
 
 @dataclass(frozen=True)

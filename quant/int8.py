@@ -5,11 +5,14 @@ int8 weight with one scale per output column, through MLAS's packed integer GEMM
 AVX2 machine it runs prompt-sized products at ~2x the throughput of MatMulNBits (benchmarks/
 RESULTS.md).
 
-    W_int8[k, n] = round(W[n, k] / scale[n]),   scale[n] = max_k |W[n, k]| / 63
+    W_int8[k, n] = round(W[n, k] / scale[n]),   scale[n] = max_k |W[n, k]| / 63   (127 at 8 bits)
 
-Seven bits, not eight: on AVX2 without VNNI, MLAS multiplies uint8 x int8 pairs with vpmaddubsw,
-whose int16 pair sums saturate when 8-bit weights meet large activations (measured: 3-6% error
-at K=64 with 8 bits, 0.5-1% with 7; ONNX Runtime's own quantizer calls this reduce_range).
+Seven bits by default, not eight: on AVX2 without VNNI, MLAS multiplies uint8 x int8 pairs with
+vpmaddubsw, whose int16 pair sums saturate when 8-bit weights meet large activations (measured:
+3-6% error at K=64 with 8 bits, 0.5-1% with 7; ONNX Runtime's own quantizer calls this
+reduce_range). CPUs whose integer dot products accumulate in 32 bits (AVX-VNNI, AVX-512 VNNI,
+AMX, ARM dotprod) do not saturate, and there 8 bits halve the weights' rounding step for the same
+bytes and the same kernel time (`bits=8`; runtime/cpu.py decides where such a graph may run).
 
 The int8 weights come from the checkpoint's weights, not from the int4 ones: per channel at 7
 bits they are ~5x closer to the original than int4 blocks are (1.6% vs ~9% relative), and going
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 LIMIT = 63  # 7 bits: see the module docstring (AVX2 vpmaddubsw saturation)
+WEIGHT_BITS = (7, 8)
 
 
 @dataclass
@@ -34,11 +38,14 @@ class Int8Columns:
         return (self.weight_t.astype(np.float32) * self.scales).T
 
 
-def quantize_columns(weight: np.ndarray) -> Int8Columns:
-    """A float weight [N, K] -> int8 [K, N] with one scale per output n."""
+def quantize_columns(weight: np.ndarray, bits: int = 7) -> Int8Columns:
+    """A float weight [N, K] -> int8 [K, N] with one scale per output n, at 7 or 8 bits."""
+    if bits not in WEIGHT_BITS:
+        raise ValueError(f"int8 column weights take {WEIGHT_BITS} bits, not {bits}")
+    limit = 2 ** (bits - 1) - 1
     peak = np.abs(weight).max(axis=1)
-    scales = np.where(peak == 0, 1.0, peak / LIMIT).astype(np.float32)
-    q = np.clip(np.rint(weight / scales[:, None]), -LIMIT, LIMIT).astype(np.int8)
+    scales = np.where(peak == 0, 1.0, peak / limit).astype(np.float32)
+    q = np.clip(np.rint(weight / scales[:, None]), -limit, limit).astype(np.int8)
     return Int8Columns(np.ascontiguousarray(q.T), scales)
 
 

@@ -16,16 +16,28 @@ import numpy as np
 from ..errors import Phi4MMError
 
 INT8_GEMM_FEATURES = ("AVX2", "ASIMDDP")  # numpy's names: x86 AVX2, ARM64 dot product
+# Integer dot products that accumulate in 32 bits (no int16 pair sums to saturate), so 8-bit
+# weights are exact there: numpy's AVX512VNNI and ASIMDDP, and Linux's avx_vnni (AVX-VNNI) and
+# amx_int8 flags, which numpy's table does not name.
+UNSATURATED_INT8_FEATURES = ("AVX512VNNI", "ASIMDDP", "avx_vnni", "amx_int8")
 PREFILL_PRECISIONS = ("auto", "int4", "int8")
 
 
 def cpu_features() -> dict:
-    """numpy's run-time CPU feature table ({'AVX2': True, ...}), the same on every OS."""
+    """numpy's run-time CPU feature table ({'AVX2': True, ...}), the same on every OS, plus the
+    Linux /proc/cpuinfo flags it lacks (lower case, e.g. 'avx_vnni', 'amx_int8')."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__
     except ImportError:  # numpy 1.x
         from numpy.core._multiarray_umath import __cpu_features__
-    return dict(__cpu_features__)
+    features = dict(__cpu_features__)
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:  # not Linux
+        flags = []
+    features.update({flag: True for flag in flags if flag in UNSATURATED_INT8_FEATURES})
+    return features
 
 
 def logical_cpus() -> int:
@@ -46,14 +58,25 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def choose_prefill_precision(requested: str, has_int8_graph: bool, features: dict | None = None) -> str:
-    """How prompts run: "int8" (the int8 prompt graph, decoder_prefill.onnx) or "int4" (decoder.onnx, as decode)."""
+def choose_prefill_precision(requested: str, has_int8_graph: bool, features: dict | None = None,
+                             int8_weight_bits: int = 7) -> str:
+    """How prompts run: "int8" (the int8 prompt graph, decoder_prefill.onnx) or "int4" (decoder.onnx,
+    as decode). A graph with 8-bit weights runs only where integer dot products do not saturate
+    (elsewhere its products would be clipped: wrong, not just slower)."""
     if requested not in PREFILL_PRECISIONS:
         raise Phi4MMError(f"prefill precision {requested!r} is not one of {PREFILL_PRECISIONS}")
     if requested == "int8" and not has_int8_graph:
         raise Phi4MMError("this artifact has no int8 prefill graph: re-export it with `--prefill int8`, or use --prefill int4")
+    if int8_weight_bits not in (7, 8):
+        raise Phi4MMError(f"the manifest says the int8 prefill graph has {int8_weight_bits}-bit weights; this runtime "
+                          f"knows 7 and 8: re-export the artifact")
+    features = cpu_features() if features is None else features
+    exact_here = int8_weight_bits <= 7 or any(features.get(name) for name in UNSATURATED_INT8_FEATURES)
+    if requested == "int8" and not exact_here:
+        raise Phi4MMError("this artifact's int8 prefill graph has 8-bit weights, which need a CPU with VNNI, AMX or ARM "
+                          "dotprod (here its int8 products would saturate): use --prefill int4, or re-export with "
+                          "`--prefill int8 --prefill-weight-bits 7` for this CPU")
     if requested != "auto":
         return requested
-    features = cpu_features() if features is None else features
     fast = any(features.get(name) for name in INT8_GEMM_FEATURES)
-    return "int8" if has_int8_graph and fast else "int4"
+    return "int8" if has_int8_graph and fast and exact_here else "int4"

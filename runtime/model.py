@@ -81,7 +81,8 @@ class Phi4MMEdge:
             raise Phi4MMError(f"context length {context_length!r} is outside 1..{maximum}, the model's maximum")
         options = session_options or default_session_options(threads)
         graphs = manifest.graphs
-        precision = choose_prefill_precision(prefill, graphs.prefill_int8 is not None)
+        precision = choose_prefill_precision(prefill, graphs.prefill_int8 is not None,
+                                             int8_weight_bits=graphs.prefill_int8_weight_bits)
         # The sessions are created side by side: ONNX Runtime releases the GIL while it reads and
         # prepacks, and the decoder's prepacking (seconds at full size) keeps one core busy alone.
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="phi4mm-load") as pool:

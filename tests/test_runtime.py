@@ -241,6 +241,16 @@ def test_prefill_path_is_chosen_from_the_cpu_and_can_be_forced(artifacts):
         choose_prefill_precision("int8", False, {"AVX2": True})
     with pytest.raises(Phi4MMError, match="not one of"):
         choose_prefill_precision("fast", True, {})
+    # A graph with 8-bit weights: only where integer dot products accumulate in 32 bits.
+    avx2, vnni = {"AVX2": True, "AVX512VNNI": False}, {"AVX2": True, "AVX512F": True, "AVX512VNNI": True}
+    assert choose_prefill_precision("auto", True, avx2, int8_weight_bits=8) == "int4"
+    assert choose_prefill_precision("auto", True, vnni, int8_weight_bits=8) == "int8"
+    assert choose_prefill_precision("auto", True, {"AVX2": True, "avx_vnni": True}, int8_weight_bits=8) == "int8"
+    assert choose_prefill_precision("auto", True, {"AVX2": True, "amx_int8": True}, int8_weight_bits=8) == "int8"
+    assert choose_prefill_precision("auto", True, {"ASIMD": True, "ASIMDDP": True}, int8_weight_bits=8) == "int8"
+    assert choose_prefill_precision("auto", True, vnni, int8_weight_bits=7) == "int8"  # 7 bits run everywhere
+    with pytest.raises(Phi4MMError, match="8-bit weights, which need a CPU with VNNI"):
+        choose_prefill_precision("int8", True, avx2, int8_weight_bits=8)
     # Forced paths load the graphs they name; the int4-only artifact refuses int8.
     assert Phi4MMEdge.load(artifacts["int4"], prefill="int8").decoder.prompt_int8 is not None
     assert Phi4MMEdge.load(artifacts["int4"], prefill="int4").decoder.prompt_int8 is None

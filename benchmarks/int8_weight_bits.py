@@ -1,0 +1,92 @@
+"""7-bit or 8-bit weights for the int8 prompt graph: the error of DynamicQuantizeMatMul against the
+fp32 product, for one decoder layer's linear shapes.
+
+    python -m phi4mm_edge.benchmarks.int8_weight_bits [--rows 512] [--hidden 3072] [--intermediate 8192]
+
+Two columns per weight width:
+- "exact int32": what a CPU whose integer dot products accumulate in 32 bits computes (AVX-VNNI,
+  AVX-512 VNNI, AMX, ARM dotprod): uint8 activations quantized per tensor, int8 weights per
+  output channel, every product summed exactly. Simulated in numpy (int64), so it is the same
+  on every machine.
+- "ONNX Runtime here": the real kernel on this machine. Without VNNI (AVX2 only) MLAS sums
+  uint8 x int8 pairs in saturating int16 (vpmaddubsw), which 8-bit weights overflow.
+
+Activations are Gaussian, and Gaussian with 1% of the channels 20x larger (the outlier
+channels LLM activations are known for); weights are Gaussian. The speed is the same for both widths (the
+same bytes through the same kernel); only where they may run differs (runtime/cpu.py).
+"""
+
+import argparse
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from ..quant.int8 import quantize_columns
+from ..runtime.cpu import UNSATURATED_INT8_FEATURES, cpu_features
+
+
+def activations(rows: int, width: int, rng, outliers: bool) -> np.ndarray:
+    x = rng.standard_normal((rows, width)).astype(np.float32)
+    if outliers:
+        x[:, rng.choice(width, max(1, width // 100), replace=False)] *= 20
+    return x
+
+
+def exact_int32(x: np.ndarray, columns) -> np.ndarray:
+    """DynamicQuantizeMatMul's arithmetic without saturation: uint8 x, per-tensor scale and zero point."""
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (high - low) / 255 or 1.0
+    zero = np.clip(np.rint(-low / scale), 0, 255)
+    q = np.clip(np.rint(x / scale) + zero, 0, 255).astype(np.int64)
+    products = (q - int(zero)) @ columns.weight_t.astype(np.int64)
+    return products.astype(np.float64) * scale * columns.scales
+
+
+def onnx_runtime(x: np.ndarray, columns) -> np.ndarray:
+    k, n = columns.weight_t.shape
+    graph = helper.make_graph(
+        [helper.make_node("DynamicQuantizeMatMul", ["x", "w", "s"], ["y"], domain="com.microsoft")], "dqmm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+        [helper.make_tensor("w", TensorProto.INT8, [k, n], columns.weight_t.tobytes(), raw=True),
+         helper.make_tensor("s", TensorProto.FLOAT, [n], columns.scales.tobytes(), raw=True)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=9)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--hidden", type=int, default=3072)
+    parser.add_argument("--intermediate", type=int, default=8192)
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    features = cpu_features()
+    unsaturated = [name for name in UNSATURATED_INT8_FEATURES if features.get(name)]
+    print(f"this CPU's unsaturated int8 dot products: {unsaturated or 'none (ONNX Runtime saturates 8-bit weights here)'}")
+    shapes = {"qkv / o_proj (K = hidden)": (args.hidden, args.hidden), "down_proj (K = intermediate)": (args.intermediate, args.hidden)}
+    results = {}
+    print(f"{'linear':30} {'activations':>20} {'bits':>4} {'exact int32':>12} {'ONNX Runtime here':>18}")
+    for name, (k, n) in shapes.items():
+        weight = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+        for outliers in (False, True):
+            x = activations(args.rows, k, rng, outliers)
+            kind = "1% channels x20" if outliers else "Gaussian"
+            reference = x.astype(np.float64) @ weight.T.astype(np.float64)
+            for bits in (7, 8):
+                columns = quantize_columns(weight, bits)
+                row = {"exact_int32": relative_error(exact_int32(x, columns), reference),
+                       "onnxruntime_here": relative_error(onnx_runtime(x, columns), reference)}
+                results[f"{name}, {kind}, {bits} bits"] = row
+                print(f"{name:30} {kind:>20} {bits:>4} {100 * row['exact_int32']:11.3f}% {100 * row['onnxruntime_here']:17.3f}%")
+    return results
+
+
+if __name__ == "__main__":
+    main()
