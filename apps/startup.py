@@ -35,6 +35,9 @@ def load_model(args, status=None) -> Phi4MMEdge:
     print(f"loaded {args.artifact} in {model.load_ms:.0f} ms", file=status)
     if getattr(args, "random_weights", False):
         print(RANDOM_WEIGHTS_NOTE, file=status)
+    if getattr(args, "max_crops", None) is not None and model.vision is not None:
+        print(f"images: at most {args.max_crops} tiles + the global view each, for speed (--max-crops "
+              f"{model.vision.geometry.max_crops} for full detail)", file=status)
     # The apps take images and audio: their encoders open in the background while the first
     # request is being made (an error there is raised again, clearly, at first use). Not a daemon:
     # the interpreter must not exit while ONNX Runtime is inside a session's creation (it aborts).
