@@ -17,7 +17,6 @@ three-block graph.
 """
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -27,8 +26,7 @@ from ..runtime import Phi4MMEdge
 from ..runtime.cpu import physical_cores
 from ..runtime.audio import SAMPLE_RATE, log_mel_spectrogram
 from ..export.reference_checkpoint import tiny_config
-from .encoder_variants import (AFTER, BASELINE, EXACT, VARIANTS, cpu_description, interleaved_seconds, median_ratio, open_sessions,
-                               per_layer, profile)
+from .encoder_variants import AFTER, VARIANTS, cpu_description, measure_variants, profile, variant_lines
 from .timing import median_seconds
 
 FULL_SIZE_BLOCKS = 24
@@ -67,27 +65,17 @@ def export_variants(folder: Path, blocks: int) -> dict:
 
 
 def full_size_block(folder: Path, rounds: int, with_profile: bool, threads: int | None = None, baseline: Path | None = None) -> list[str]:
-    variants = ([BASELINE] if baseline else []) + list(VARIANTS)  # ratios are to the first
-    graphs = {**export_variants(folder, FEW), **export_variants(folder, MORE)}
-    if baseline:
-        graphs.update({(BASELINE, n): Path(baseline) / f"audio{n}.onnx" for n in (FEW, MORE)})
     feeds = {"input_features": log_mel_spectrogram(noise(SECONDS), tiny_config()["audio_config"]["input_size"])[None],
              "vision_mode": np.array(False)}
-    sessions = open_sessions(graphs, threads)
-    factors = {key: [s / SECONDS for s in values] for key, values in interleaved_seconds(sessions, feeds, rounds).items()}
-    outputs = {key: session.run(None, feeds)[0] for key, session in sessions.items()}
-    estimates = {variant: per_layer(factors[variant, FEW], factors[variant, MORE], FEW, MORE, FULL_SIZE_BLOCKS) for variant in variants}
+    variants, graphs, factors, outputs, estimates = measure_variants(
+        lambda blocks: export_variants(folder, blocks), baseline, "audio{}.onnx", feeds, rounds, threads,
+        (FEW, MORE, FULL_SIZE_BLOCKS), scale=1 / SECONDS)
     lines = [f"full-width conformer blocks (1024/1536/16 heads), {SECONDS:.0f} s of audio, {rounds} interleaved rounds, "
              f"{threads or physical_cores()} threads; {cpu_description()}",
              f"  real-time factors: the {MORE}-block graph (and its median per-round ratio to before); from the {FEW}- and "
              f"{MORE}-block graphs' medians: one block, the rest, the encoder = rest + {FULL_SIZE_BLOCKS} blocks (and its ratio "
              f"to before); features vs fp32 plain ({MORE} blocks, relative L2)"]
-    exact = outputs[EXACT, MORE]
-    for variant, (block, rest, encoder) in estimates.items():
-        error = np.linalg.norm(outputs[variant, MORE] - exact) / np.linalg.norm(exact)
-        lines.append(f"  {variant.name:42s} {statistics.median(factors[variant, MORE]):7.4f} "
-                     f"({median_ratio(factors[variant, MORE], factors[variants[0], MORE]):4.2f}x)  block {block:7.4f}  rest {rest:7.4f}  "
-                     f"encoder {encoder:6.3f} ({encoder / estimates[variants[0]][2]:4.2f}x)  {error:.1e}")
+    lines += variant_lines(variants, factors, outputs, estimates, MORE, "7.4f", "block")
     if with_profile:
         lines.append(f"  per-operator profile of {AFTER.name}, {MORE} blocks:")
         lines += profile(graphs[AFTER, MORE], feeds, threads)

@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..runtime.providers import open_session, session_options
 
 
@@ -106,3 +108,37 @@ def cpu_description() -> str:
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
     cpus = sum(1 for line in lines if line.startswith("processor"))
     return f"{model}, {cpus} CPUs; " + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in wanted)
+
+
+def variant_lines(variants: list, samples: dict, outputs: dict, estimates: dict, more: int, unit: str, part: str) -> list[str]:
+    """One line per variant: the `more`-part graph's median (and its median per-round ratio to
+    the first variant), the estimates of one `part` (layer, block), the rest and the whole
+    encoder (and its ratio), and the outputs' relative L2 distance from EXACT's; `unit` formats
+    the times (e.g. "7.1f")."""
+    exact = outputs[EXACT, more]
+    lines = []
+    for variant, (one, rest, encoder) in estimates.items():
+        error = np.linalg.norm(outputs[variant, more] - exact) / np.linalg.norm(exact)
+        lines.append(f"  {variant.name:42s} {statistics.median(samples[variant, more]):{unit}} "
+                     f"({median_ratio(samples[variant, more], samples[variants[0], more]):4.2f}x)  {part} {one:{unit}}  "
+                     f"rest {rest:{unit}}  encoder {encoder:{unit}} ({encoder / estimates[variants[0]][2]:4.2f}x)  {error:.1e}")
+    return lines
+
+
+def measure_variants(export_variants, baseline: Path | None, baseline_file: str, feeds: dict, rounds: int,
+                     threads: int | None, parts: tuple[int, int, int], scale: float) -> tuple:
+    """Every variant's graphs of `parts` = (few, more, full-size) layers or blocks (and the
+    --baseline folder's files, `baseline_file` formatted with the count), timed round by round:
+    (variants, graphs, samples, outputs, estimates), samples being seconds times `scale`. The
+    first variant is what the ratios are to."""
+    few, more, full = parts
+    variants = ([BASELINE] if baseline else []) + list(VARIANTS)
+    graphs = {**export_variants(few), **export_variants(more)}
+    if baseline:
+        graphs.update({(BASELINE, n): Path(baseline) / baseline_file.format(n) for n in (few, more)})
+    sessions = open_sessions(graphs, threads)
+    samples = {key: [s * scale for s in values] for key, values in interleaved_seconds(sessions, feeds, rounds).items()}
+    outputs = {key: session.run(None, feeds)[0] for key, session in sessions.items()}
+    estimates = {variant: per_layer(samples[variant, few], samples[variant, more], few, more, full) for variant in variants}
+    return variants, graphs, samples, outputs, estimates
+

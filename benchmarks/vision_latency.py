@@ -17,7 +17,6 @@ per-operator profile of the after variant's three-layer graph (time share by ope
 """
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -29,8 +28,7 @@ from ..runtime.cpu import physical_cores
 from ..manifest import VisionEntry
 from ..runtime.image import preprocess
 from ..export.reference_checkpoint import tiny_config
-from .encoder_variants import (AFTER, BASELINE, EXACT, VARIANTS, cpu_description, interleaved_seconds, median_ratio, open_sessions,
-                               per_layer, profile)
+from .encoder_variants import AFTER, VARIANTS, cpu_description, measure_variants, profile, variant_lines
 from .timing import median_seconds
 
 FRAME_SIZES = ((1920, 1080), (1280, 720), (448, 448), (4032, 3024))
@@ -85,27 +83,17 @@ def crop_inputs(width: int, height: int) -> dict:
 
 
 def full_size_layer(folder: Path, rounds: int, with_profile: bool, threads: int | None = None, baseline: Path | None = None) -> list[str]:
-    variants = ([BASELINE] if baseline else []) + list(VARIANTS)  # ratios are to the first
-    graphs = {**export_variants(folder, FEW), **export_variants(folder, MORE)}
-    if baseline:
-        graphs.update({(BASELINE, n): Path(baseline) / f"vision{n}.onnx" for n in (FEW, MORE)})
     feeds = crop_inputs(GEOMETRY.crop_size, GEOMETRY.crop_size)
     crops = feeds["pixel_values"].shape[0]
-    sessions = open_sessions(graphs, threads)
-    seconds = interleaved_seconds(sessions, feeds, rounds)
-    ms = {key: [1000 * s / crops for s in values] for key, values in seconds.items()}
-    features = {key: session.run(None, feeds)[0] for key, session in sessions.items()}
-    estimates = {variant: per_layer(ms[variant, FEW], ms[variant, MORE], FEW, MORE, FULL_SIZE_LAYERS) for variant in variants}
+    variants, graphs, ms, features, estimates = measure_variants(
+        lambda layers: export_variants(folder, layers), baseline, "vision{}.onnx", feeds, rounds, threads,
+        (FEW, MORE, FULL_SIZE_LAYERS), scale=1000 / crops)
     lines = [f"full-width SigLIP layers (1152/4304/16 heads, 1024 patches a crop), {crops} crops, {rounds} interleaved rounds, "
              f"{threads or physical_cores()} threads; {cpu_description()}",
              f"  ms per crop: the {MORE}-layer graph (and its median per-round ratio to before); from the {FEW}- and {MORE}-layer "
              f"graphs' medians: one layer, the rest, the encoder = rest + {FULL_SIZE_LAYERS} layers (and its ratio to before); "
              f"features vs fp32 plain ({MORE} layers, relative L2)"]
-    exact = features[EXACT, MORE]
-    for variant, (layer, rest, encoder) in estimates.items():
-        error = np.linalg.norm(features[variant, MORE] - exact) / np.linalg.norm(exact)
-        lines.append(f"  {variant.name:42s} {statistics.median(ms[variant, MORE]):7.1f} ({median_ratio(ms[variant, MORE], ms[variants[0], MORE]):4.2f}x)"
-                     f"  layer {layer:6.1f}  rest {rest:6.1f}  encoder {encoder:7.0f} ({encoder / estimates[variants[0]][2]:4.2f}x)  {error:.1e}")
+    lines += variant_lines(variants, ms, features, estimates, MORE, "7.1f", "layer")
     if with_profile:
         lines.append(f"  per-operator profile of {AFTER.name}, {MORE} layers, {crops} crops:")
         lines += profile(graphs[AFTER, MORE], feeds, threads)
