@@ -32,7 +32,6 @@ class FeatureCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = self.misses = 0
 
     def features(self, key: bytes, encode: Callable[[], np.ndarray]) -> np.ndarray:
         """The cached features for `key`, or `encode()`'s, kept for next time. The array is shared:
@@ -40,12 +39,10 @@ class FeatureCache:
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
-                self.hits += 1
                 return self._entries[key]
         features = encode()  # outside the lock: seconds of work
         features.flags.writeable = False
         with self._lock:
-            self.misses += 1
             if features.nbytes <= self.max_bytes:
                 self._entries[key] = features
                 while sum(f.nbytes for f in self._entries.values()) > self.max_bytes:
