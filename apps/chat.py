@@ -65,7 +65,7 @@ class Conversation:
 def take_turn(model, conversation: Conversation, text: str, options: dict) -> None:
     """Stream the answer to `text`; Ctrl-C stops it and keeps what was shown."""
     messages, images, audios = conversation.next_turn(text)
-    shown = []
+    shown, generation = [], None
     try:
         generation = model.generate(messages, images=images, audios=audios, **options)
         print(ANSWER, end="", flush=True)
@@ -76,6 +76,8 @@ def take_turn(model, conversation: Conversation, text: str, options: dict) -> No
         conversation.drop_pending()
         raise
     except KeyboardInterrupt:
+        if generation is not None:
+            generation.close()  # give the model back now, before the next turn asks for it
         print(f"\n[stopped; adapter: {model.active_adapter}]", flush=True)
         if shown:
             conversation.commit(messages, "".join(shown))

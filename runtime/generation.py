@@ -32,15 +32,32 @@ class GenerationResult:
                 f"{rate if rate is not None else '-'} tokens/s, {len(self.token_ids)} tokens")
 
 
+@dataclass
+class Outcome:
+    """What the streaming generators report back to their Generation. A separate object, so the
+    generators never hold the Generation: dropping an unfinished Generation (a Ctrl-C between two
+    pieces) frees its generators at once, and their `finally` gives the model back, instead of a
+    reference cycle holding the model until the garbage collector runs."""
+    cached_prompt_tokens: int = 0  # set when the prompt is prefilled
+    result: GenerationResult | None = None
+
+
 class Generation:
     """An iterator over streamed text pieces. `.result` is None until the iteration ends; then it
     holds the GenerationResult. `.text()` runs to the end and returns the whole answer."""
 
-    def __init__(self, pieces: Iterator[str] | None = None, adapter: str | None = None):
+    def __init__(self, pieces: Iterator[str] | None = None, adapter: str | None = None, outcome: Outcome | None = None):
         self._pieces = pieces
         self.adapter = adapter  # the adapter answering (known before the first piece)
-        self.cached_prompt_tokens = 0  # set when the prompt is prefilled
-        self.result: GenerationResult | None = None
+        self._outcome = outcome or Outcome()
+
+    @property
+    def cached_prompt_tokens(self) -> int:
+        return self._outcome.cached_prompt_tokens
+
+    @property
+    def result(self) -> GenerationResult | None:
+        return self._outcome.result
 
     def __iter__(self):
         return self
@@ -59,9 +76,9 @@ class Generation:
             self._pieces.close()
 
 
-def stream_text(generation: Generation, tokens: Iterator[int], detokenizer, stop_ids: set[int], adapter: str,
+def stream_text(outcome: Outcome, tokens: Iterator[int], detokenizer, stop_ids: set[int], adapter: str,
                 prompt_tokens: int, load_ms: float, started: float) -> Iterator[str]:
-    """Text pieces for `tokens` as they arrive; sets `generation.result` when they end."""
+    """Text pieces for `tokens` as they arrive; sets `outcome.result` when they end."""
     token_ids, first_token_at = [], None
     try:
         for token in tokens:
@@ -78,13 +95,13 @@ def stream_text(generation: Generation, tokens: Iterator[int], detokenizer, stop
     if remainder := detokenizer.finish():
         yield remainder
     decode_s = finished - first_token_at
-    generation.result = GenerationResult(
+    outcome.result = GenerationResult(
         text=detokenizer.text,
         token_ids=token_ids,
         adapter=adapter,
         prompt_tokens=prompt_tokens,
         finish_reason="stop" if token_ids[-1] in stop_ids else "length",
-        cached_prompt_tokens=generation.cached_prompt_tokens,
+        cached_prompt_tokens=outcome.cached_prompt_tokens,
         timings=Timings(
             load_ms=round(load_ms, 2),
             ttft_ms=round((first_token_at - started) * 1000, 2),

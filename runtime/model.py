@@ -28,7 +28,7 @@ from .cpu import choose_prefill_precision
 from .decoder import Decoder
 from .detokenizer import StreamingDetokenizer
 from .feature_cache import DEFAULT_MAX_BYTES, FeatureCache
-from .generation import Generation, stream_text
+from .generation import Generation, Outcome, stream_text
 from .kv_cache import position_keys
 from .prompt import Prompt, build_prompt, check_fits
 from .providers import open_session, session_options as default_session_options
@@ -203,7 +203,7 @@ class Phi4MMEdge:
         if any(not 0 <= i < self.text.vocab_size for i in ids):
             raise Phi4MMError(f"prompt token ids must be in 0..{self.text.vocab_size - 1}")
         check_fits(len(ids), capacity, self.text)
-        generation = Generation(adapter=adapter)
+        outcome = Outcome()
 
         def tokens():
             self._take_model()
@@ -212,13 +212,13 @@ class Phi4MMEdge:
                 keys = position_keys(ids, {self.text.image_token_id: prompt.image_features,
                                            self.text.audio_token_id: prompt.audio_features})
                 reused = self.decoder.reusable_prefix(keys)
-                generation.cached_prompt_tokens = reused
+                outcome.cached_prompt_tokens = reused
                 embeds = self.decoder.embed(np.array([ids], np.int64), prompt.image_features, prompt.audio_features)
                 yield from generate_tokens(self.decoder, embeds, keys, reused, sampling.chooser(), max_new_tokens, self.stop_ids)
             finally:
                 self._streaming_thread = None
                 self._streaming.release()
 
-        generation._pieces = stream_text(generation, tokens(), StreamingDetokenizer(self.tokenizer), self.stop_ids,
-                                         adapter, len(ids), self.load_ms, started)
-        return generation
+        pieces = stream_text(outcome, tokens(), StreamingDetokenizer(self.tokenizer), self.stop_ids,
+                             adapter, len(ids), self.load_ms, started)
+        return Generation(pieces, adapter, outcome)
