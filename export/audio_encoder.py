@@ -43,10 +43,13 @@ def normalize(audio: AudioBuilder, features: str, weights: Weights) -> str:
     return graph.mul(graph.sub(features, initializer(graph, weights, "global_mean")), initializer(graph, weights, "global_invstd"))
 
 
-def subsample(audio: AudioBuilder, features: str, weights: Weights) -> str:
+def subsample(audio: AudioBuilder, features: str, weights: Weights, stage_masks: list[str] | None = None) -> str:
     """[1, frames, bins] -> [1, ceil(frames / time_reduction), hidden]: stride-2 3x3 convolutions
-    over (time, frequency), depthwise-separable after the first, ReLU, then a linear."""
+    over (time, frequency), depthwise-separable after the first, ReLU, then a linear.
+    `stage_masks` (the NPU window graph's, one [1, 1, time, 1] per stage) zero each stage's frames
+    past the clip, which the next convolution must see as its zero padding."""
     graph = audio.graph
+    masks = list(stage_masks or [])
 
     def conv(x: str, index: int, stride: int, group: int = 1) -> str:
         kernel = weights.shape(f"conv.{index}.weight")[-1]
@@ -63,9 +66,11 @@ def subsample(audio: AudioBuilder, features: str, weights: Weights) -> str:
         return graph.reshape(y, graph.op("Shape", [x]))
 
     x = graph.op("Relu", [conv(graph.unsqueeze(features, [1]), 0, STRIDE)])  # one input channel
+    x = graph.mul(x, masks.pop(0)) if masks else x
     for stage in range(int(math.log2(audio.config.time_reduction)) - 1):  # conv.2, conv.3, then conv.5, conv.6, ...
         x = conv(x, 2 + 3 * stage, STRIDE, group=audio.config.conv_channels)
         x = graph.op("Relu", [pointwise(x, 3 + 3 * stage)])
+        x = graph.mul(x, masks.pop(0)) if masks else x
     x = graph.reshape(graph.transpose(x, [0, 2, 1, 3]), [0, 0, -1])  # [1, time, channels * frequency]
     return linear(audio, x, weights.scope("out."))
 
@@ -142,6 +147,13 @@ def unchunk(audio: AudioBuilder, chunks: str, length: str) -> str:
     return graph.slice(graph.reshape(chunks, [-1, audio.config.hidden_size]), [0], graph.unsqueeze(length, [0]), axes=[0])
 
 
+def mode_projection(audio: AudioBuilder, x: str, mode: str, weights: Weights) -> str:
+    """[T, hidden] -> [T, text_hidden] through the `mode` ("speech" or "vision_speech") projection:
+    linear, GELU, linear."""
+    up = linear(audio, x, weights.scope(f"up_proj_for_{mode}."))
+    return linear(audio, gelu(audio.graph, up), weights.scope(f"down_proj_for_{mode}."))
+
+
 def projection(audio: AudioBuilder, x: str, vision_mode: str, weights: Weights) -> str:
     """[T, hidden] -> audio_features [T, text_hidden]: an If over vision_mode between the
     "vision_speech" and the "speech" projection (linear, GELU, linear)."""
@@ -149,9 +161,7 @@ def projection(audio: AudioBuilder, x: str, vision_mode: str, weights: Weights) 
 
     def branch(mode: str):
         branch_graph = graph.branch(f"{mode}_projection")
-        inner = replace(audio, graph=branch_graph)
-        up = linear(inner, x, weights.scope(f"up_proj_for_{mode}."))
-        down = linear(inner, gelu(branch_graph, up), weights.scope(f"down_proj_for_{mode}."))
+        down = mode_projection(replace(audio, graph=branch_graph), x, mode, weights)
         return graph.subgraph(branch_graph, [branch_graph.op("Identity", [down], outputs=[f"{mode}_features"])])
 
     return graph.op("If", [vision_mode], outputs=["audio_features"], name="projection",

@@ -10,8 +10,8 @@ import onnx
 from tqdm import tqdm
 
 from .. import artifact
-from ..manifest import (FORMAT_NAME, MANIFEST, AdapterEntry, AudioEntry, Graphs, Manifest, Source, StoredPrecision, VisionEntry,
-                        file_entry, write_manifest)
+from ..manifest import (FORMAT_NAME, MANIFEST, TARGETS, AdapterEntry, AudioEntry, Graphs, Manifest, NpuShapes, Source,
+                        StoredPrecision, VisionEntry, file_entry, write_manifest)
 from ..errors import Phi4MMError
 from ..quant import int8
 from .adapters import ADAPTER_DTYPES, write_adapter
@@ -20,9 +20,13 @@ from .audio_encoder import build_audio_encoder
 from .checkpoint import Checkpoint
 from .embedding import build_embedding, tied_lm_head, untied_lm_head, write_token_table
 from .graph_blocks import Precision
-from .onnx_graph import ExternalData, Graph
-from .text_decoder import LORA_MODULES, build_decoder
+from .onnx_graph import ExternalData, Graph, SharedExternalData
+from .text_decoder import LORA_MODULES, build_decoder, inverse_frequencies
+from .text_decoder_npu import build_npu_decoder, build_npu_embedding
 from .vision_encoder import build_vision_encoder
+from .audio_encoder_npu import WINDOW_TOKENS, build_audio_window_encoder
+from .vision_encoder_npu import build_vision_crop_encoder
+from .audio_encoder import MAX_CHUNK
 
 # Tokenizer and chat-template files copied next to the graphs when the checkpoint has them.
 TOKENIZER_FILES = artifact.TOKENIZER_FILES + ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
@@ -32,6 +36,11 @@ ENCODER_PRECISIONS = ("auto", "int4", "int8", "fp32")
 MAX_CROPS = 36  # the processor's dynamic_hd when preprocessor_config.json does not say
 SAMPLE_RATE = 16000  # the feature extractor's sampling_rate when preprocessor_config.json does not say
 IMAGE_MEAN = IMAGE_STD = 0.5  # the processor normalizes each channel to [-1, 1]
+# NPU graphs are compiled for fixed shapes. 64 positions per prompt run: a 545-token photo prompt
+# is 9 runs, and a short question pads at most 63 positions. 4096 positions of KV cache: the CPU
+# runtime's default context (a fixed cache is allocated whole, on the device).
+NPU_CHUNK = 64
+NPU_CONTEXT = 4096
 
 
 def _preprocessor_config(folder: Path) -> dict:
@@ -116,9 +125,59 @@ def prepare_output_folder(out: Path, force: bool) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def write_cpu_text_graphs(out: Path, ckpt: Checkpoint, precision: Precision, in_graph: list, prefill: str,
+                          prefill_weight_bits: int, step) -> Graphs:
+    """embedding.onnx, decoder.onnx and (prefill "int8") decoder_prefill.onnx over one token table."""
+    shared = ExternalData(out / "embed_tokens.onnx.data")
+    table = write_token_table(ckpt, shared, precision)
+    step("token table")
+    write_graph(out, artifact.EMBEDDING_GRAPH, lambda g: build_embedding(g, ckpt.text, table))
+    lm_head = tied_lm_head(table) if ckpt.text.tie_word_embeddings else untied_lm_head(ckpt, precision)
+    write_graph(out, artifact.DECODER_GRAPH, lambda g: build_decoder(ckpt, g, precision, lm_head, progress=step, adapters=in_graph))
+    graphs = Graphs(embedding=artifact.EMBEDDING_GRAPH, decoder=artifact.DECODER_GRAPH)
+    if prefill == "int8":
+        # The decoder with int8 linears; its lm_head still reads the int4 table (one row per prompt).
+        write_graph(out, artifact.PREFILL_INT8_GRAPH,
+                    lambda g: build_decoder(ckpt, g, replace(precision, weights="int8", int8_weight_bits=prefill_weight_bits),
+                                            lm_head, progress=step, adapters=in_graph))
+        graphs = replace(graphs, prefill_int8=artifact.PREFILL_INT8_GRAPH, prefill_int8_weight_bits=prefill_weight_bits)
+    shared.close()
+    return graphs
+
+
+def write_npu_text_graphs(out: Path, ckpt: Checkpoint, precision: Precision, shapes: NpuShapes, step) -> Graphs:
+    """The NPU target's embedding, one-position decoder and prompt decoder (text_decoder_npu.py);
+    the two decoders share one data file of int4 weights."""
+    write_graph(out, artifact.NPU_EMBEDDING_GRAPH, lambda g: build_npu_embedding(ckpt, g, shapes.chunk))
+    shared = SharedExternalData(out / f"{artifact.NPU_DECODE_GRAPH}.data")
+    table = write_token_table(ckpt, shared, precision) if ckpt.text.tie_word_embeddings else None
+    lm_head = tied_lm_head(table) if table else untied_lm_head(ckpt, precision)
+    for name, positions in ((artifact.NPU_DECODE_GRAPH, 1), (artifact.NPU_PROMPT_GRAPH, shapes.chunk)):
+        graph = Graph(name.removesuffix(".onnx"), shared)
+        build_npu_decoder(ckpt, graph, precision, lm_head, positions, shapes.context, shapes.lora_rank,
+                          progress=step if positions == 1 else None)
+        graph.save(out / name)
+    shared.close()
+    return Graphs(embedding=artifact.NPU_EMBEDDING_GRAPH, decoder=artifact.NPU_DECODE_GRAPH, prompt=artifact.NPU_PROMPT_GRAPH)
+
+
+def npu_shapes(ckpt: Checkpoint, adapters: list[str], chunk: int, context: int | None) -> NpuShapes:
+    text = ckpt.text
+    context = min(NPU_CONTEXT, text.max_position_embeddings) if context is None else context
+    if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= text.max_position_embeddings:
+        raise Phi4MMError(f"--npu-context {context}: give 1..{text.max_position_embeddings} positions, the model's maximum")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= context:
+        raise Phi4MMError(f"--npu-chunk {chunk}: give 1..{context} positions per prompt run")
+    rank = max([ckpt.lora(name).rank for name in adapters] or [1])
+    return NpuShapes(chunk=chunk, context=context, lora_rank=rank,
+                     inv_freq_short=inverse_frequencies(text, text.short_factor).tolist(),
+                     inv_freq_long=inverse_frequencies(text, text.long_factor).tolist())
+
+
 def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_precision: str = "auto",
            show_progress: bool = True, prefill: str = "int4", force: bool = False,
-           encoder_precision: str = "auto", prefill_weight_bits: int = 7) -> Manifest:
+           encoder_precision: str = "auto", prefill_weight_bits: int = 7, target: str = "cpu",
+           npu_chunk: int = NPU_CHUNK, npu_context: int | None = None, npu_audio_window: int = WINDOW_TOKENS) -> Manifest:
     """Export a checkpoint. `prefill="int8"` adds decoder_prefill.onnx: the decoder with 7-bit
     per-channel weights (quant/int8.py), for ~2x faster prompts at ~1.9x the decoder's bytes.
     `prefill_weight_bits` 8 makes that graph's weights 8-bit: twice as fine, for CPUs with VNNI, AMX
@@ -126,7 +185,21 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     `encoder_precision` ("auto", "int4", "int8", "fp32") is how vision.onnx and audio.onnx store
     their linears (see encoder_precision_for).
     `force` writes into a non-empty folder that is not a previous export. Returns the manifest
-    that was written: it lists exactly the files export wrote."""
+    that was written: it lists exactly the files export wrote.
+    `target` "npu" writes static graphs for Qualcomm's QNN HTP (text_decoder_npu.py) with
+    `npu_chunk` positions per prompt run and `npu_context` positions of KV cache; its adapters are
+    files bound as inputs (fp16 unless asked otherwise), its vision graph runs one crop and its
+    audio graph one window of `npu_audio_window` tokens (the reference's 500-token chunk by
+    default: any clip, split exactly; fewer tokens cap the clip length) per run."""
+    if target not in TARGETS:
+        raise Phi4MMError(f"--target {target!r}: give one of {', '.join(TARGETS)}")
+    if target == "npu":
+        if prefill != "int4":
+            raise Phi4MMError("--prefill int8 is a CPU graph: an NPU artifact runs prompts through its own static graph")
+        if adapter_precision in IN_GRAPH:
+            raise Phi4MMError(f"--adapter-precision {adapter_precision}: NPU adapters are bound as graph inputs; give fp16 or fp32")
+        if adapter_precision == "auto":
+            adapter_precision = "fp16"  # half the file; the HTP computes in fp16 anyway
     if prefill not in ("int4", "int8"):
         raise Phi4MMError(f"prefill {prefill!r} is not int4 or int8")
     if prefill_weight_bits not in int8.WEIGHT_BITS or (prefill_weight_bits != 7 and prefill != "int8"):
@@ -140,6 +213,11 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     if precision.weights not in ("int4", "fp32"):
         raise Phi4MMError(f"precision {precision.weights!r} is not int4 or fp32")
     encoder = encoder_precision_for(precision, encoder_precision)
+    if target == "npu":
+        if encoder_precision == "int8":
+            raise Phi4MMError("--encoder-precision int8 is a CPU kernel (DynamicQuantizeMatMul): give int4 or fp32 for the NPU")
+        if encoder.weights == "int8":  # auto: the NPU runs MatMulNBits, not the int8 kernel
+            encoder = replace(precision, int8_row_scales=False)
     started = time.perf_counter()
     ckpt = Checkpoint(checkpoint_dir)
     text = ckpt.text
@@ -163,36 +241,35 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
             in_graph.append(write_in_graph_adapter(out, ckpt.lora(name), index, precision, LORA_MODULES, IN_GRAPH[adapter_precision]))
             step(f"{name} adapter")
 
-    shared = ExternalData(out / "embed_tokens.onnx.data")
-    table = write_token_table(ckpt, shared, precision)
-    step("token table")
-
-    write_graph(out, artifact.EMBEDDING_GRAPH, lambda g: build_embedding(g, text, table))
-    lm_head = tied_lm_head(table) if text.tie_word_embeddings else untied_lm_head(ckpt, precision)
-    write_graph(out, artifact.DECODER_GRAPH, lambda g: build_decoder(ckpt, g, precision, lm_head, progress=step, adapters=in_graph))
-    graphs = Graphs(embedding=artifact.EMBEDDING_GRAPH, decoder=artifact.DECODER_GRAPH)
-    if prefill == "int8":
-        # The decoder with int8 linears; its lm_head still reads the int4 table (one row per prompt).
-        write_graph(out, artifact.PREFILL_INT8_GRAPH,
-                    lambda g: build_decoder(ckpt, g, replace(precision, weights="int8", int8_weight_bits=prefill_weight_bits),
-                                            lm_head, progress=step, adapters=in_graph))
-        graphs = replace(graphs, prefill_int8=artifact.PREFILL_INT8_GRAPH, prefill_int8_weight_bits=prefill_weight_bits)
-    shared.close()
+    shapes = npu_shapes(ckpt, adapters, npu_chunk, npu_context) if target == "npu" else None
+    if shapes:
+        graphs = write_npu_text_graphs(out, ckpt, precision, shapes, step)
+        step("token table")
+    else:
+        graphs = write_cpu_text_graphs(out, ckpt, precision, in_graph, prefill, prefill_weight_bits, step)
     step("lm_head")
 
     processor = _preprocessor_config(ckpt.folder)
     vision_entry = None
     if has_vision:
-        config = write_graph(out, artifact.VISION_GRAPH, lambda g: build_vision_encoder(ckpt, g, encoder))
-        vision_entry = VisionEntry(graph=artifact.VISION_GRAPH, crop_size=config.crop_size, patch_size=config.patch_size,
+        name, build = ((artifact.NPU_VISION_GRAPH, build_vision_crop_encoder) if target == "npu"
+                       else (artifact.VISION_GRAPH, build_vision_encoder))
+        config = write_graph(out, name, lambda g: build(ckpt, g, encoder))
+        vision_entry = VisionEntry(graph=name, crop_size=config.crop_size, patch_size=config.patch_size,
                                    max_crops=int(processor.get("dynamic_hd", MAX_CROPS)), mean=IMAGE_MEAN, std=IMAGE_STD, encoder=asdict(config))
         step("vision")
 
     audio_entry = None
     if has_audio:
-        config = write_graph(out, artifact.AUDIO_GRAPH, lambda g: build_audio_encoder(ckpt, g, encoder))
-        audio_entry = AudioEntry(graph=artifact.AUDIO_GRAPH, sample_rate=int(processor.get("sampling_rate", SAMPLE_RATE)), mel_bins=config.input_size,
-                                 compression_rate=config.time_reduction, encoder=asdict(config))
+        if target == "npu":
+            config = write_graph(out, artifact.NPU_AUDIO_GRAPH, lambda g: build_audio_window_encoder(ckpt, g, encoder, npu_audio_window))
+            windows = dict(window_frames=npu_audio_window * config.time_reduction, chunk_frames=MAX_CHUNK * config.time_reduction)
+        else:
+            config = write_graph(out, artifact.AUDIO_GRAPH, lambda g: build_audio_encoder(ckpt, g, encoder))
+            windows = {}
+        audio_entry = AudioEntry(graph=artifact.NPU_AUDIO_GRAPH if target == "npu" else artifact.AUDIO_GRAPH,
+                                 sample_rate=int(processor.get("sampling_rate", SAMPLE_RATE)), mel_bins=config.input_size,
+                                 compression_rate=config.time_reduction, encoder=asdict(config), **windows)
         step("audio")
 
     adapter_entries = {a.name: AdapterEntry(file=a.file, rank=a.rank, alpha=a.alpha, scale=a.scale, precision=adapter_precision,
@@ -211,7 +288,7 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         raise Phi4MMError(f"{ckpt.folder} has no tokenizer.json: copy the model's tokenizer files into the checkpoint folder")
     for name in copied:
         shutil.copyfile(ckpt.folder / name, out / name)
-    graph_files = [g for g in (graphs.embedding, graphs.decoder, graphs.prefill_int8,
+    graph_files = [g for g in (graphs.embedding, graphs.decoder, graphs.prefill_int8, graphs.prompt,
                                vision_entry and vision_entry.graph, audio_entry and audio_entry.graph) if g]
     graph_data = {graph: external_data_files(out / graph) for graph in graph_files}
     written = {*graph_files, *(d for files in graph_data.values() for d in files),
@@ -228,6 +305,8 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         adapters=adapter_entries,
         graph_data=graph_data,
         export_seconds=round(time.perf_counter() - started, 2),
+        target=target,
+        npu=shapes,
     )
     manifest.files = {name: file_entry(out / name) for name in sorted(written)}
     write_manifest(out, manifest)

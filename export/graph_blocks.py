@@ -13,6 +13,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from onnx import helper
+
 from ..quant import int4, int8
 from .checkpoint import Weights
 from .onnx_graph import MS_DOMAIN, ExternalData, Graph
@@ -102,6 +104,23 @@ def linear(builder: Builder, x: str, weights: Weights) -> str:
         return graph.op("DynamicQuantizeMatMul", [x, *weight_names] + (["", bias] if bias else []), domain=MS_DOMAIN, name=name)
     y = graph.op("MatMul", [x, graph.weight(f"{name}.weight_t", np.ascontiguousarray(weight.T))], name=name)
     return graph.add(y, bias) if bias else y
+
+
+def bias_after_kernel(graph: Graph) -> None:
+    """Move each MatMulNBits' bias input to an Add after it: the HTP's MatMulNBits takes no bias
+    (ONNX Runtime 1.32's QNN plugin 2.7.0 rejects the node with one, and takes it without)."""
+    nodes = []
+    for node in graph.nodes:
+        nodes.append(node)
+        if node.op_type == "MatMulNBits" and len(node.input) > MATMUL_NBITS_BIAS and node.input[MATMUL_NBITS_BIAS]:
+            bias, product = node.input[MATMUL_NBITS_BIAS], f"{node.name}/product"
+            del node.input[MATMUL_NBITS_BIAS:]
+            while not node.input[-1]:  # the absent optional inputs that only stood before the bias
+                del node.input[-1]
+            output = node.output[0]
+            node.output[0] = product
+            nodes.append(helper.make_node("Add", [product, bias], [output], name=f"{node.name}/bias"))
+    graph.nodes[:] = nodes
 
 
 def row_scaled_int8_matmul(graph: Graph, x: str, weight_names: list[str], bias: str | None, name: str) -> str:

@@ -71,6 +71,22 @@ class ExternalData:
             self._file.close()
 
 
+class SharedExternalData(ExternalData):
+    """An external data file that several graphs of the same weights fill once (the NPU prompt
+    and decode graphs): a tensor already written under a name is referenced, not written again."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self._written = {}
+
+    def tensor(self, name: str, array: np.ndarray, dims=None) -> TensorProto:
+        if name not in self._written:
+            self._written[name] = super().tensor(name, array, dims)
+        proto = TensorProto()
+        proto.CopyFrom(self._written[name])  # each graph holds its own proto naming the same bytes
+        return proto
+
+
 class Graph:
     """Collects nodes, inputs, outputs and initializers; `save` writes the .onnx file."""
 

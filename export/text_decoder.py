@@ -32,6 +32,7 @@ class DecoderBuilder(Builder):
     text: TextConfig
     adapters: tuple[InGraphAdapter, ...] = ()  # built-in adapters, in adapter_index order
     adapter_conditions: tuple[str, ...] = ()  # (adapter_index > 0, adapter_index == 1, == 2, ...)
+    lora_rank: int | str = "lora_rank"  # the LoRA inputs' rank: symbolic, or static for the NPU graphs
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ def lora_linear(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, t
     """A LoRA target linear: the base weight plus the active adapter's low-rank term."""
     graph, module = decoder.graph, LORA_MODULES[target]
     out_features, in_features = weights.shape(f"{target}.weight")
-    a = graph.input(lora_input_name(layer, module, "A"), TensorProto.FLOAT, [in_features, "lora_rank"])
-    b = graph.input(lora_input_name(layer, module, "B"), TensorProto.FLOAT, ["lora_rank", out_features])
+    a = graph.input(lora_input_name(layer, module, "A"), TensorProto.FLOAT, [in_features, decoder.lora_rank])
+    b = graph.input(lora_input_name(layer, module, "B"), TensorProto.FLOAT, [decoder.lora_rank, out_features])
     base = linear(decoder, x, weights.scope(f"{target}."))
     if not decoder.adapters:
         return graph.add(base, lora_branch(graph, x, a, b))

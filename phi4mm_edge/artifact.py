@@ -12,6 +12,15 @@ EMBEDDING_GRAPH = "embedding.onnx"
 DECODER_GRAPH = "decoder.onnx"
 PREFILL_INT8_GRAPH = "decoder_prefill.onnx"  # optional: the decoder with int8 linears, for prompts
 VISION_GRAPH = "vision.onnx"
+# The NPU target's static graphs (export/text_decoder_npu.py)
+NPU_EMBEDDING_GRAPH = "embedding_npu.onnx"
+NPU_DECODE_GRAPH = "decoder_npu.onnx"
+NPU_PROMPT_GRAPH = "decoder_prompt_npu.onnx"
+NPU_VISION_GRAPH = "vision_crop.onnx"  # one crop per run (export/vision_encoder_npu.py)
+NPU_AUDIO_GRAPH = "audio_window.onnx"  # one fixed window of frames per run (export/audio_encoder_npu.py)
+# A hidden key's attention bias in the NPU graphs: finite in fp16 (the HTP's precision), and
+# exp() of it is exactly 0 there.
+NPU_MASKED_SCORE = -30000.0
 AUDIO_GRAPH = "audio.onnx"
 ADAPTER_SUFFIX = ".onnx_adapter"
 TOKENIZER_JSON = "tokenizer.json"

@@ -16,7 +16,9 @@ from .artifact import sha256_of
 from .errors import Phi4MMError
 
 FORMAT_NAME = "phi4mm-edge-artifact"
-FORMAT_VERSION = 4  # 3: typed manifest, audio.onnx; 4: adapters as int4 constants in the decoder graph
+FORMAT_VERSION = 5  # 3: typed manifest, audio.onnx; 4: adapters as int4 constants in the decoder graph; 5: targets (npu)
+READABLE_VERSIONS = (4, 5)  # 5 only added fields whose defaults describe a version-4 (CPU) artifact
+TARGETS = ("cpu", "npu")  # what the graphs were built for: ONNX Runtime's CPU EP, or Qualcomm's QNN HTP
 MANIFEST = "manifest.json"
 
 
@@ -71,6 +73,20 @@ class Graphs:
     decoder: str
     prefill_int8: str | None = None  # the int8 prompt graph, when exported with --prefill int8
     prefill_int8_weight_bits: int = 7  # 8: for CPUs whose int8 dot products do not saturate (runtime/cpu.py)
+    prompt: str | None = None  # NPU: the static prompt graph (`decoder` is then the one-position graph)
+
+
+@dataclass(frozen=True)
+class NpuShapes:
+    """The static shapes an NPU artifact's text graphs were compiled for."""
+
+    chunk: int  # positions per prompt-graph run (the last run padded)
+    context: int  # KV cache positions: prompt + answer
+    lora_rank: int  # every adapter is bound at this rank (smaller ones padded with zeros)
+    # LongRoPE's inverse frequencies (float32 values) for the rotary tables the runtime feeds:
+    # computed once, by export, as the CPU graphs compute them in-graph.
+    inv_freq_short: list[float]
+    inv_freq_long: list[float]
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,8 @@ class AudioEntry:
     mel_bins: int
     compression_rate: int  # feature frames per audio token (the encoder's time reduction)
     encoder: dict
+    window_frames: int | None = None  # NPU: the static graph's window of feature frames (its left context not counted)
+    chunk_frames: int | None = None  # NPU: the reference encodes clips in independent chunks of this many frames
 
 
 @dataclass(frozen=True)
@@ -135,13 +153,15 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)  # every file export wrote: sha256 and size
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
+    target: str = "cpu"  # one of TARGETS
+    npu: NpuShapes | None = None  # the NPU graphs' static shapes (target "npu")
 
     def adapter_names(self) -> list[str]:
         return list(self.adapters)
 
     def graph_files(self) -> list[str]:
         """Every graph the runtime may open."""
-        return [g for g in (self.graphs.embedding, self.graphs.decoder, self.graphs.prefill_int8,
+        return [g for g in (self.graphs.embedding, self.graphs.decoder, self.graphs.prefill_int8, self.graphs.prompt,
                             self.vision and self.vision.graph, self.audio and self.audio.graph) if g]
 
     def file_names(self) -> list[str]:
@@ -156,7 +176,8 @@ class Manifest:
 # Fields that must be positive (a zero or negative size would only fail deep inside a graph).
 POSITIVE = {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
             "rotary_dim", "original_max_position_embeddings", "max_position_embeddings", "crop_size", "patch_size",
-            "max_crops", "sample_rate", "mel_bins", "compression_rate", "rank", "block_size", "rope_theta", "std"}
+            "max_crops", "sample_rate", "mel_bins", "compression_rate", "rank", "block_size", "rope_theta", "std",
+            "chunk", "context", "lora_rank", "window_frames", "chunk_frames"}
 NON_NEGATIVE = {"size", "graph_index", "accuracy_level", "export_seconds", "rms_norm_eps", "bos_token_id", "pad_token_id",
                 "image_token_id", "audio_token_id"}
 # Bounds far above the real model (vocab 200064, hidden 3072, 131072 positions) that keep a
@@ -164,7 +185,7 @@ NON_NEGATIVE = {"size", "graph_index", "accuracy_level", "export_seconds", "rms_
 UPPER_BOUNDS = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "num_layers": 1024,
                 "num_heads": 1024, "num_kv_heads": 1024, "head_dim": 4096, "rotary_dim": 4096,
                 "max_position_embeddings": 1 << 24, "original_max_position_embeddings": 1 << 24,
-                "crop_size": 8192, "max_crops": 1024, "sample_rate": 384000, "mel_bins": 1024, "compression_rate": 1024}
+                "crop_size": 8192, "max_crops": 1024, "chunk": 1 << 16, "context": 1 << 24, "lora_rank": 1 << 16, "sample_rate": 384000, "mel_bins": 1024, "compression_rate": 1024}
 
 
 class ManifestError(Phi4MMError):
@@ -245,12 +266,14 @@ def manifest_from_json(data) -> Manifest:
     """A checked Manifest from parsed JSON; raises ManifestError naming the first bad field."""
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise ManifestError(f"{MANIFEST} is not a phi4mm-edge manifest: re-export the artifact")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise ManifestError(
             f"{MANIFEST} has format version {data.get('format_version')}, this runtime reads version "
             f"{FORMAT_VERSION}: re-export the artifact with this version of phi4mm-edge"
         )
     manifest = _parse(Manifest, data, "")
+    if manifest.target not in TARGETS or (manifest.target == "npu") != (manifest.npu is not None and manifest.graphs.prompt is not None):
+        _fail("target", f"{manifest.target!r} does not match its graphs (targets: {', '.join(TARGETS)})")
     text = manifest.model
     if text.num_heads % text.num_kv_heads or text.rotary_dim > text.head_dim:
         _fail("model", f"has {text.num_heads} heads over {text.num_kv_heads} KV heads and rotary_dim {text.rotary_dim} "

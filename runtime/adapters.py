@@ -115,7 +115,28 @@ class AdapterSet:
             tensors[name] = value
         if len(ranks) != 1:
             raise Phi4MMError(f"adapter file {path} mixes ranks {sorted(ranks)}: re-export the artifact")
-        return tensors, ranks.pop()
+        rank = ranks.pop()
+        return self._at_static_rank(tensors, rank, path), rank
+
+    def _at_static_rank(self, tensors: dict, rank: int, path: Path) -> dict:
+        """Graphs with a static LoRA rank (the NPU's) take every adapter at that rank: a smaller one
+        is padded with zero columns of A and zero rows of B, which adds exactly nothing."""
+        static = {name: shape[1] if name.endswith(".A") else shape[0] for name, shape in self.inputs.items()}
+        static_ranks = {r for r in static.values() if isinstance(r, int)}
+        if not static_ranks:
+            return tensors
+        (graph_rank,) = static_ranks
+        if rank > graph_rank:
+            raise Phi4MMError(f"adapter file {path} has rank {rank}; this artifact's graphs take LoRAs up to rank "
+                              f"{graph_rank}: re-export the artifact with the adapter in its checkpoint")
+        if rank == graph_rank:
+            return tensors
+        padded = {}
+        for name, value in tensors.items():
+            array = value.numpy()
+            width = [(0, 0), (0, graph_rank - rank)] if name.endswith(".A") else [(0, graph_rank - rank), (0, 0)]
+            padded[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(np.pad(array, width)))
+        return padded
 
     def check(self, adapter: str) -> None:
         if adapter not in self.tensors:

@@ -80,6 +80,10 @@ class KVCache:
             self.keys[start:start + len(keys)] = keys
             self.known = start + len(keys)
 
+    def arrays(self) -> list[np.ndarray]:
+        """The buffers as numpy arrays: layer N's key at 2N, its value at 2N + 1."""
+        return self._buffers
+
     def forget(self) -> None:
         self.known = 0
 

@@ -31,7 +31,10 @@ from .feature_cache import DEFAULT_MAX_BYTES, FeatureCache
 from .generation import Generation, Outcome, stream_text
 from .kv_cache import position_keys
 from .prompt import Prompt, build_prompt, check_fits
-from .providers import open_session, session_options as default_session_options
+from .audio_npu import NpuAudioEncoder
+from .npu_decoder import NpuDecoder
+from .vision_npu import NpuVisionEncoder
+from .providers import choose_provider, open_session, session_options as default_session_options
 from .sampling import Sampling
 from .token_loop import generate_tokens
 from .tokenizer import ChatTokenizer
@@ -49,16 +52,18 @@ class Phi4MMEdge:
         self.text, self.vision, self.audio, self.load_ms = manifest.model, vision, audio, load_ms
         self.media_cache = FeatureCache(media_cache_bytes)  # encoded images and clips, by content
         self.stop_ids = set(self.text.eos_token_ids)
+        self.provider, self.provider_note = "cpu", "CPU"  # set by load()
         # One KV cache and one set of bound adapter tensors: one generation streams at a time.
         self._streaming = threading.Lock()
         self._streaming_thread = None
 
     @classmethod
-    def load(cls, folder, provider: str = "cpu", threads: int | None = None, context_length: int | None = None,
+    def load(cls, folder, provider: str = "auto", threads: int | None = None, context_length: int | None = None,
              verify: bool | str = True, max_audio_seconds: float = MAX_SECONDS, prefill: str = "auto",
              prefill_chunk: int | None = None, session_options: ort.SessionOptions | None = None,
              preload_encoders: bool = False, media_cache_mb: float = DEFAULT_MAX_BYTES / 2**20) -> "Phi4MMEdge":
-        """Open an artifact folder. `context_length` (prompt + answer tokens) sizes the KV cache;
+        """Open an artifact folder. `provider`: "auto" (QNN for an NPU artifact when onnxruntime-qnn
+        is installed, else the CPU; `model.provider_note` says which and why), "cpu" or "qnn". `context_length` (prompt + answer tokens) sizes the KV cache;
         audio clips longer than `max_audio_seconds` are refused. `prefill` picks how prompts run:
         'int8' (the artifact's int8 prompt graph), 'int4' (the decode graph) or 'auto' (int8 when
         present and the CPU has a fast int8 GEMM). `verify`: True or "cached" (re-hash changed files,
@@ -76,13 +81,16 @@ class Phi4MMEdge:
         folder = Path(folder)
         manifest = verify_artifact(folder, {True: "cached", False: "off"}.get(verify, verify))
         maximum = manifest.model.max_position_embeddings
+        explicit_context = context_length
         context_length = min(DEFAULT_CONTEXT, maximum) if context_length is None else context_length
         if isinstance(context_length, bool) or not isinstance(context_length, int) or not 0 < context_length <= maximum:
             raise Phi4MMError(f"context length {context_length!r} is outside 1..{maximum}, the model's maximum")
         options = session_options or default_session_options(threads)
+        provider, provider_note = choose_provider(provider, manifest)
         graphs = manifest.graphs
-        precision = choose_prefill_precision(prefill, graphs.prefill_int8 is not None,
-                                             int8_weight_bits=graphs.prefill_int8_weight_bits)
+        npu = manifest.target == "npu"
+        precision = "npu" if npu else choose_prefill_precision(prefill, graphs.prefill_int8 is not None,
+                                                                int8_weight_bits=graphs.prefill_int8_weight_bits)
         # The sessions are created side by side: ONNX Runtime releases the GIL while it reads and
         # prepacks, and the decoder's prepacking (seconds at full size) keeps one core busy alone.
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="phi4mm-load") as pool:
@@ -92,25 +100,28 @@ class Phi4MMEdge:
             pending = {"decoder": opening(graphs.decoder), "embedding": opening(graphs.embedding)}
             if precision == "int8":
                 pending["prompt_int8"] = opening(graphs.prefill_int8)
+            if npu:
+                pending["prompt"] = opening(graphs.prompt)
             tokenizer = pool.submit(ChatTokenizer, folder)
-            vision = VisionEncoder(folder, manifest.vision, options, provider) if manifest.vision else None
-            audio = AudioEncoder(folder, manifest.audio, options, provider, max_audio_seconds) if manifest.audio else None
+            vision_class, audio_class = (NpuVisionEncoder, NpuAudioEncoder) if npu else (VisionEncoder, AudioEncoder)
+            vision = vision_class(folder, manifest.vision, options, provider) if manifest.vision else None
+            audio = audio_class(folder, manifest.audio, options, provider, max_audio_seconds) if manifest.audio else None
             encoders = [pool.submit(e.session.open) for e in (vision, audio) if e is not None and preload_encoders]
             sessions = {name: future.result() for name, future in pending.items()}
             tokenizer = tokenizer.result()
             for future in encoders:
                 future.result()
-        decoder = Decoder(
-            manifest.model,
-            embedding=sessions["embedding"],
-            decoder=sessions["decoder"],
-            adapters=AdapterSet(folder, manifest.adapters, sessions["decoder"]),
-            context_length=context_length,
-            prompt_int8=sessions.get("prompt_int8"),
-            prefill_chunk=prefill_chunk,
-        )
+        adapters = AdapterSet(folder, manifest.adapters, sessions["decoder"])
+        if npu:
+            decoder = NpuDecoder(manifest.model, sessions["embedding"], sessions["decoder"], sessions["prompt"], adapters,
+                                 manifest.npu, explicit_context)
+        else:
+            decoder = Decoder(manifest.model, embedding=sessions["embedding"], decoder=sessions["decoder"], adapters=adapters,
+                              context_length=context_length, prompt_int8=sessions.get("prompt_int8"), prefill_chunk=prefill_chunk)
         load_ms = (time.perf_counter() - started) * 1000
-        return cls(folder, manifest, decoder, tokenizer, load_ms, vision, audio, int(media_cache_mb * 2**20))
+        model = cls(folder, manifest, decoder, tokenizer, load_ms, vision, audio, int(media_cache_mb * 2**20))
+        model.provider, model.provider_note = provider, provider_note
+        return model
 
     def open_encoders(self) -> None:
         """Open the vision and audio encoders' sessions now rather than on first use."""

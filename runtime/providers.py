@@ -3,9 +3,35 @@
 import onnxruntime as ort
 
 from ..errors import Phi4MMError
+from ..manifest import Manifest
+from . import qnn
 from .cpu import logical_cpus, physical_cores
 
-PROVIDERS = {"cpu": "CPUExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "qnn": qnn.EP_NAME}
+CHOICES = ("auto", *PROVIDERS)
+
+
+def choose_provider(requested: str, manifest: Manifest) -> tuple[str, str]:
+    """The provider to run `manifest`'s artifact on, and why, in words for the user. `auto`: QNN
+    for an NPU artifact when the plugin is installed, else the CPU. Asking for QNN with a CPU
+    artifact or without the plugin is an error: never a silent run of something else."""
+    if requested not in CHOICES:
+        raise Phi4MMError(f"--provider {requested!r}: give one of {', '.join(CHOICES)}")
+    npu = manifest.target == "npu"
+    if requested == "qnn":
+        if not npu:
+            raise Phi4MMError("--provider qnn: this artifact was exported for the CPU; export one for the NPU with "
+                              "`phi4mm-edge export CHECKPOINT OUT --target npu`")
+        if not qnn.available():
+            raise Phi4MMError(f"--provider qnn: {qnn.MISSING}")
+        return "qnn", "QNN HTP (NPU)"
+    if requested == "cpu":
+        return "cpu", "CPU" + (" (the NPU artifact's static graphs, on the CPU)" if npu else "")
+    if npu and qnn.available():
+        return "qnn", "QNN HTP (NPU), chosen by --provider auto for this NPU artifact"
+    if npu:
+        return "cpu", f"CPU: the artifact is for the NPU but {qnn.MISSING}"
+    return "cpu", "CPU"
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -30,7 +56,19 @@ def providers(name: str = "cpu") -> list[str]:
     return [PROVIDERS[name]]
 
 
+def fresh_options(options: ort.SessionOptions) -> ort.SessionOptions:
+    """Fresh options with `options`' threads and levels: a provider added to options stays there,
+    so each QNN session gets its own."""
+    copy = ort.SessionOptions()
+    copy.graph_optimization_level = options.graph_optimization_level
+    copy.intra_op_num_threads = options.intra_op_num_threads
+    copy.log_severity_level = options.log_severity_level
+    return copy
+
+
 def open_session(path, options: ort.SessionOptions, provider: str) -> ort.InferenceSession:
+    if provider == "qnn":
+        return qnn.open_htp_session(path, lambda: fresh_options(options))[0]
     try:
         return ort.InferenceSession(str(path), options, providers=providers(provider))
     except Exception as error:  # ONNX Runtime raises its own types; the user needs the fix

@@ -32,6 +32,7 @@ CONTEXT_RECORD_SUFFIX = ".qnn_ctx.json"
 MISSING = "the QNN execution provider is not installed: pip install onnxruntime-qnn (x86_64 runs Qualcomm's HTP simulator)"
 
 _registered = None  # None: not tried; True/False after the first try
+compilations = 0  # graphs compiled for the HTP in this process (a cached context does not count)
 
 
 def _plugin():
@@ -123,7 +124,9 @@ def open_htp_session(graph: Path, options_factory) -> tuple[ort.InferenceSession
     for stale in (context, record):
         if writable and stale.exists():
             stale.unlink()
+    global compilations
     session = _session(graph, htp_options(options_factory(), context if writable else None), graph)
+    compilations += 1
     if writable and context.is_file():
         record.write_text(json.dumps(_fingerprint(graph)))
     return session, True

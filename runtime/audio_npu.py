@@ -1,0 +1,116 @@
+"""The audio encoder of an NPU artifact (export/audio_encoder_npu.py): a clip -> audio_features
+rows, through a static graph that takes one fixed window of feature frames per run.
+
+Each window is fed with the time_reduction (= compression_rate) frames before it as context,
+a frame mask (1 on the clip's frames) and a key mask (the rows attention may see). A clip up to
+one window runs once, its padding hidden from attention; a longer clip runs window by window
+when a window is exactly the reference's chunk (the reference encodes such chunks independently,
+its last one zero-padded, and the padded rows are keys there); the windows' tokens are
+concatenated and trimmed to the clip's. The graph returns both projections; `vision_mode` picks one.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import Phi4MMError
+from ..manifest import AudioEntry
+from . import qnn
+from .audio import HOP_LENGTH, MAX_SECONDS, SAMPLE_RATE, token_count
+from .audio_encoder import AudioEncoder, AudioInput
+from .encoder_session import LazySession
+from .providers import fresh_options, open_session
+
+OUTPUTS = {False: "speech_features", True: "vision_speech_features"}  # by vision_mode
+
+
+@dataclass
+class WindowFeed:
+    """One run of the window graph: its inputs, and how many of its output rows are the clip's."""
+
+    inputs: dict[str, np.ndarray]
+    rows: int
+
+
+def window_feeds(features: np.ndarray, window_frames: int, context: int, chunk_frames: int) -> list[WindowFeed]:
+    """log-mel [frames, bins] -> the window graph's runs: window k covers frames
+    [k * window_frames, (k + 1) * window_frames) with `context` frames before it. Several
+    windows only when `window_frames` == `chunk_frames` (else the clip must fit one window)."""
+    frames, bins = features.shape
+    tokens, window_tokens = token_count(frames, context), window_frames // context
+    count = -(-tokens // window_tokens)
+    if count > 1 and window_frames != chunk_frames:
+        raise Phi4MMError(f"the audio is {frames * HOP_LENGTH / SAMPLE_RATE:.1f} s long; this NPU audio graph takes "
+                          f"{window_frames * HOP_LENGTH / SAMPLE_RATE:g} s at most: split the clip, or re-export with the "
+                          f"default window ({chunk_frames * HOP_LENGTH / SAMPLE_RATE:g} s, any length)")
+    feeds = []
+    for k in range(count):
+        start = k * window_frames - context  # the window's first input frame, in the clip
+        first, end = max(start, 0), min(start + context + window_frames, frames)
+        window = np.zeros((1, context + window_frames, bins), np.float32)
+        frame_mask = np.zeros((1, context + window_frames), np.float32)
+        window[0, first - start:end - start] = features[first:end]
+        frame_mask[0, first - start:end - start] = 1.0
+        rows = min(window_tokens, tokens - k * window_tokens)
+        key_mask = np.zeros((1, window_tokens), np.float32)
+        key_mask[0, :window_tokens if count > 1 else rows] = 1.0  # a chunked clip's zero rows are keys in the reference
+        feeds.append(WindowFeed({"input_features": window, "frame_mask": frame_mask, "key_mask": key_mask}, rows))
+    return feeds
+
+
+class WindowSession(LazySession):
+    """The window graph's session, opened on first use: on the HTP through qnn.open_htp_session
+    (`compiled_now` then says whether it compiled or loaded the cached context), or on the CPU."""
+
+    compiled_now: bool | None = None
+
+    def open(self) -> ort.InferenceSession:
+        with self._opening:
+            if self._session is None:
+                if self._provider == "qnn":
+                    self._session, self.compiled_now = qnn.open_htp_session(self.path, self._options)
+                else:
+                    self._session = open_session(self.path, self._options(), "cpu")
+        return self._session
+
+
+class NpuAudioEncoder(AudioEncoder):
+    """AudioEncoder's interface over the window graph. `provider` "qnn" runs it on the HTP (CPU
+    fallback disabled, the compiled context cached beside the graph), "cpu" on ONNX Runtime's
+    CPU EP. `options`: session options, or a function giving fresh ones. The graph's file and
+    window length come from the artifact's audio entry (`graph`, `window_frames`, `chunk_frames`)."""
+
+    def __init__(self, folder, entry: AudioEntry, options, provider: str, max_seconds: float = MAX_SECONDS):
+        if entry.sample_rate != SAMPLE_RATE:
+            raise Phi4MMError(f"the artifact's audio encoder takes {entry.sample_rate} Hz features; this runtime computes "
+                              f"them at {SAMPLE_RATE} Hz only: re-export from a {SAMPLE_RATE} Hz checkpoint")
+        if provider not in ("qnn", "cpu"):
+            raise Phi4MMError(f"provider {provider!r}: the NPU audio graph runs on 'qnn' (the HTP) or 'cpu'")
+        self.entry, self.max_seconds = entry, max_seconds
+        self.context = entry.compression_rate  # one token's frames before each window
+        if entry.window_frames is None or entry.chunk_frames is None:
+            raise Phi4MMError(f"the artifact's audio entry names no window ({entry.graph} is not an NPU window graph): "
+                              f"re-export with --target npu")
+        self.window_frames, self.chunk_frames = entry.window_frames, entry.chunk_frames
+        fresh = options if callable(options) else (lambda: fresh_options(options))
+        self.session = WindowSession(folder / entry.graph, fresh, provider)
+
+    def _window(self, session: ort.InferenceSession) -> int:
+        """The graph's window in frames, checked against the entry's."""
+        frames = session.get_inputs()[0].shape[1] - self.context
+        if self.window_frames not in (None, frames) or frames % self.context:
+            raise Phi4MMError(f"{self.session.path.name} takes windows of {frames} frames, the manifest says "
+                              f"{self.window_frames}: re-export the artifact")
+        return frames
+
+    def features(self, audio: AudioInput, vision_mode: bool = False) -> np.ndarray:
+        """audio_features [num_tokens, hidden]; `vision_mode` picks the projection used with images."""
+        session = self.session.open()
+        output = OUTPUTS[bool(vision_mode)]
+        feeds = window_feeds(audio.features, self._window(session), self.context, self.chunk_frames)
+        features = np.concatenate([session.run([output], feed.inputs)[0][:feed.rows] for feed in feeds])
+        if features.shape[0] != audio.num_tokens:
+            raise Phi4MMError(f"{self.session.path.name} gave {features.shape[0]} tokens for audio that needs "
+                              f"{audio.num_tokens}: re-export the artifact")
+        return features
