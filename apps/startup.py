@@ -28,11 +28,12 @@ def positive_number(value: float, option: str) -> float:
 
 
 def load_model(args, status=None) -> Phi4MMEdge:
-    """Load args.artifact; say how long it took, and whether its weights are random, on `status`
-    (default stdout)."""
+    """Load args.artifact on args.provider; say how long it took, on which provider, and whether
+    its weights are random, on `status` (default stdout)."""
     status = status or sys.stdout
-    model = Phi4MMEdge.load(args.artifact, threads=args.threads, context_length=args.context, verify=args.verify)
-    print(f"loaded {args.artifact} in {model.load_ms:.0f} ms", file=status)
+    model = Phi4MMEdge.load(args.artifact, provider=args.provider, threads=args.threads, context_length=args.context,
+                            verify=args.verify)
+    print(f"loaded {args.artifact} in {model.load_ms:.0f} ms on {model.provider_note}", file=status)
     if getattr(args, "random_weights", False):
         print(RANDOM_WEIGHTS_NOTE, file=status)
     if getattr(args, "max_crops", None) is not None and model.vision is not None:

@@ -43,8 +43,10 @@ def prompt(length: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(0, 199_000, length).tolist()
 
 
-def run_bench(artifact: Path, repeats: int = 3, context: int = 1100, threads: int | None = None) -> dict:
-    """The measurements of one artifact; `context` holds the 1024-token prompt and its answer."""
+def run_bench(artifact: Path, repeats: int = 3, context: int = 1100, threads: int | None = None,
+              provider: str = "auto") -> dict:
+    """The measurements of one artifact on `provider` (runtime/providers.py); `context` holds the
+    1024-token prompt and its answer."""
     artifact = Path(artifact)
     results = {"artifact": str(artifact), "repeats": repeats, "threads": threads or physical_cores()}
     loads, model = [], None
@@ -60,14 +62,15 @@ def run_bench(artifact: Path, repeats: int = 3, context: int = 1100, threads: in
     # Prompt throughput per prefill path; the portable int4 path first, on a load of its own.
     prefill = {}
     if read_manifest(artifact).graphs.prefill_int8 is not None:
-        model = Phi4MMEdge.load(artifact, context_length=context, threads=threads, prefill="int4")
+        model = Phi4MMEdge.load(artifact, provider=provider, context_length=context, threads=threads, prefill="int4")
         prefill["int4"] = {str(n): summary([n / t for t in timed(ttft(n), repeats)]) for n in PROMPT_LENGTHS
                            if n < model.decoder.cache.capacity}
     for _ in range(repeats):
         model = None  # release the previous load first: peak RSS is one model, not two
         started = time.perf_counter()
-        model = Phi4MMEdge.load(artifact, context_length=context, threads=threads)
+        model = Phi4MMEdge.load(artifact, provider=provider, context_length=context, threads=threads)
         loads.append(time.perf_counter() - started)
+    results["provider"], results["provider_note"] = model.provider, model.provider_note  # figures mean nothing without it
     results["load_s"] = summary(loads)
     results["prefill_precision"] = model.decoder.prefill_precision
     ttfts = {str(n): timed(ttft(n), repeats) for n in PROMPT_LENGTHS if n < model.decoder.cache.capacity}
@@ -334,7 +337,7 @@ def main(args) -> dict:
     if artifact is None:
         raise Phi4MMError("bench needs an ARTIFACT folder, or --quick for the bundled reference model")
     repeats = args.repeats or (2 if args.quick else 3)
-    results = run_bench(Path(artifact), repeats=repeats, threads=args.threads)
+    results = run_bench(Path(artifact), repeats=repeats, threads=args.threads, provider=args.provider)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(results, indent=2))  # ours are kept even if a peer fails

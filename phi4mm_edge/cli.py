@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from .errors import Phi4MMError
+from .manifest import TARGETS
 
 
 def _make_reference(args):
@@ -21,14 +22,20 @@ def _make_reference(args):
 
 
 def _export(args):
-    from .export.convert import export
+    from .export.convert import NPU_CHUNK, export
     from .export.graph_blocks import Precision
 
+    if args.target != "npu":
+        # Silently ignored shapes would leave a user believing the artifact has them.
+        for option, value in (("--npu-context", args.npu_context), ("--npu-chunk", args.npu_chunk)):
+            if value is not None:
+                raise Phi4MMError(f"{option} sizes the NPU graphs: add --target npu, or leave {option} out")
     precision = Precision(weights=args.precision, block_size=args.block_size, symmetric=not args.asymmetric,
                           accuracy_level=args.accuracy_level)
     manifest = export(args.checkpoint, args.out, precision, args.adapter_precision, show_progress=not args.quiet,
                       prefill=args.prefill, force=args.force, encoder_precision=args.encoder_precision,
-                      prefill_weight_bits=args.prefill_weight_bits)
+                      prefill_weight_bits=args.prefill_weight_bits, target=args.target,
+                      npu_chunk=NPU_CHUNK if args.npu_chunk is None else args.npu_chunk, npu_context=args.npu_context)
     sizes = sum(f.size for f in manifest.files.values())
     print(f"exported {args.checkpoint} -> {args.out} ({precision.weights}, {sizes / 1e6:.1f} MB, "
           f"{manifest.export_seconds} s, adapters: {', '.join(manifest.adapters) or 'none'})")
@@ -36,6 +43,9 @@ def _export(args):
         int8_mb = sum(f.size for n, f in manifest.files.items() if n.startswith(manifest.graphs.prefill_int8)) / 1e6
         print(f"with the int8 prefill graph {manifest.graphs.prefill_int8} ({int8_mb:.1f} MB of it): prompts of "
               f"64+ tokens run on it where the CPU has a fast int8 GEMM (--prefill auto)")
+    if manifest.npu:
+        print(f"for the NPU (QNN HTP): {manifest.npu.context} positions of KV cache, prompts in runs of "
+              f"{manifest.npu.chunk}; `--provider auto` runs it there when onnxruntime-qnn is installed")
 
 
 def resolve_artifact(args) -> None:
@@ -111,12 +121,22 @@ def add_max_crops_argument(parser, default: int | None = None, why: str = "") ->
                              "detail (README: Images). " + (f"Default {default}{why}" if default else "Default: the artifact's limit (its manifest's vision max_crops; 36 for Phi-4-multimodal)"))
 
 
+def add_provider_argument(parser) -> None:
+    """--provider for every command that loads a model."""
+    from .runtime.providers import CHOICES
+
+    parser.add_argument("--provider", choices=CHOICES, default="auto",
+                        help="where the graphs run; auto (default) = QNN for an NPU artifact when onnxruntime-qnn is "
+                             "installed, else CPU")
+
+
 def add_model_arguments(parser, max_new_tokens: int = 256) -> None:
     """What every app takes: ARTIFACT (optional: the bundled reference model) and --cache-dir,
-    --threads, --context, --max-new-tokens, --temperature."""
+    --provider, --threads, --context, --max-new-tokens, --temperature."""
     parser.add_argument("artifact", nargs="?",
                         help="an exported artifact folder; default: the bundled reference model (random weights)")
     parser.add_argument("--cache-dir", help="where the reference model is made once (default ~/.cache/phi4mm-edge)")
+    add_provider_argument(parser)
     parser.add_argument("--threads", type=int, help="intra-op threads; default one per physical core")
     parser.add_argument("--context", type=int, help="tokens of KV cache (prompt + answer); default 4096")
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
@@ -160,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-precision", choices=["auto", "int4", "int8", "fp32"], default="auto",
                    help="the vision and audio encoders' linears; auto: int8 with an int4 base (~1.5x faster images and "
                         "audio than int4, closer to the checkpoint, ~1.6x the int4 encoder bytes), fp32 with an fp32 base")
+    p.add_argument("--target", choices=TARGETS, default="cpu",
+                   help="cpu (default): graphs for ONNX Runtime's CPU provider; npu: static graphs for Qualcomm's "
+                        "QNN HTP NPU (fixed KV cache and prompt run sizes, adapters bound as inputs)")
+    p.add_argument("--npu-context", type=int, metavar="N",
+                   help="with --target npu: positions of KV cache the NPU graphs hold (prompt + answer); default "
+                        "4096, capped at the model's maximum")
+    p.add_argument("--npu-chunk", type=int, metavar="N",
+                   help="with --target npu: prompt positions per NPU run (a shorter prompt is padded to it); default 64")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty folder that is not a previous export (its other files are left alone)")
@@ -194,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .benchmarks.bench import add_arguments
 
     add_arguments(p)
+    add_provider_argument(p)
     p.set_defaults(func=_bench)
 
     p = commands.add_parser("demo", help="make the reference model, export it and answer with each adapter")

@@ -25,6 +25,26 @@ def checkpoints(tmp_path_factory):
     return {layout: write_reference(root / layout, seed=SEED, layout=layout) for layout in ("native", "original")}
 
 
+HTP_CROP = 112  # pixels: 8x8 patches; the HTP simulator runs a 448-pixel crop of the tiny model in ~90 s, this in ~1 s
+
+
+@pytest.fixture(scope="session")
+def small_crop_checkpoint(checkpoints, tmp_path_factory):
+    """The native checkpoint with 112-pixel crops (the NPU tests' simulator budget): its
+    config.json with another crop_size beside links to its weights."""
+    import json
+
+    source = checkpoints["native"]
+    folder = tmp_path_factory.mktemp("small_crop_checkpoint")
+    for path in source.iterdir():
+        if path.name != "config.json":
+            (folder / path.name).symlink_to(path)
+    config = json.loads((source / "config.json").read_text())
+    config["vision_config"]["crop_size"] = HTP_CROP
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def artifacts(checkpoints, tmp_path_factory):
     """Exports: fp32 of both layouts (fp32 adapters, bound as inputs), int4 as it ships (accuracy

@@ -1,4 +1,5 @@
-"""The console command end to end: make-reference, export, run, demo; and the packaging."""
+"""The console command end to end: make-reference, export, run, demo; the NPU target and
+provider options; and the packaging."""
 
 import json
 import shutil
@@ -8,6 +9,9 @@ import zipfile
 from pathlib import Path
 
 from test_runtime import phi4mm_edge
+
+from phi4mm_edge.export.convert import export
+from phi4mm_edge.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +31,39 @@ def test_make_reference_export_run(tmp_path):
     streamed = phi4mm_edge("run", tmp_path / "art", "--prompt", "hello", "--max-new-tokens", 5,
                            "--temperature", 0.8, "--top-p", 0.9, "--top-k", 50, "--seed", 1).stdout
     assert streamed.strip()
+
+
+def test_export_target_npu_writes_the_static_shapes_asked_for(checkpoints, tmp_path):
+    out = phi4mm_edge("export", checkpoints["native"], tmp_path / "npu", "--target", "npu", "--npu-context", 128,
+                      "--npu-chunk", 16, "--quiet").stdout
+    assert "128 positions of KV cache" in out
+    manifest = read_manifest(tmp_path / "npu")
+    assert manifest.target == "npu"
+    assert (manifest.npu.context, manifest.npu.chunk) == (128, 16)
+
+
+def test_export_refuses_options_that_do_not_fit_the_target_before_writing(checkpoints, tmp_path):
+    npu_int8 = phi4mm_edge("export", checkpoints["native"], tmp_path / "a", "--target", "npu", "--prefill", "int8",
+                           "--quiet", check=False)
+    assert npu_int8.returncode == 2
+    assert "phi4mm-edge: error: --prefill int8 is a CPU graph" in npu_int8.stderr
+    cpu_shapes = phi4mm_edge("export", checkpoints["native"], tmp_path / "b", "--npu-chunk", 16, "--quiet", check=False)
+    assert cpu_shapes.returncode == 2 and "add --target npu" in cpu_shapes.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_provider_qnn_with_a_cpu_artifact_says_to_export_for_the_npu(checkpoints, tmp_path):
+    export(checkpoints["native"], tmp_path / "cpu", show_progress=False)  # ~1 s; the `artifacts` fixture makes six
+    # Never a silent run on the CPU when the NPU was asked for (whether or not onnxruntime-qnn is installed).
+    result = phi4mm_edge("run", tmp_path / "cpu", "--provider", "qnn", "--prompt", "hi", check=False)
+    assert result.returncode == 2 and not result.stdout
+    assert result.stderr.startswith("phi4mm-edge: error: --provider qnn:") and "--target npu" in result.stderr
+
+
+def test_an_unknown_provider_is_refused_by_the_parser(tmp_path):
+    result = phi4mm_edge("run", tmp_path, "--provider", "dml", "--prompt", "hi", check=False)
+    assert result.returncode == 2
+    assert "argument --provider: invalid choice: 'dml'" in result.stderr
 
 
 def test_demo_answers_with_each_adapter_and_says_the_weights_are_random(tmp_path):

@@ -7,7 +7,6 @@ with 112-pixel crops (the same weights and graph, 8x8 patches stretched over the
 positions); the CPU tests compare the real 448-pixel geometry with vision.onnx.
 """
 
-import json
 import time
 from dataclasses import replace
 
@@ -27,7 +26,6 @@ from phi4mm_edge.runtime.providers import open_session, session_options
 from phi4mm_edge.runtime.vision_encoder import VisionEncoder
 from phi4mm_edge.runtime.vision_npu import NpuVisionEncoder
 
-HTP_CROP = 112  # pixels: 8x8 patches, 5 crops of 2x2 tiles run in ~4 s on the simulator
 INT4_EXACT = Precision(weights="int4", block_size=32, accuracy_level=0)  # the CPU runs it with fp32 activations
 FP32 = Precision(weights="fp32")
 
@@ -60,20 +58,10 @@ def crop_graphs(checkpoints, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def small_crop(checkpoints, tmp_path_factory):
-    """(crop graphs, vision entry) of the tiny checkpoint with 112-pixel crops: its config.json
-    with another crop_size beside links to its weights."""
-    source = checkpoints["native"]
-    folder = tmp_path_factory.mktemp("small_crop_checkpoint")
-    for path in source.iterdir():
-        (folder / path.name).symlink_to(path)
-    config = json.loads((source / "config.json").read_text())
-    config["vision_config"]["crop_size"] = HTP_CROP
-    (folder / "config.json").unlink()
-    (folder / "config.json").write_text(json.dumps(config))
-    graphs = build_crop_graphs(folder, tmp_path_factory.mktemp("small_crop_graphs"))
-    vision = Checkpoint(folder).vision
-    return graphs, vision
+def small_crop(small_crop_checkpoint, tmp_path_factory):
+    """(crop graphs, vision entry) of the tiny checkpoint with 112-pixel crops (conftest)."""
+    graphs = build_crop_graphs(small_crop_checkpoint, tmp_path_factory.mktemp("small_crop_graphs"))
+    return graphs, Checkpoint(small_crop_checkpoint).vision
 
 
 @pytest.fixture(scope="module")
