@@ -30,10 +30,15 @@ STRIDE = 2  # each subsampling stage halves time and frequency
 @dataclass(frozen=True)
 class AudioBuilder(Builder):
     """The audio graph being built, its precision, the encoder's sizes, and how attention runs:
-    ONNX Runtime's fused kernel (the default) or plain ops (kept to measure and test against)."""
+    ONNX Runtime's fused kernel (the default) or plain ops (kept to measure and test against).
+    `directml`: what DirectML's kernels need: the two projections both run and Where picks one
+    (DirectML registers no If at opset 21; the spare projection is ~3% of the encoder's
+    multiply-adds at full size), and the relative bias is expanded to every chunk (DirectML's
+    MultiHeadAttention takes it only at the full batch size, no broadcast)."""
 
     config: AudioConfig
     fused_attention: bool = True
+    directml: bool = False
     linear_bias: ClassVar[bool] = True
 
 
@@ -155,9 +160,12 @@ def mode_projection(audio: AudioBuilder, x: str, mode: str, weights: Weights) ->
 
 
 def projection(audio: AudioBuilder, x: str, vision_mode: str, weights: Weights) -> str:
-    """[T, hidden] -> audio_features [T, text_hidden]: an If over vision_mode between the
+    """[T, hidden] -> audio_features [T, text_hidden]: an If (`directml`: a Where) over vision_mode between the
     "vision_speech" and the "speech" projection (linear, GELU, linear)."""
     graph = audio.graph
+    if audio.directml:
+        speech, vision_speech = (mode_projection(audio, x, mode, weights) for mode in ("speech", "vision_speech"))
+        return graph.op("Where", [vision_mode, vision_speech, speech], outputs=["audio_features"], name="projection")
 
     def branch(mode: str):
         branch_graph = graph.branch(f"{mode}_projection")
@@ -168,11 +176,13 @@ def projection(audio: AudioBuilder, x: str, vision_mode: str, weights: Weights) 
                     then_branch=branch("vision_speech"), else_branch=branch("speech"))
 
 
-def build_audio_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, fused_attention: bool = True) -> AudioConfig:
+def build_audio_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, fused_attention: bool = True,
+                        directml: bool = False) -> AudioConfig:
     """Fill `graph` with speech.onnx for the checkpoint's audio encoder, its linears stored at
-    `precision`; returns its config. `fused_attention=False` builds attention from plain ops."""
+    `precision`; returns its config. `fused_attention=False` builds attention from plain ops;
+    `directml` see AudioBuilder."""
     config = checkpoint.audio
-    audio = AudioBuilder(graph, precision, config, fused_attention)
+    audio = AudioBuilder(graph, precision, config, fused_attention, directml)
     weights = checkpoint.weights(AUDIO_EMBED, graph_prefix="audio.")
     encoder = weights.scope("encoder.")
     features = graph.input("input_features", TensorProto.FLOAT, [1, "frames", config.input_size])
@@ -182,6 +192,8 @@ def build_audio_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precisi
     length = graph.squeeze(graph.slice(graph.op("Shape", [x]), [TIME], [TIME + 1], axes=[0]), [0])
     x, chunk_length = chunk(audio, x, length)
     bias = relative_position_bias(audio, chunk_length, encoder.scope("relative_attention_bias_layer."))
+    if directml:  # [1, heads, T, T] -> [chunks, heads, T, T]
+        bias = graph.op("Expand", [bias, graph.concat([graph.slice(graph.op("Shape", [x]), [0], [1], axes=[0]), [1, 1, 1]])])
     for index in range(config.num_blocks):
         x = conformer_block(audio, x, bias, encoder.scope(f"encoders.{index}."))
     projection(audio, unchunk(audio, x, length), vision_mode, weights)

@@ -18,6 +18,8 @@ from .adapters import ADAPTER_DTYPES, write_adapter
 from .graph_adapters import write_in_graph_adapter
 from .audio_encoder import build_audio_encoder
 from .checkpoint import Checkpoint
+from .directml import for_directml
+from .dml_operators import ONNXRUNTIME_VERSION, unregistered_nodes
 from .embedding import build_embedding, tied_lm_head, untied_lm_head, write_token_table
 from .graph_blocks import Precision
 from .onnx_graph import ExternalData, Graph, SharedExternalData
@@ -41,6 +43,8 @@ IMAGE_MEAN = IMAGE_STD = 0.5  # the processor normalizes each channel to [-1, 1]
 # runtime's default context (a fixed cache is allocated whole, on the device).
 NPU_CHUNK = 64
 NPU_CONTEXT = 4096
+VISION_GRAPHS = {"cpu": artifact.VISION_GRAPH, "npu": artifact.NPU_VISION_GRAPH, "dml": artifact.DML_VISION_GRAPH}
+AUDIO_GRAPHS = {"cpu": artifact.AUDIO_GRAPH, "npu": artifact.NPU_AUDIO_GRAPH, "dml": artifact.DML_AUDIO_GRAPH}
 
 
 def _preprocessor_config(folder: Path) -> dict:
@@ -72,13 +76,22 @@ def encoder_precision_for(precision: Precision, choice: str = "auto") -> Precisi
     return replace(precision, weights=choice, int8_row_scales=choice == "int8")
 
 
-def write_graph(out: Path, file_name: str, build):
-    """Build one graph with its weights streaming to `<file_name>.data`; returns build's result."""
-    data = ExternalData(out / f"{file_name}.data")
+def write_graph(out: Path, file_name: str, build, directml: bool = False):
+    """Build one graph with its weights streaming to `<file_name>.data`; returns build's result.
+    `directml`: the weights are written as fp16, and the graph is made DirectML's (directml.py)."""
+    data = ExternalData(out / f"{file_name}.data", float16=directml)
+    result = write_graph_to(out, file_name, data, build, directml)
+    data.close()
+    return result
+
+
+def write_graph_to(out: Path, file_name: str, data: ExternalData, build, directml: bool = False):
+    """Build one graph whose weights go to `data` (which may be shared) and save it."""
     graph = Graph(file_name.removesuffix(".onnx"), data)
     result = build(graph)
+    if directml:
+        for_directml(graph)
     graph.save(out / file_name)
-    data.close()
     return result
 
 
@@ -161,6 +174,34 @@ def write_npu_text_graphs(out: Path, ckpt: Checkpoint, precision: Precision, sha
     return Graphs(embedding=artifact.NPU_EMBEDDING_GRAPH, decoder=artifact.NPU_DECODE_GRAPH, prompt=artifact.NPU_PROMPT_GRAPH)
 
 
+def write_dml_text_graphs(out: Path, ckpt: Checkpoint, precision: Precision, step) -> Graphs:
+    """The DirectML target's embedding and decoder: fp16 activations and KV cache, linears at
+    `precision` (int4 MatMulNBits, or fp16 weights for an fp32 export), adapters as fp16 inputs.
+    DirectML has no GatherBlockQuantized, so the token table is fp16 for a plain Gather; a tied
+    lm_head shares its bytes at fp16, or is quantized into a weight of its own at int4."""
+    table_data = ExternalData(out / artifact.DML_TOKEN_TABLE_DATA, float16=True)
+    table = write_token_table(ckpt, table_data, replace(precision, weights="fp32"))  # written as fp16
+    step("token table")
+    write_graph_to(out, artifact.DML_EMBEDDING_GRAPH, table_data, lambda g: build_embedding(g, ckpt.text, table), directml=True)
+    tied = ckpt.text.tie_word_embeddings
+    lm_head = (tied_lm_head(table) if tied and not precision.is_int4
+               else untied_lm_head(ckpt, precision, "model.embed_tokens." if tied else "lm_head."))
+    write_graph(out, artifact.DML_DECODER_GRAPH,
+                lambda g: build_decoder(ckpt, g, precision, lm_head, progress=step, rotary_outside_attention=True), directml=True)
+    table_data.close()
+    return Graphs(embedding=artifact.DML_EMBEDDING_GRAPH, decoder=artifact.DML_DECODER_GRAPH)
+
+
+def refuse_unregistered(out: Path, graph_files: list[str]) -> None:
+    """Raise naming the nodes of the DirectML graphs that DirectML has no kernel for (dml_operators.py)."""
+    found = [node for name in graph_files for node in unregistered_nodes(out / name)]
+    if found:
+        listed = "; ".join(f"{n.graph}/{n.node} ({n.domain or 'ai.onnx'} {n.op_type}-{n.opset}: {n.reason})" for n in found[:5])
+        raise Phi4MMError(f"{len(found)} node(s) of the DirectML graphs have no DirectML kernel in ONNX Runtime {ONNXRUNTIME_VERSION}, so "
+                          f"they would run on the CPU: {listed}{' ...' if len(found) > 5 else ''}. This checkpoint or these "
+                          f"export options make graphs DirectML cannot run whole: export with --target cpu, or report it")
+
+
 def npu_shapes(ckpt: Checkpoint, adapters: list[str], chunk: int, context: int | None) -> NpuShapes:
     text = ckpt.text
     context = min(NPU_CONTEXT, text.max_position_embeddings) if context is None else context
@@ -190,7 +231,10 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     `npu_chunk` positions per prompt run and `npu_context` positions of KV cache; its adapters are
     files bound as inputs (fp16 unless asked otherwise), its vision graph runs one crop and its
     audio graph one window of `npu_audio_window` tokens (the reference's 500-token chunk by
-    default: any clip, split exactly; fewer tokens cap the clip length) per run."""
+    default: any clip, split exactly; fewer tokens cap the clip length) per run.
+    `target` "dml" writes graphs for DirectML (directml.py): fp16 activations and KV cache, int4
+    MatMulNBits (or fp16 weights with an fp32 `precision`), GroupQueryAttention, adapters as fp16
+    files bound as inputs; export refuses to finish if DirectML lacks a kernel for any node."""
     if target not in TARGETS:
         raise Phi4MMError(f"--target {target!r}: give one of {', '.join(TARGETS)}")
     if target == "npu":
@@ -200,6 +244,13 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
             raise Phi4MMError(f"--adapter-precision {adapter_precision}: NPU adapters are bound as graph inputs; give fp16 or fp32")
         if adapter_precision == "auto":
             adapter_precision = "fp16"  # half the file; the HTP computes in fp16 anyway
+    if target == "dml":
+        if prefill != "int4":
+            raise Phi4MMError("--prefill int8 is a CPU graph (DynamicQuantizeMatMul): DirectML runs prompts through its own decoder")
+        if adapter_precision not in ("auto", "fp16"):
+            raise Phi4MMError(f"--adapter-precision {adapter_precision}: DirectML adapters are fp16 files bound as the "
+                              "decoder's fp16 inputs; give fp16 (or leave it out)")
+        adapter_precision = "fp16"
     if prefill not in ("int4", "int8"):
         raise Phi4MMError(f"prefill {prefill!r} is not int4 or int8")
     if prefill_weight_bits not in int8.WEIGHT_BITS or (prefill_weight_bits != 7 and prefill != "int8"):
@@ -217,6 +268,12 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         if encoder_precision == "int8":
             raise Phi4MMError("--encoder-precision int8 is a CPU kernel (DynamicQuantizeMatMul): give int4 or fp32 for the NPU")
         if encoder.weights == "int8":  # auto: the NPU runs MatMulNBits, not the int8 kernel
+            encoder = replace(precision, int8_row_scales=False)
+    if target == "dml":
+        if encoder_precision == "int8":
+            raise Phi4MMError("--encoder-precision int8 is a CPU kernel (DynamicQuantizeMatMul, fp32 only on DirectML): "
+                              "give int4 or fp32 for DirectML")
+        if encoder.weights == "int8":  # auto: int4 MatMulNBits, which DirectML runs at fp16
             encoder = replace(precision, int8_row_scales=False)
     started = time.perf_counter()
     ckpt = Checkpoint(checkpoint_dir)
@@ -245,6 +302,8 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     if shapes:
         graphs = write_npu_text_graphs(out, ckpt, precision, shapes, step)
         step("token table")
+    elif target == "dml":
+        graphs = write_dml_text_graphs(out, ckpt, precision, step)
     else:
         graphs = write_cpu_text_graphs(out, ckpt, precision, in_graph, prefill, prefill_weight_bits, step)
     step("lm_head")
@@ -252,9 +311,9 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     processor = _preprocessor_config(ckpt.folder)
     vision_entry = None
     if has_vision:
-        name, build = ((artifact.NPU_VISION_GRAPH, build_vision_crop_encoder) if target == "npu"
-                       else (artifact.VISION_GRAPH, build_vision_encoder))
-        config = write_graph(out, name, lambda g: build(ckpt, g, encoder))
+        name = VISION_GRAPHS[target]
+        build = build_vision_crop_encoder if target == "npu" else build_vision_encoder
+        config = write_graph(out, name, lambda g: build(ckpt, g, encoder), directml=target == "dml")
         vision_entry = VisionEntry(graph=name, crop_size=config.crop_size, patch_size=config.patch_size,
                                    max_crops=int(processor.get("dynamic_hd", MAX_CROPS)), mean=IMAGE_MEAN, std=IMAGE_STD, encoder=asdict(config))
         step("vision")
@@ -265,9 +324,10 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
             config = write_graph(out, artifact.NPU_AUDIO_GRAPH, lambda g: build_audio_window_encoder(ckpt, g, encoder, npu_audio_window))
             windows = dict(window_frames=npu_audio_window * config.time_reduction, chunk_frames=MAX_CHUNK * config.time_reduction)
         else:
-            config = write_graph(out, artifact.AUDIO_GRAPH, lambda g: build_audio_encoder(ckpt, g, encoder))
+            config = write_graph(out, AUDIO_GRAPHS[target], lambda g: build_audio_encoder(ckpt, g, encoder, directml=target == "dml"),
+                                 directml=target == "dml")
             windows = {}
-        audio_entry = AudioEntry(graph=artifact.NPU_AUDIO_GRAPH if target == "npu" else artifact.AUDIO_GRAPH,
+        audio_entry = AudioEntry(graph=AUDIO_GRAPHS[target],
                                  sample_rate=int(processor.get("sampling_rate", SAMPLE_RATE)), mel_bins=config.input_size,
                                  compression_rate=config.time_reduction, encoder=asdict(config), **windows)
         step("audio")
@@ -290,13 +350,16 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         shutil.copyfile(ckpt.folder / name, out / name)
     graph_files = [g for g in (graphs.embedding, graphs.decoder, graphs.prefill_int8, graphs.prompt,
                                vision_entry and vision_entry.graph, audio_entry and audio_entry.graph) if g]
+    if target == "dml":
+        refuse_unregistered(out, graph_files)
     graph_data = {graph: external_data_files(out / graph) for graph in graph_files}
     written = {*graph_files, *(d for files in graph_data.values() for d in files),
                *(entry.file for entry in adapter_entries.values()), *copied}
 
     manifest = Manifest(
         source=Source(layout=ckpt.layout, config_sha256=ckpt.config_sha256()),
-        precision=StoredPrecision(weights=precision.weights, block_size=precision.block_size, symmetric=precision.symmetric,
+        precision=StoredPrecision(weights="fp16" if target == "dml" and not precision.is_int4 else precision.weights,
+                                  block_size=precision.block_size, symmetric=precision.symmetric,
                                   accuracy_level=precision.accuracy_level, adapters=adapter_precision),
         model=text,
         graphs=graphs,

@@ -89,11 +89,13 @@ def tied_lm_head(table: TokenTable):
     return emit
 
 
-def untied_lm_head(checkpoint: Checkpoint, precision: Precision):
-    """An lm_head emitter for build_decoder with the checkpoint's own lm_head.weight."""
+def untied_lm_head(checkpoint: Checkpoint, precision: Precision, module: str = "lm_head."):
+    """An lm_head emitter for build_decoder with the checkpoint's own lm_head.weight, stored at
+    `precision`; `module` "model.embed_tokens." quantizes a tied table into a weight of its own
+    (the DirectML decoder: its token table is fp16 for a plain Gather, its lm_head int4)."""
 
     def emit(graph: Graph, x: str) -> str:
-        return linear(Builder(graph, precision), x, checkpoint.weights("lm_head."))
+        return linear(Builder(graph, precision), x, checkpoint.weights(module))
 
     return emit
 

@@ -33,16 +33,33 @@ def int64s(values) -> np.ndarray:
     return np.array(values, np.int64)
 
 
-class ExternalData:
-    """An append-only external data file shared by any number of graphs in one folder."""
+FP16_MAX = float(np.finfo(np.float16).max)
 
-    def __init__(self, path: Path):
+
+def as_fp16(array: np.ndarray) -> np.ndarray:
+    """A float array as fp16, saturated at fp16's largest finite value (a masking constant such as
+    float32's lowest stays a huge finite number instead of becoming -inf, whose product with 0 is NaN).
+    Clipped after the cast, so a 1.2 GB fp16 token table needs no second fp32 copy on the way."""
+    with np.errstate(over="ignore"):
+        half = np.asarray(array).astype(np.float16)
+    return np.clip(half, -FP16_MAX, FP16_MAX, out=half)
+
+
+class ExternalData:
+    """An append-only external data file shared by any number of graphs in one folder. With
+    `float16`, float32 arrays are written as fp16 (the DirectML graphs' weights): the builders
+    stay as they are, and no fp32 copy of a weight ever reaches the disk."""
+
+    def __init__(self, path: Path, float16: bool = False):
         self.path = Path(path)
+        self.float16 = float16
         self._file = None  # opened on the first write: a graph without large weights leaves no file
         self._offset = 0
 
     def tensor(self, name: str, array: np.ndarray, dims=None) -> TensorProto:
         """Append `array` and return a TensorProto that points at it."""
+        if self.float16 and array.dtype == np.float32:
+            array = as_fp16(array)
         if self._file is None:
             self._file = open(self.path, "wb")
         pad = -self._offset % ALIGNMENT
@@ -96,6 +113,7 @@ class Graph:
         self.nodes, self.inputs, self.outputs, self.initializers = [], [], [], []
         self._counter = 0
         self._constants = {}  # (dtype, shape, bytes) -> name: a repeated small constant is stored once
+        self.fp32_tensors = set()  # what a half-precision pass must compute in fp32 (see keep_fp32)
 
     def unique(self, base: str) -> str:
         self._counter += 1
@@ -123,6 +141,12 @@ class Graph:
         if key not in self._constants:
             self._constants[key] = self.weight(self.unique(base), array)
         return self._constants[key]
+
+    def keep_fp32(self, name: str) -> str:
+        """Mark tensor `name` as exact only in fp32: a half-precision pass (fp16.py) computes it,
+        and every node it derives from back to the graph's inputs, in fp32. Returns `name`."""
+        self.fp32_tensors.add(name)
+        return name
 
     def ints(self, values, base: str = "ints") -> str:
         """An int64 constant for shapes, axes and indices: a list is 1-D, a bare int 0-d."""

@@ -7,6 +7,13 @@ With built-in adapters (graph_adapters.py), `adapter_index` [] picks one (1, 2, 
 A/B inputs (0). logits_to_keep [1] says how many of the last positions get logits.
 Outputs: logits [batch, logits_to_keep, vocab] and present.N.{key,value}. Attention is ONNX Runtime's
 GroupQueryAttention: past and present may share one buffer of the maximum length.
+
+The DirectML variant (`rotary_outside_attention`): DirectML's GroupQueryAttention kernel ignores
+do_rotary and takes query, key and value apart, so q, k and v are split from qkv_proj and
+rotated by plain ops (`rotate`, the NPU graphs' too) before attention. Not by com.microsoft RotaryEmbedding either:
+DirectML's kernel of it rotates whole heads (its head size is twice the cos table's width), and
+Phi-4 rotates only the first rotary_dim (96) of each head's 128 dims. Positions are taken as
+past..total-1 for every row: the rows are not left-padded (the runtime runs one sequence).
 """
 
 from dataclasses import dataclass
@@ -33,12 +40,14 @@ class DecoderBuilder(Builder):
     adapters: tuple[InGraphAdapter, ...] = ()  # built-in adapters, in adapter_index order
     adapter_conditions: tuple[str, ...] = ()  # (adapter_index > 0, adapter_index == 1, == 2, ...)
     lora_rank: int | str = "lora_rank"  # the LoRA inputs' rank: symbolic, or static for the NPU graphs
+    rotary_outside_attention: bool = False  # DirectML: q, k, v apart, rotated before GroupQueryAttention
 
 
 @dataclass(frozen=True)
 class SequenceTensors:
     """What every layer's GroupQueryAttention reads: per row the valid length - 1, the padded
-    total length (int32), and the rotary cos/sin tables."""
+    total length (int32), and the rotary cos/sin tables (with rotary_outside_attention, the rows
+    of this run's positions, [seq, 1, rotary_dim/2])."""
 
     seqlens_k: str
     total_length: str
@@ -52,19 +61,34 @@ def inverse_frequencies(text: TextConfig, factors: list[float]) -> np.ndarray:
     return (1.0 / (np.asarray(factors, np.float32) * np.float32(text.rope_theta) ** exponents)).astype(np.float32)
 
 
-def rotary_tables(graph: Graph, text: TextConfig, total_length: str) -> tuple[str, str]:
-    """cos/sin [total, rotary_dim/2] for positions 0..total-1. The long factors apply to every
-    position once the total length passes original_max_position_embeddings, as in the reference;
-    both sets are scaled by the LongRoPE attention factor."""
+def rotary_tables(graph: Graph, text: TextConfig, total_length: str, first_position: str | None = None) -> tuple[str, str]:
+    """cos/sin [total - first, rotary_dim/2] for positions first..total-1 (`first_position` an
+    int64 scalar, 0 when None). The long factors apply to every position once the total length
+    passes original_max_position_embeddings, as in the reference; both sets are scaled by the
+    LongRoPE attention factor. Exact only in fp32 (positions reach 131072): marked keep_fp32."""
     use_long = graph.op("Greater", [total_length, graph.constant("original_max_positions", np.int64(text.original_max_position_embeddings))])
     inv_freq = graph.op("Where", [use_long, graph.weight("rope.inv_freq_long", inverse_frequencies(text, text.long_factor)),
                                   graph.weight("rope.inv_freq_short", inverse_frequencies(text, text.short_factor))])
-    positions = graph.cast(graph.op("Range", [graph.ints(0), total_length, graph.ints(1)]), TensorProto.FLOAT)
+    first = graph.ints(0) if first_position is None else first_position
+    positions = graph.cast(graph.op("Range", [first, total_length, graph.ints(1)]), TensorProto.FLOAT)
     angles = graph.mul(graph.unsqueeze(positions, [1]), inv_freq)
     factor = graph.constant("rope.attention_factor", np.float32(text.attention_factor))
     cos = graph.op("Mul", [graph.op("Cos", [angles]), factor], name="rope/cos")
     sin = graph.op("Mul", [graph.op("Sin", [angles]), factor], name="rope/sin")
-    return cos, sin
+    return graph.keep_fp32(cos), graph.keep_fp32(sin)
+
+
+def rotate(graph: Graph, x: str, cos: str, sin: str, text: TextConfig) -> str:
+    """Rotary embedding as GroupQueryAttention's do_rotary applies it (rotate-half, not
+    interleaved): per head, the first rotary_dim dims of x [..., head_dim] in two halves
+    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin); the rest pass through. cos/sin
+    [.., rotary_dim/2] broadcast against x's leading axes."""
+    half = text.rotary_dim // 2
+    splits = [half, half] + ([text.head_dim - text.rotary_dim] if text.head_dim > text.rotary_dim else [])
+    parts = graph.op("Split", [x, graph.ints(splits)], outputs=len(splits), axis=-1)
+    x1, x2 = parts[0], parts[1]
+    rotated = [graph.sub(graph.mul(x1, cos), graph.mul(x2, sin)), graph.add(graph.mul(x2, cos), graph.mul(x1, sin))]
+    return graph.concat(rotated + list(parts[2:]), axis=-1)
 
 
 def lora_linear(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, target: str) -> str:
@@ -118,11 +142,23 @@ def attention(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, seq
     past_k = graph.input(past_key_name(layer), TensorProto.FLOAT, shape)
     past_v = graph.input(past_value_name(layer), TensorProto.FLOAT, shape)
     qkv = lora_linear(decoder, x, layer, weights, "self_attn.qkv_proj")
+    if decoder.rotary_outside_attention:
+        kv_width = text.num_kv_heads * text.head_dim
+        q, k, v = graph.op("Split", [qkv, graph.ints([text.num_heads * text.head_dim, kv_width, kv_width])], outputs=3, axis=-1)
+
+        def rotated(t: str, heads: int) -> str:  # [batch, seq, heads * head_dim], per head
+            per_head = graph.reshape(t, [0, 0, heads, text.head_dim])
+            return graph.reshape(rotate(graph, per_head, sequence.cos, sequence.sin, text), [0, 0, -1])
+
+        q, k = rotated(q, text.num_heads), rotated(k, text.num_kv_heads)
+        inputs, rotary = [q, k, v, past_k, past_v, sequence.seqlens_k, sequence.total_length], 0
+    else:
+        inputs, rotary = [qkv, "", "", past_k, past_v, sequence.seqlens_k, sequence.total_length, sequence.cos, sequence.sin], 1
     out, _, _ = graph.op(
-        "GroupQueryAttention", [qkv, "", "", past_k, past_v, sequence.seqlens_k, sequence.total_length, sequence.cos, sequence.sin],
+        "GroupQueryAttention", inputs,
         outputs=[f"layers.{layer}.attn", present_key_name(layer), present_value_name(layer)],
         domain=MS_DOMAIN, name=f"layers.{layer}.GroupQueryAttention",
-        num_heads=text.num_heads, kv_num_heads=text.num_kv_heads, do_rotary=1, rotary_interleaved=0,
+        num_heads=text.num_heads, kv_num_heads=text.num_kv_heads, do_rotary=rotary, rotary_interleaved=0,
     )
     graph.output(present_key_name(layer), TensorProto.FLOAT, shape)
     graph.output(present_value_name(layer), TensorProto.FLOAT, shape)
@@ -144,23 +180,29 @@ def decoder_layer(decoder: DecoderBuilder, x: str, layer: int, weights: Weights,
 
 
 def build_decoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, lm_head, progress=None,
-                  adapters: tuple[InGraphAdapter, ...] = ()) -> None:
+                  adapters: tuple[InGraphAdapter, ...] = (), rotary_outside_attention: bool = False) -> None:
     """Fill `graph` with the decoder. `lm_head(graph, hidden)` emits the output projection (it may
     share the embedding table's weights) and returns the logits name. `adapters` are built in as
-    int4 constants, chosen by the `adapter_index` input."""
+    int4 constants, chosen by the `adapter_index` input. `rotary_outside_attention`: the DirectML
+    variant (module docstring)."""
     text = checkpoint.text
     conditions = ()
     if adapters:
         index = graph.input("adapter_index", TensorProto.INT64, [])
         conditions = (graph.op("Greater", [index, graph.ints(0)], name="adapter_is_built_in"),
                       *(graph.op("Equal", [index, graph.ints(a.index)], name=f"adapter_is_{a.name}") for a in adapters))
-    decoder = DecoderBuilder(graph, precision, text, tuple(adapters), conditions)
+    decoder = DecoderBuilder(graph, precision, text, tuple(adapters), conditions, rotary_outside_attention=rotary_outside_attention)
     x = graph.input("inputs_embeds", TensorProto.FLOAT, ["batch", "sequence", text.hidden_size])
     mask = graph.input("attention_mask", TensorProto.INT64, ["batch", "total_sequence"])
     # GroupQueryAttention wants per-row (valid length - 1) and the padded total length, int32.
     seqlens_k = graph.op("Cast", [graph.sub(graph.reduce_sum(mask, [1]), graph.ints(1))], to=TensorProto.INT32, name="seqlens_k")
     total_length = graph.op("Squeeze", [graph.gather(graph.op("Shape", [mask]), [1], axis=0)], name="total_length")
-    cos, sin = rotary_tables(graph, text, total_length)
+    if rotary_outside_attention:  # this run's positions only: total - seq .. total - 1
+        run_length = graph.squeeze(graph.slice(graph.op("Shape", [x]), [1], [2], axes=[0]), [0])
+        cos, sin = rotary_tables(graph, text, total_length, first_position=graph.sub(total_length, run_length))
+        cos, sin = graph.unsqueeze(cos, [1]), graph.unsqueeze(sin, [1])  # [seq, 1, rotary_dim/2]: the same for every head
+    else:
+        cos, sin = rotary_tables(graph, text, total_length)
     sequence = SequenceTensors(seqlens_k, graph.cast(total_length, TensorProto.INT32), cos, sin)
     for layer in range(text.num_layers):
         x = decoder_layer(decoder, x, layer, checkpoint.weights(f"model.layers.{layer}.", graph_prefix=f"layers.{layer}."), sequence)

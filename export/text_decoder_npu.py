@@ -28,23 +28,12 @@ import numpy as np
 from onnx import TensorProto
 
 from ..artifact import past_key_name, past_value_name, present_key_name, present_value_name
-from .checkpoint import Checkpoint, TextConfig, Weights
+from .checkpoint import Checkpoint, Weights
 from .graph_blocks import Precision, rms_norm
 from .onnx_graph import Graph
-from .text_decoder import DecoderBuilder, lora_linear, mlp
+from .text_decoder import DecoderBuilder, lora_linear, mlp, rotate
 
 ATTENTION_BIAS, COS, SIN, LOGITS_INDEX = "attention_bias", "cos", "sin", "logits_index"
-
-
-def rotate(graph: Graph, x: str, cos: str, sin: str, text: TextConfig) -> str:
-    """Rotary embedding (rotate-half, not interleaved) of the first rotary_dim dims of x
-    [1, heads, S, head_dim]; the rest pass through. cos/sin [S, rotary_dim/2]."""
-    half = text.rotary_dim // 2
-    splits = [half, half] + ([text.head_dim - text.rotary_dim] if text.head_dim > text.rotary_dim else [])
-    parts = graph.op("Split", [x, graph.ints(splits)], outputs=len(splits), axis=-1)
-    x1, x2 = parts[0], parts[1]
-    rotated = [graph.sub(graph.mul(x1, cos), graph.mul(x2, sin)), graph.add(graph.mul(x2, cos), graph.mul(x1, sin))]
-    return graph.concat(rotated + list(parts[2:]), axis=-1)
 
 
 def attention(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, positions: int, context: int) -> str:

@@ -58,7 +58,8 @@ def stretched_buckets(vision: VisionBuilder, real_patches: str) -> str:
 
 def position_ids(vision: VisionBuilder, mask: str) -> str:
     """[crops, patches^2] rows of the position table: a padded crop's real patches take positions
-    stretched over the trained grid, its padding patches position 0."""
+    stretched over the trained grid, its padding patches position 0. Exact only in fp32 (fp16
+    moves a fraction across a bucket boundary): marked keep_fp32."""
     graph = vision.graph
     trained_side = vision.config.trained_patches_per_side
     real_rows = graph.reduce_sum(graph.gather(mask, 0, axis=2), [1])  # down the first column
@@ -66,7 +67,7 @@ def position_ids(vision: VisionBuilder, mask: str) -> str:
     row, column = stretched_buckets(vision, real_rows), stretched_buckets(vision, real_columns)
     position = graph.add(graph.mul(graph.unsqueeze(row, [2]), graph.ints(trained_side)), graph.unsqueeze(column, [1]))
     is_real = graph.cast(graph.reshape(mask, [0, -1]), TensorProto.BOOL)
-    return graph.op("Where", [is_real, graph.reshape(position, [0, -1]), graph.ints(0)])
+    return graph.keep_fp32(graph.op("Where", [is_real, graph.reshape(position, [0, -1]), graph.ints(0)]))
 
 
 def key_padding_of(vision: VisionBuilder, mask: str) -> str:

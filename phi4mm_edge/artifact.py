@@ -18,6 +18,12 @@ NPU_DECODE_GRAPH = "decoder_npu.onnx"
 NPU_PROMPT_GRAPH = "decoder_prompt_npu.onnx"
 NPU_VISION_GRAPH = "vision_crop.onnx"  # one crop per run (export/vision_encoder_npu.py)
 NPU_AUDIO_GRAPH = "audio_window.onnx"  # one fixed window of frames per run (export/audio_encoder_npu.py)
+# The DirectML target's graphs: fp16 activations, KV cache and adapter inputs (export/directml.py)
+DML_EMBEDDING_GRAPH = "embedding_dml.onnx"
+DML_DECODER_GRAPH = "decoder_dml.onnx"
+DML_VISION_GRAPH = "vision_dml.onnx"
+DML_AUDIO_GRAPH = "audio_dml.onnx"
+DML_TOKEN_TABLE_DATA = "embed_tokens_dml.onnx.data"  # the fp16 token table (shared with a tied fp16 lm_head)
 # A hidden key's attention bias in the NPU graphs: finite in fp16 (the HTP's precision), and
 # exp() of it is exactly 0 there.
 NPU_MASKED_SCORE = -30000.0

@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "audio than int4, closer to the checkpoint, ~1.6x the int4 encoder bytes), fp32 with an fp32 base")
     p.add_argument("--target", choices=TARGETS, default="cpu",
                    help="cpu (default): graphs for ONNX Runtime's CPU provider; npu: static graphs for Qualcomm's "
-                        "QNN HTP NPU (fixed KV cache and prompt run sizes, adapters bound as inputs)")
+                        "QNN HTP NPU (fixed KV cache and prompt run sizes, adapters bound as inputs); dml: fp16 graphs "
+                        "for DirectML (Windows GPUs; adapters as fp16 inputs; run with --provider dml on Windows, never run here)")
     p.add_argument("--npu-context", type=int, metavar="N",
                    help="with --target npu: positions of KV cache the NPU graphs hold (prompt + answer); default "
                         "4096, capped at the model's maximum")

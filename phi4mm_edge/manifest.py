@@ -18,7 +18,7 @@ from .errors import Phi4MMError
 FORMAT_NAME = "phi4mm-edge-artifact"
 FORMAT_VERSION = 5  # 3: typed manifest, audio.onnx; 4: adapters as int4 constants in the decoder graph; 5: targets (npu)
 READABLE_VERSIONS = (4, 5)  # 5 only added fields whose defaults describe a version-4 (CPU) artifact
-TARGETS = ("cpu", "npu")  # what the graphs were built for: ONNX Runtime's CPU EP, or Qualcomm's QNN HTP
+TARGETS = ("cpu", "npu", "dml")  # what the graphs were built for: ONNX Runtime's CPU EP, Qualcomm's QNN HTP, or DirectML
 MANIFEST = "manifest.json"
 
 
@@ -60,7 +60,7 @@ class Source:
 class StoredPrecision:
     """How the artifact's weights are stored."""
 
-    weights: str  # "int4" or "fp32"
+    weights: str  # "int4" or "fp32"; "fp16" (target "dml": float weights are stored as fp16)
     block_size: int
     symmetric: bool
     accuracy_level: int

@@ -45,6 +45,9 @@ class AdapterSet:
     def __init__(self, folder: Path, manifest_adapters: dict[str, AdapterEntry], decoder: ort.InferenceSession):
         names = {i.name for i in decoder.get_inputs()}
         self.inputs = {i.name: i.shape for i in decoder.get_inputs() if i.name.startswith(LORA_INPUT_PREFIX)}
+        # fp32 LoRA inputs, or fp16 ones (a DirectML artifact): each file's tensors are converted once, at load.
+        self.input_type = {i.name: np.float16 if i.type == "tensor(float16)" else np.float32
+                           for i in decoder.get_inputs() if i.name.startswith(LORA_INPUT_PREFIX)}
         self.has_index = ADAPTER_INDEX in names
         self.tensors = {NO_ADAPTER: self._rank_zero()}
         self.ranks = {NO_ADAPTER: 0}
@@ -76,7 +79,7 @@ class AdapterSet:
         zero = {}
         for name, shape in self.inputs.items():
             dims = [0 if isinstance(d, str) or d is None else d for d in shape]
-            zero[name] = ort.OrtValue.ortvalue_from_numpy(np.zeros(dims, np.float32))
+            zero[name] = ort.OrtValue.ortvalue_from_numpy(np.zeros(dims, self.input_type[name]))
         return zero
 
     def _load(self, path: Path, check_values: bool):
@@ -110,8 +113,9 @@ class AdapterSet:
                 if not np.isfinite(values).all() or (values.size and np.abs(values).max() > MAX_LORA_VALUE):
                     raise Phi4MMError(f"adapter file {path}: tensor {name} holds NaN, infinite or huge values (over "
                                       f"{MAX_LORA_VALUE:g}): it is damaged or not a trained LoRA")
-            if value.data_type() != "tensor(float)":  # fp16 on disk: widened once here, never per token
-                value = ort.OrtValue.ortvalue_from_numpy(value.numpy().astype(np.float32))
+            wanted = self.input_type[name]
+            if value.data_type() != {np.float32: "tensor(float)", np.float16: "tensor(float16)"}[wanted]:
+                value = ort.OrtValue.ortvalue_from_numpy(value.numpy().astype(wanted))  # once here, never per token
             tensors[name] = value
         if len(ranks) != 1:
             raise Phi4MMError(f"adapter file {path} mixes ranks {sorted(ranks)}: re-export the artifact")

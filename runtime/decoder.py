@@ -13,10 +13,12 @@ from its start. `crosses_longrope_switch` is that rule, the only place it is wri
 import numpy as np
 import onnxruntime as ort
 
+from ..artifact import past_key_name
 from ..manifest import TextConfig
 from ..errors import Phi4MMError
 from .adapters import AdapterSet
 from .kv_cache import KVCache
+from .tensor_types import as_declared, input_types, output_types
 
 # Runs of at least this many positions go through the int8 prompt graph when it is loaded: below
 # it the int4 kernels win (the int8 GEMM reads twice the bytes; measured crossover 32-64 rows).
@@ -51,13 +53,17 @@ class Decoder:
             raise Phi4MMError(f"prefill chunk {prefill_chunk}: give at least 1 token (or none for whole prompts)")
         self.text, self.adapters, self.prefill_chunk = text, adapters, prefill_chunk
         self.embedding, self.decoder, self.prompt_int8 = embedding, decoder, prompt_int8
-        self.cache = KVCache(text.num_layers, text.num_kv_heads, text.head_dim, context_length)
-        self.no_features = np.zeros((0, text.hidden_size), np.float32)
+        # The graphs' element types: fp32, or fp16 activations and KV cache (a DirectML artifact).
+        declared = input_types(decoder)
+        self.embeds_type, self.logits_type = declared["inputs_embeds"], output_types(decoder)["logits"]
+        self._embedding_inputs = input_types(embedding)
+        self.cache = KVCache(text.num_layers, text.num_kv_heads, text.head_dim, context_length, declared[past_key_name(0)])
+        self.no_features = np.zeros((0, text.hidden_size), self._embedding_inputs["image_features"])
         self._mask = np.ones((1, context_length), np.int64)
         # Decode-step buffers, allocated once: token id in, embedding, logits out.
         self._step_id = np.zeros((1, 1), np.int64)
-        self._step_embeds = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, text.hidden_size), np.float32))
-        self._step_logits_array = np.zeros((1, 1, text.vocab_size), np.float32)
+        self._step_embeds = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, text.hidden_size), self.embeds_type))
+        self._step_logits_array = np.zeros((1, 1, text.vocab_size), self.logits_type)
         self._step_logits = ort.OrtValue.ortvalue_from_numpy(self._step_logits_array)
         self._keep_last = np.ones(1, np.int64)
         self._step_embedding = embedding.io_binding()
@@ -71,6 +77,7 @@ class Decoder:
         self._int8_binding = prompt_int8.io_binding() if prompt_int8 is not None else None
         if self._int8_binding is not None:
             self.cache.bind(self._int8_binding)
+        self.reuse_prefix = True  # False on DirectML (model.py)
         self.active_adapter = None
         self.activate(adapters.none)
 
@@ -89,16 +96,18 @@ class Decoder:
 
     def embed(self, input_ids: np.ndarray, image_features=None, audio_features=None) -> np.ndarray:
         """inputs_embeds [1, n, hidden] for token ids [1, n], the placeholder rows replaced by features."""
-        return self.embedding.run(["inputs_embeds"], {
+        return self.embedding.run(["inputs_embeds"], as_declared({
             "input_ids": input_ids,
             "image_features": self.no_features if image_features is None else image_features,
             "audio_features": self.no_features if audio_features is None else audio_features,
-        })[0]
+        }, self._embedding_inputs))[0]
 
     def reusable_prefix(self, keys: np.ndarray) -> int:
         """How many leading positions of a prompt with position `keys` (kv_cache.position_keys)
         the cache holds as a fresh prefill would compute them; at least the last position is
         always run again, for its logits."""
+        if not self.reuse_prefix:
+            return 0
         long_rope = len(keys) > self.text.original_max_position_embeddings
         return min(self.cache.reusable(keys, long_rope), len(keys) - 1)
 
@@ -125,15 +134,15 @@ class Decoder:
         self._will_write(start, start + count)
         use_int8 = self.prompt_int8 is not None and count >= INT8_MIN_POSITIONS
         session, binding = (self.prompt_int8, self._int8_binding) if use_int8 else (self.decoder, self._binding)
-        logits = np.empty((1, keep, self.text.vocab_size), np.float32)
+        logits = np.empty((1, keep, self.text.vocab_size), self.logits_type)
         binding.bind_cpu_input("logits_to_keep", np.array([keep], np.int64))
         binding.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask[:, :start + count]))
-        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
+        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=self.embeds_type))
         binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
         session.run_with_iobinding(binding)
         self.cache.length = start + count
         self.cache.record(start, keys)
-        return logits
+        return logits.astype(np.float32, copy=False)  # sampling works in fp32
 
     def _will_write(self, start: int, end: int) -> None:
         """Before positions start..end-1 are computed: they no longer hold what they did; and when
@@ -158,4 +167,4 @@ class Decoder:
         self.decoder.run_with_iobinding(self._binding)
         self.cache.length += 1
         self.cache.record(self.cache.length - 1, self._step_id[0])
-        return self._step_logits_array[0, -1]
+        return self._step_logits_array[0, -1].astype(np.float32, copy=False)

@@ -7,6 +7,7 @@ import threading
 import onnxruntime as ort
 
 from .providers import open_session
+from .tensor_types import input_types, run_as_declared
 
 
 class LazySession:
@@ -14,6 +15,7 @@ class LazySession:
         self.path, self._options, self._provider = path, options, provider
         self._session = None
         self._opening = threading.Lock()
+        self._declared = None
 
     def open(self) -> ort.InferenceSession:
         """The session, opened now if it was not yet (once, whichever thread asks first)."""
@@ -27,4 +29,8 @@ class LazySession:
         return self._session is not None
 
     def run(self, outputs, feeds):
-        return self.open().run(outputs, feeds)
+        """Float feeds as the graph declares them (fp16 in a DirectML artifact), float outputs as fp32."""
+        session = self.open()
+        if self._declared is None:
+            self._declared = input_types(session)
+        return run_as_declared(session, outputs, feeds, self._declared)

@@ -42,13 +42,13 @@ def position_keys(ids, media: dict[int, np.ndarray | None]) -> np.ndarray:
 
 
 class KVCache:
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int):
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int, dtype=np.float32):
         self.capacity = capacity
         self.length = 0  # positions currently held (what attention sees)
         self.keys = np.zeros(capacity, np.int64)  # what positions 0..known-1 were computed from
         self.known = 0  # positions whose keys are recorded: the reusable prefix is at most this long
         self.long_rope = False  # whether the held positions were rotated with LongRoPE's long factors
-        self._buffers = [np.zeros((1, num_kv_heads, capacity, head_dim), np.float32) for _ in range(2 * num_layers)]
+        self._buffers = [np.zeros((1, num_kv_heads, capacity, head_dim), dtype) for _ in range(2 * num_layers)]
         self._values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self._buffers]
         self.num_layers = num_layers
 

@@ -48,6 +48,7 @@ class NpuDecoder(Decoder):
         self.group = text.num_heads // text.num_kv_heads
         self._sessions = {1: decode, shapes.chunk: prompt}  # by positions per run (one graph when chunk is 1)
         self._bindings = {positions: session.io_binding() for positions, session in self._sessions.items()}
+        self.reuse_prefix = True
         self.active_adapter = None
         self.activate(adapters.none)
 

@@ -7,7 +7,9 @@ from ..manifest import Manifest
 from . import qnn
 from .cpu import logical_cpus, physical_cores
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "qnn": qnn.EP_NAME}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "qnn": qnn.EP_NAME, "dml": "DmlExecutionProvider"}
+DML_MISSING = ("DirectML needs Windows and onnxruntime-directml (pip install onnxruntime-directml, in place of onnxruntime, "
+               "on Windows); this ONNX Runtime has no DirectML execution provider")
 CHOICES = ("auto", *PROVIDERS)
 
 
@@ -18,6 +20,8 @@ def choose_provider(requested: str, manifest: Manifest) -> tuple[str, str]:
     if requested not in CHOICES:
         raise Phi4MMError(f"--provider {requested!r}: give one of {', '.join(CHOICES)}")
     npu = manifest.target == "npu"
+    if requested == "dml" or (requested == "auto" and manifest.target == "dml"):
+        return _choose_dml(requested, manifest)
     if requested == "qnn":
         if not npu:
             raise Phi4MMError("--provider qnn: this artifact was exported for the CPU; export one for the NPU with "
@@ -56,6 +60,17 @@ def providers(name: str = "cpu") -> list[str]:
     return [PROVIDERS[name]]
 
 
+def _choose_dml(requested: str, manifest: Manifest) -> tuple[str, str]:
+    if manifest.target != "dml":
+        raise Phi4MMError("--provider dml: this artifact was not exported for DirectML; export one with "
+                          "`phi4mm-edge export CHECKPOINT OUT --target dml`")
+    if PROVIDERS["dml"] in ort.get_available_providers():
+        return "dml", "DirectML" + (", chosen by --provider auto for this DirectML artifact" if requested == "auto" else "")
+    if requested == "dml":
+        raise Phi4MMError(f"--provider dml: {DML_MISSING}")
+    return "cpu", f"CPU: the artifact is for DirectML (its fp16 graphs run on the CPU too) but {DML_MISSING}"
+
+
 def fresh_options(options: ort.SessionOptions) -> ort.SessionOptions:
     """Fresh options with `options`' threads and levels: a provider added to options stays there,
     so each QNN session gets its own."""
@@ -69,6 +84,10 @@ def fresh_options(options: ort.SessionOptions) -> ort.SessionOptions:
 def open_session(path, options: ort.SessionOptions, provider: str) -> ort.InferenceSession:
     if provider == "qnn":
         return qnn.open_htp_session(path, lambda: fresh_options(options))[0]
+    if provider == "dml":  # DirectML wants no memory pattern and sequential execution (never run here: no Windows)
+        options = fresh_options(options)
+        options.enable_mem_pattern = False
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
         return ort.InferenceSession(str(path), options, providers=providers(provider))
     except Exception as error:  # ONNX Runtime raises its own types; the user needs the fix

@@ -61,9 +61,9 @@ def test_provider_qnn_with_a_cpu_artifact_says_to_export_for_the_npu(checkpoints
 
 
 def test_an_unknown_provider_is_refused_by_the_parser(tmp_path):
-    result = phi4mm_edge("run", tmp_path, "--provider", "dml", "--prompt", "hi", check=False)
+    result = phi4mm_edge("run", tmp_path, "--provider", "gpu", "--prompt", "hi", check=False)
     assert result.returncode == 2
-    assert "argument --provider: invalid choice: 'dml'" in result.stderr
+    assert "argument --provider: invalid choice: 'gpu'" in result.stderr
 
 
 def test_demo_answers_with_each_adapter_and_says_the_weights_are_random(tmp_path):
