@@ -189,3 +189,23 @@ def test_an_npu_artifact_records_its_target_and_shapes(npu_artifacts):
     assert read_manifest(npu_artifacts["cpu-fp32"]).target == "cpu"
     with pytest.raises(Phi4MMError, match="context"):
         Phi4MMEdge.load(npu_artifacts["npu-int4"], provider="cpu", context_length=CONTEXT + 1)
+
+
+def test_npu_speech_route_on_the_cpu_gives_the_references_greedy_ids(npu_artifacts, reference, media):
+    # A spoken clip through the audio window graph and the static decoder with the speech
+    # adapter, against transformers + PEFT fed the same log-mel features (the 112-pixel
+    # checkpoint's text and audio weights are the reference's). fp32 throughout; the NPU path
+    # differs from the CPU artifact by 1.6e-6 (above), far inside the random model's margins.
+    import torch
+
+    model = Phi4MMEdge.load(npu_artifacts["npu-fp32"], provider="cpu")
+    _, clip = media
+    prompt = "<|audio_1|>Transcribe the audio clip into text."
+    generation = model.generate(prompt, audios=[clip], max_new_tokens=12)
+    generation.text()
+    assert generation.result.adapter == "speech"
+    audio = model.audio.prepare(clip)
+    expected = reference_greedy(reference, "speech", model.prompt(prompt, audios=[clip]).token_ids,
+                                12, audio_input_features=torch.from_numpy(audio.features[None]),
+                                audio_embed_sizes=torch.tensor([audio.num_tokens]))
+    assert generation.result.token_ids == expected
