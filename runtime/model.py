@@ -226,7 +226,8 @@ class Phi4MMEdge:
             try:
                 self.decoder.activate(adapter)
                 keys = position_keys(ids, {self.text.image_token_id: prompt.image_features,
-                                           self.text.audio_token_id: prompt.audio_features})
+                                           self.text.audio_token_id: prompt.audio_features},
+                                     {self.text.image_token_id: prompt.image_keys, self.text.audio_token_id: prompt.audio_keys})
                 reused = self.decoder.reusable_prefix(keys)
                 outcome.cached_prompt_tokens = reused
                 embeds = self.decoder.embed(np.array([ids], np.int64), prompt.image_features, prompt.audio_features)

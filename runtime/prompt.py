@@ -7,7 +7,7 @@ without any placeholder go before the text of the last user message.
 """
 
 import re
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from ..manifest import TextConfig
 from ..errors import Phi4MMError
 from .audio_encoder import AudioEncoder
 from .feature_cache import FeatureCache, content_key
+from .kv_cache import item_row_keys
 from .tokenizer import ChatTokenizer, check_message
 from .vision_encoder import VisionEncoder
 
@@ -62,12 +63,20 @@ def check_fits(prompt_tokens: int, context_length: int, text: TextConfig) -> Non
         )
 
 
-class Prompt(NamedTuple):
+@dataclass(frozen=True)
+class Prompt:
     """A typed value that also unpacks: `ids, image_features, audio_features = prompt`."""
 
     token_ids: list[int]  # placeholders expanded: one image/audio token per feature row
     image_features: np.ndarray | None  # [image tokens, hidden], the images in prompt order
     audio_features: np.ndarray | None  # [audio tokens, hidden], the clips in prompt order
+    # What each feature row is computed from, for the KV cache's position keys (kv_cache.py):
+    # derived from the item's content key and the row's index, so rows are never hashed again.
+    image_keys: np.ndarray | None = None
+    audio_keys: np.ndarray | None = None
+
+    def __iter__(self):
+        return iter((self.token_ids, self.image_features, self.audio_features))
 
 
 def as_messages(messages) -> list[dict]:
@@ -135,19 +144,20 @@ def build_prompt(messages, images, audios, tokenizer: ChatTokenizer, text: TextC
 
     def image_features(image):
         key = content_key("image", image.pixel_values, image.attention_mask, np.array(image.crop_grid))
-        return cache.features(key, lambda: vision.features(image))
+        return key, cache.features(key, lambda: vision.features(image))
 
     def audio_features(clip):
         vision_mode = bool(images)
-        return cache.features(content_key(f"audio vision_mode={vision_mode}", clip.features),
-                              lambda: audio.features(clip, vision_mode=vision_mode))
+        key = content_key(f"audio vision_mode={vision_mode}", clip.features)
+        return key, cache.features(key, lambda: audio.features(clip, vision_mode=vision_mode))
     encode = {"image": image_features, "audio": audio_features}
-    features = {}
+    features, keys = {}, {}
     for kind, items in prepared.items():
-        rows = {n: encode[kind](items[n - 1]) for n in sorted(set(order[kind]))}
-        features[kind] = np.concatenate([rows[n] for n in order[kind]]) if items else None
+        encoded = {n: encode[kind](items[n - 1]) for n in sorted(set(order[kind]))}
+        features[kind] = np.concatenate([encoded[n][1] for n in order[kind]]) if items else None
+        keys[kind] = np.concatenate([item_row_keys(*encoded[n]) for n in order[kind]]) if items else None
         expected = 0 if features[kind] is None else features[kind].shape[0]
         if ids.count(token_ids[kind]) != expected:  # the template itself wrote a media token
             raise Phi4MMError(f"the prompt holds {ids.count(token_ids[kind])} {kind} tokens for {expected} feature rows: "
                               f"the artifact's chat template writes {tokenizer.token_string(token_ids[kind])!r} itself")
-    return Prompt(ids, features["image"], features["audio"])
+    return Prompt(ids, features["image"], features["audio"], keys["image"], keys["audio"])

@@ -189,7 +189,8 @@ def first_logits(model, messages, images, reuse: bool):
     """The follow-up's first-token logits, prefilled after the cached prefix (or all of it)."""
     model.decoder.activate("vision")  # as generate routes an image prompt (a change of adapter empties the cache)
     prompt = model.prompt(messages, images=images)
-    keys = position_keys(prompt.token_ids, {model.text.image_token_id: prompt.image_features})
+    keys = position_keys(prompt.token_ids, {model.text.image_token_id: prompt.image_features},
+                         {model.text.image_token_id: prompt.image_keys})  # as generate() keys them
     reused = model.decoder.reusable_prefix(keys) if reuse else 0
     embeds = model.decoder.embed(np.array([prompt.token_ids]), prompt.image_features)
     return model.decoder.prefill(embeds[:, reused:], start=reused, keep=1, keys=keys[reused:])[0, -1], reused
@@ -215,3 +216,18 @@ def test_on_the_int8_prompt_path_a_follow_up_stays_within_that_paths_own_error(a
     path_error = np.linalg.norm(fresh["int4"] - fresh["int8"])
     print(f"reused vs fresh int8: {distance:.2f}; fresh int4 vs fresh int8: {path_error:.2f}")
     assert distance <= 1.2 * path_error
+
+
+def test_media_rows_are_keyed_by_their_item_and_index(artifacts):
+    # build_prompt names each feature row by its image's content key and its index (no second
+    # hash of the rows): the same image gives the same keys, another image other keys, and no
+    # row key is ever a token id (they are negative).
+    model = Phi4MMEdge.load(artifacts["int4"])
+    red, blue = (Image.new("RGB", (64, 48), color) for color in ("red", "blue"))
+    first = model.prompt("<|image_1|>What is it?", images=[red])
+    again = model.prompt("<|image_1|>Tell me more.", images=[red])
+    other = model.prompt("<|image_1|>What is it?", images=[blue])
+    np.testing.assert_array_equal(first.image_keys, again.image_keys)
+    assert len(first.image_keys) == len(first.image_features) and (first.image_keys < 0).all()
+    assert len(np.unique(first.image_keys)) == len(first.image_keys)
+    assert not set(first.image_keys) & set(other.image_keys)
