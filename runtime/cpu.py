@@ -11,7 +11,6 @@ path (MatMulNBits, the decode kernels) stays the choice.
 import os
 from pathlib import Path
 
-import numpy as np
 
 from ..errors import Phi4MMError
 
