@@ -11,7 +11,6 @@ path (MatMulNBits, the decode kernels) stays the choice.
 import os
 from pathlib import Path
 
-
 from ..errors import Phi4MMError
 
 INT8_GEMM_FEATURES = ("AVX2", "ASIMDDP")  # numpy's names: x86 AVX2, ARM64 dot product
