@@ -63,7 +63,9 @@ class Phi4MMEdge:
              prefill_chunk: int | None = None, session_options: ort.SessionOptions | None = None,
              preload_encoders: bool = False, media_cache_mb: float = DEFAULT_MAX_BYTES / 2**20) -> "Phi4MMEdge":
         """Open an artifact folder. `provider`: "auto" (QNN for an NPU artifact when onnxruntime-qnn
-        is installed, else the CPU; `model.provider_note` says which and why), "cpu" or "qnn". `context_length` (prompt + answer tokens) sizes the KV cache;
+        is installed, DirectML for a DirectML artifact where it exists, else the CPU;
+        `model.provider_note` says which and why), "cpu", "qnn" or "dml". `context_length`
+        (prompt + answer tokens) sizes the KV cache;
         audio clips longer than `max_audio_seconds` are refused. `prefill` picks how prompts run:
         'int8' (the artifact's int8 prompt graph), 'int4' (the decode graph) or 'auto' (int8 when
         present and the CPU has a fast int8 GEMM). `verify`: True or "cached" (re-hash changed files,
