@@ -18,6 +18,7 @@ import onnxruntime as ort
 from ..artifact import LORA_INPUT_PREFIX, NO_ADAPTER, SPEECH_ADAPTER, VISION_ADAPTER
 from ..manifest import AdapterEntry
 from ..errors import Phi4MMError
+from .tensor_types import NUMPY_TYPES, input_types
 
 AUTO = "auto"  # the adapter follows the request's media, as the model was trained
 ADAPTER_INDEX = "adapter_index"  # the decoder input choosing a built-in adapter (0: the LoRA inputs)
@@ -46,8 +47,7 @@ class AdapterSet:
         names = {i.name for i in decoder.get_inputs()}
         self.inputs = {i.name: i.shape for i in decoder.get_inputs() if i.name.startswith(LORA_INPUT_PREFIX)}
         # fp32 LoRA inputs, or fp16 ones (a DirectML artifact): each file's tensors are converted once, at load.
-        self.input_type = {i.name: np.float16 if i.type == "tensor(float16)" else np.float32
-                           for i in decoder.get_inputs() if i.name.startswith(LORA_INPUT_PREFIX)}
+        self.input_type = {name: kind for name, kind in input_types(decoder).items() if name in self.inputs}
         self.has_index = ADAPTER_INDEX in names
         self.tensors = {NO_ADAPTER: self._rank_zero()}
         self.ranks = {NO_ADAPTER: 0}
@@ -114,7 +114,7 @@ class AdapterSet:
                     raise Phi4MMError(f"adapter file {path}: tensor {name} holds NaN, infinite or huge values (over "
                                       f"{MAX_LORA_VALUE:g}): it is damaged or not a trained LoRA")
             wanted = self.input_type[name]
-            if value.data_type() != {np.float32: "tensor(float)", np.float16: "tensor(float16)"}[wanted]:
+            if NUMPY_TYPES[value.data_type()] != wanted:
                 value = ort.OrtValue.ortvalue_from_numpy(value.numpy().astype(wanted))  # once here, never per token
             tensors[name] = value
         if len(ranks) != 1:

@@ -16,11 +16,9 @@ import onnxruntime as ort
 
 from ..errors import Phi4MMError
 from ..manifest import AudioEntry
-from . import qnn
 from .audio import HOP_LENGTH, MAX_SECONDS, SAMPLE_RATE, token_count
 from .audio_encoder import AudioEncoder, AudioInput
 from .encoder_session import LazySession
-from .providers import fresh_options, open_session
 
 OUTPUTS = {False: "speech_features", True: "vision_speech_features"}  # by vision_mode
 
@@ -59,27 +57,11 @@ def window_feeds(features: np.ndarray, window_frames: int, context: int, chunk_f
     return feeds
 
 
-class WindowSession(LazySession):
-    """The window graph's session, opened on first use: on the HTP through qnn.open_htp_session
-    (`compiled_now` then says whether it compiled or loaded the cached context), or on the CPU."""
-
-    compiled_now: bool | None = None
-
-    def open(self) -> ort.InferenceSession:
-        with self._opening:
-            if self._session is None:
-                if self._provider == "qnn":
-                    self._session, self.compiled_now = qnn.open_htp_session(self.path, self._options)
-                else:
-                    self._session = open_session(self.path, self._options(), "cpu")
-        return self._session
-
-
 class NpuAudioEncoder(AudioEncoder):
     """AudioEncoder's interface over the window graph. `provider` "qnn" runs it on the HTP (CPU
     fallback disabled, the compiled context cached beside the graph), "cpu" on ONNX Runtime's
-    CPU EP. `options`: session options, or a function giving fresh ones. The graph's file and
-    window length come from the artifact's audio entry (`graph`, `window_frames`, `chunk_frames`)."""
+    CPU EP (providers.open_session). The graph's file and window length come from the artifact's
+    audio entry (`graph`, `window_frames`, `chunk_frames`)."""
 
     def __init__(self, folder, entry: AudioEntry, options, provider: str, max_seconds: float = MAX_SECONDS):
         if entry.sample_rate != SAMPLE_RATE:
@@ -93,13 +75,12 @@ class NpuAudioEncoder(AudioEncoder):
             raise Phi4MMError(f"the artifact's audio entry names no window ({entry.graph} is not an NPU window graph): "
                               f"re-export with --target npu")
         self.window_frames, self.chunk_frames = entry.window_frames, entry.chunk_frames
-        fresh = options if callable(options) else (lambda: fresh_options(options))
-        self.session = WindowSession(folder / entry.graph, fresh, provider)
+        self.session = LazySession(folder / entry.graph, options, provider)
 
     def _window(self, session: ort.InferenceSession) -> int:
         """The graph's window in frames, checked against the entry's."""
         frames = session.get_inputs()[0].shape[1] - self.context
-        if self.window_frames not in (None, frames) or frames % self.context:
+        if frames != self.window_frames or frames % self.context:
             raise Phi4MMError(f"{self.session.path.name} takes windows of {frames} frames, the manifest says "
                               f"{self.window_frames}: re-export the artifact")
         return frames

@@ -3,13 +3,10 @@ static shapes only), and the HD transform, which only moves rows, lays the crops
 tokens out here in numpy: the same rows vision.onnx returns for the whole image."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import Phi4MMError
-from ..manifest import VisionEntry
-from .encoder_session import LazySession
 from .image import ImageInput
 from .vision_encoder import VisionEncoder
 
@@ -55,14 +52,10 @@ def crop_features_to_image_features(crop_features: np.ndarray, separators: np.nd
 
 
 class NpuVisionEncoder(VisionEncoder):
-    """VisionEncoder's interface over the one-crop graph. Its session opens on first use: on the
-    "qnn" provider an HTP session with CPU fallback off, from the compiled context cached beside
-    the graph when there is one (runtime/qnn.py); on "cpu" the same static graph on the CPU."""
-
-    def __init__(self, folder, entry: VisionEntry, options, provider: str):
-        self.geometry = entry
-        self.graph = entry.graph  # an NPU artifact's vision graph is the one-crop graph
-        self.session = LazySession(Path(folder) / self.graph, options, provider)
+    """VisionEncoder's interface over the one-crop graph (an NPU artifact's vision entry names it).
+    Its session opens on first use: on the "qnn" provider an HTP session with CPU fallback off,
+    from the compiled context cached beside the graph when there is one (providers.open_session,
+    qnn.py); on "cpu" the same static graph on the CPU."""
 
     def features(self, image: ImageInput) -> np.ndarray:
         """image_features [num_tokens, hidden] for one image: the crop graph once per crop."""
@@ -76,5 +69,5 @@ class NpuVisionEncoder(VisionEncoder):
             crop_features.append(features[0])
         rows = crop_features_to_image_features(np.stack(crop_features), separators, image.attention_mask, image.crop_grid)
         if rows.shape[0] != image.num_tokens:
-            raise Phi4MMError(f"{self.graph} gave {rows.shape[0]} tokens for an image that needs {image.num_tokens}: re-export the artifact")
+            raise Phi4MMError(f"{self.geometry.graph} gave {rows.shape[0]} tokens for an image that needs {image.num_tokens}: re-export the artifact")
         return rows

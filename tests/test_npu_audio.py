@@ -16,6 +16,7 @@ from phi4mm_edge.export.convert import write_graph
 from phi4mm_edge.export.graph_blocks import Precision
 from phi4mm_edge.export.onnx_graph import IR_VERSION
 from phi4mm_edge.manifest import read_manifest
+from phi4mm_edge.runtime import qnn
 from phi4mm_edge.runtime.audio import SAMPLE_RATE, load_audio
 from phi4mm_edge.runtime.audio_encoder import AudioEncoder
 from phi4mm_edge.runtime.audio_npu import NpuAudioEncoder
@@ -86,13 +87,15 @@ def long_clip(short_clip):
 @pytest.fixture(scope="module")
 def htp(windows, audio_entry, short_clip):
     """The short window graphs opened on the HTP (compiled now: ~0.6 s each on the simulator) and
-    the short clip's features in both projections ({name: (encoder, {vision_mode: features})})."""
+    the short clip's features in both projections ({name: (encoder, {vision_mode: features}, compiled)})."""
     pytest.importorskip("onnxruntime_qnn", reason="the QNN HTP plugin (pip install onnxruntime-qnn) is not installed")
     opened = {}
     for name in ("fp32-short", "int4-short"):
+        before = qnn.compilations
         npu = encoder(windows[name], audio_entry, "qnn")
         audio = npu.prepare(short_clip)
-        opened[name] = npu, {mode: npu.features(audio, vision_mode=mode) for mode in (False, True)}
+        features = {mode: npu.features(audio, vision_mode=mode) for mode in (False, True)}
+        opened[name] = npu, features, qnn.compilations - before  # graphs compiled by this open
     return opened
 
 
@@ -127,8 +130,8 @@ def test_short_window_equals_audio_onnx_and_refuses_longer_clips(artifacts, wind
 
 def test_window_graph_compiles_and_runs_on_the_htp(htp, windows):
     """Every node runs on the HTP: the session opens with CPU fallback disabled, fp32 and int4."""
-    for name, (npu, features) in htp.items():
-        assert npu.session.compiled_now
+    for name, (npu, features, compiled) in htp.items():
+        assert compiled == 1
         assert onnx.load(str(windows[name] / WINDOW_GRAPH), load_external_data=False).ir_version == IR_VERSION
         for rows in features.values():
             assert rows.shape[0] == 12 and np.isfinite(rows).all()  # the clip's tokens, the window's padding trimmed
@@ -144,9 +147,10 @@ def test_htp_fp16_stays_close_to_the_cpu_fp32_path(htp, artifacts, windows, audi
 
 
 def test_second_open_loads_the_compiled_context_with_identical_features(htp, windows, audio_entry, short_clip):
+    before = qnn.compilations
     again = encoder(windows["fp32-short"], audio_entry, "qnn")
     again.session.open()
-    assert again.session.compiled_now is False  # the cached context, not a compile
+    assert qnn.compilations == before  # the cached context, not a compile
     audio = again.prepare(short_clip)
     for mode in (False, True):
         assert np.array_equal(again.features(audio, mode), htp["fp32-short"][1][mode])
