@@ -202,6 +202,27 @@ def refuse_unregistered(out: Path, graph_files: list[str]) -> None:
                           f"export options make graphs DirectML cannot run whole: export with --target cpu, or report it")
 
 
+def target_adapter_precision(target: str, prefill: str, adapter_precision: str, encoder_precision: str) -> str:
+    """Refuse the export options a target's graphs cannot hold; returns the target's adapter
+    precision. The NPU and DirectML run neither DynamicQuantizeMatMul (the int8 prompt graph and
+    int8 encoders; DirectML has it for fp32 only) nor `If` (adapters built into the graph): their
+    adapters are files bound as inputs, fp16 unless asked otherwise (the NPU also takes fp32)."""
+    if target not in TARGETS:
+        raise Phi4MMError(f"--target {target!r}: give one of {', '.join(TARGETS)}")
+    if target == "cpu":
+        return adapter_precision
+    where = {"npu": "the NPU", "dml": "DirectML"}[target]
+    if prefill != "int4":
+        raise Phi4MMError(f"--prefill int8 is a CPU graph (DynamicQuantizeMatMul): {where} runs prompts through its own decoder")
+    if encoder_precision == "int8":
+        raise Phi4MMError(f"--encoder-precision int8 is a CPU kernel (DynamicQuantizeMatMul): give int4 or fp32 for {where}")
+    accepted = ("auto", "fp16", "fp32") if target == "npu" else ("auto", "fp16")
+    if adapter_precision not in accepted:
+        raise Phi4MMError(f"--adapter-precision {adapter_precision}: {where}'s adapters are files bound as the decoder's "
+                          f"inputs; give {' or '.join(accepted[1:])}")
+    return "fp16" if adapter_precision == "auto" else adapter_precision
+
+
 def npu_shapes(ckpt: Checkpoint, adapters: list[str], chunk: int, context: int | None) -> NpuShapes:
     text = ckpt.text
     context = min(NPU_CONTEXT, text.max_position_embeddings) if context is None else context
@@ -235,22 +256,7 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     `target` "dml" writes graphs for DirectML (directml.py): fp16 activations and KV cache, int4
     MatMulNBits (or fp16 weights with an fp32 `precision`), GroupQueryAttention, adapters as fp16
     files bound as inputs; export refuses to finish if DirectML lacks a kernel for any node."""
-    if target not in TARGETS:
-        raise Phi4MMError(f"--target {target!r}: give one of {', '.join(TARGETS)}")
-    if target == "npu":
-        if prefill != "int4":
-            raise Phi4MMError("--prefill int8 is a CPU graph: an NPU artifact runs prompts through its own static graph")
-        if adapter_precision in IN_GRAPH:
-            raise Phi4MMError(f"--adapter-precision {adapter_precision}: NPU adapters are bound as graph inputs; give fp16 or fp32")
-        if adapter_precision == "auto":
-            adapter_precision = "fp16"  # half the file; the HTP computes in fp16 anyway
-    if target == "dml":
-        if prefill != "int4":
-            raise Phi4MMError("--prefill int8 is a CPU graph (DynamicQuantizeMatMul): DirectML runs prompts through its own decoder")
-        if adapter_precision not in ("auto", "fp16"):
-            raise Phi4MMError(f"--adapter-precision {adapter_precision}: DirectML adapters are fp16 files bound as the "
-                              "decoder's fp16 inputs; give fp16 (or leave it out)")
-        adapter_precision = "fp16"
+    adapter_precision = target_adapter_precision(target, prefill, adapter_precision, encoder_precision)
     if prefill not in ("int4", "int8"):
         raise Phi4MMError(f"prefill {prefill!r} is not int4 or int8")
     if prefill_weight_bits not in int8.WEIGHT_BITS or (prefill_weight_bits != 7 and prefill != "int8"):
@@ -264,17 +270,8 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     if precision.weights not in ("int4", "fp32"):
         raise Phi4MMError(f"precision {precision.weights!r} is not int4 or fp32")
     encoder = encoder_precision_for(precision, encoder_precision)
-    if target == "npu":
-        if encoder_precision == "int8":
-            raise Phi4MMError("--encoder-precision int8 is a CPU kernel (DynamicQuantizeMatMul): give int4 or fp32 for the NPU")
-        if encoder.weights == "int8":  # auto: the NPU runs MatMulNBits, not the int8 kernel
-            encoder = replace(precision, int8_row_scales=False)
-    if target == "dml":
-        if encoder_precision == "int8":
-            raise Phi4MMError("--encoder-precision int8 is a CPU kernel (DynamicQuantizeMatMul, fp32 only on DirectML): "
-                              "give int4 or fp32 for DirectML")
-        if encoder.weights == "int8":  # auto: int4 MatMulNBits, which DirectML runs at fp16
-            encoder = replace(precision, int8_row_scales=False)
+    if target != "cpu" and encoder.weights == "int8":  # auto: MatMulNBits, which the NPU and DirectML run
+        encoder = replace(precision, int8_row_scales=False)
     started = time.perf_counter()
     ckpt = Checkpoint(checkpoint_dir)
     text = ckpt.text
