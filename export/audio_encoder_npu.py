@@ -28,6 +28,8 @@ Attention is plain ops (MatMul, Softmax); linears are int4 MatMulNBits (bias add
 kernel, which takes none on the HTP) or fp32 MatMul.
 """
 
+from dataclasses import replace
+
 import numpy as np
 from onnx import TensorProto
 
@@ -37,7 +39,7 @@ from .architecture import AUDIO_EMBED
 from .audio_encoder import MAX_CHUNK, STRIDE, AudioBuilder, conformer_block, mode_projection, normalize, subsample
 from .checkpoint import Checkpoint, Weights
 from .checkpoint_config import AudioConfig
-from .graph_blocks import Precision, bias_after_kernel
+from .graph_blocks import Precision
 from .onnx_graph import Graph
 
 WINDOW_GRAPH = artifact.NPU_AUDIO_GRAPH
@@ -82,7 +84,7 @@ def build_audio_window_encoder(checkpoint: Checkpoint, graph: Graph, precision: 
     config = checkpoint.audio
     if not 0 < window_tokens <= MAX_CHUNK:
         raise Phi4MMError(f"audio window of {window_tokens} tokens: give 1..{MAX_CHUNK} (the reference's chunk)")
-    audio = AudioBuilder(graph, precision, config, fused_attention=False)
+    audio = AudioBuilder(graph, replace(precision, bias_in_kernel=False), config, fused_attention=False)  # the HTP's MatMulNBits takes no bias
     weights = checkpoint.weights(AUDIO_EMBED, graph_prefix="audio.")
     encoder = weights.scope("encoder.")
     if encoder.shape("embed.conv.0.weight")[-1] != SUBSAMPLING_KERNEL:
@@ -106,5 +108,4 @@ def build_audio_window_encoder(checkpoint: Checkpoint, graph: Graph, precision: 
         graph.op("Reshape", [mode_projection(audio, x, mode, weights), graph.ints([rows, checkpoint.text.hidden_size])],
                  outputs=[f"{mode}_features"], name=f"{mode}_features")
         graph.output(f"{mode}_features", TensorProto.FLOAT, [window_tokens, checkpoint.text.hidden_size])
-    bias_after_kernel(graph)
     return config

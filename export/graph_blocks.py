@@ -13,8 +13,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from onnx import helper
-
 from ..quant import int4, int8
 from .checkpoint import Weights
 from .onnx_graph import MS_DOMAIN, ExternalData, Graph
@@ -38,6 +36,9 @@ class Precision:
     accuracy_level: int = 4
     int8_row_scales: bool = False
     int8_weight_bits: int = 7  # 8 only for CPUs whose int8 dot products do not saturate (quant/int8.py)
+    # The int4 kernel adds a linear's bias itself; the QNN HTP's MatMulNBits takes no bias input
+    # (ONNX Runtime 1.32's QNN plugin 2.7.0 rejects the node with one), so its graphs Add it after.
+    bias_in_kernel: bool = True
 
     @property
     def is_int4(self) -> bool:
@@ -88,14 +89,18 @@ def matmul_nbits(graph: Graph, x: str, protos, quantized, precision: Precision, 
 def linear(builder: Builder, x: str, weights: Weights) -> str:
     """y = x W^T (+ b) for the module `weights`: W = weights["weight"] [out, in], b =
     weights["bias"] when the builder's part has biases. W is stored at the builder's precision;
-    the int4 and int8 kernels add b themselves (one pass over y fewer than an Add)."""
+    the int4 and int8 kernels add b themselves (one pass over y fewer than an Add), unless the
+    precision says the target's kernel takes no bias."""
     graph, precision, name = builder.graph, builder.precision, weights.graph_name()
     weight = weights["weight"]
     weight = weight.reshape(weight.shape[0], -1)  # a 1x1 convolution's [out, in, 1] is a linear too
     bias = graph.weight(f"{name}.bias", weights["bias"].astype(np.float32)) if builder.linear_bias else None
     if precision.is_int4:
         quantized = int4.quantize(weight, precision.block_size, precision.symmetric)
-        return matmul_nbits(graph, x, int4_initializers(graph.data, name, quantized), quantized, precision, name, bias)
+        if precision.bias_in_kernel:
+            return matmul_nbits(graph, x, int4_initializers(graph.data, name, quantized), quantized, precision, name, bias)
+        y = matmul_nbits(graph, x, int4_initializers(graph.data, name, quantized), quantized, precision, name)
+        return graph.add(y, bias) if bias else y
     if precision.weights == "int8":
         columns = int8.quantize_columns(weight, precision.int8_weight_bits)
         weight_names = [graph.weight(f"{name}.int8", columns.weight_t), graph.weight(f"{name}.int8_scales", columns.scales)]
@@ -104,23 +109,6 @@ def linear(builder: Builder, x: str, weights: Weights) -> str:
         return graph.op("DynamicQuantizeMatMul", [x, *weight_names] + (["", bias] if bias else []), domain=MS_DOMAIN, name=name)
     y = graph.op("MatMul", [x, graph.weight(f"{name}.weight_t", np.ascontiguousarray(weight.T))], name=name)
     return graph.add(y, bias) if bias else y
-
-
-def bias_after_kernel(graph: Graph) -> None:
-    """Move each MatMulNBits' bias input to an Add after it: the HTP's MatMulNBits takes no bias
-    (ONNX Runtime 1.32's QNN plugin 2.7.0 rejects the node with one, and takes it without)."""
-    nodes = []
-    for node in graph.nodes:
-        nodes.append(node)
-        if node.op_type == "MatMulNBits" and len(node.input) > MATMUL_NBITS_BIAS and node.input[MATMUL_NBITS_BIAS]:
-            bias, product = node.input[MATMUL_NBITS_BIAS], f"{node.name}/product"
-            del node.input[MATMUL_NBITS_BIAS:]
-            while not node.input[-1]:  # the absent optional inputs that only stood before the bias
-                del node.input[-1]
-            output = node.output[0]
-            node.output[0] = product
-            nodes.append(helper.make_node("Add", [product, bias], [output], name=f"{node.name}/bias"))
-    graph.nodes[:] = nodes
 
 
 def row_scaled_int8_matmul(graph: Graph, x: str, weight_names: list[str], bias: str | None, name: str) -> str:

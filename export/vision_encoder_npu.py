@@ -13,6 +13,8 @@ separators between rows) moves data only; the runtime does it in numpy
 Attention is plain ops (MatMul, Softmax): the HTP has no MultiHeadAttention kernel.
 """
 
+from dataclasses import replace
+
 import numpy as np
 from onnx import TensorProto
 
@@ -20,7 +22,7 @@ from .. import artifact
 from .architecture import IMAGE_EMBED
 from .checkpoint import Checkpoint, Weights
 from .checkpoint_config import VisionConfig
-from .graph_blocks import Precision, bias_after_kernel, initializer
+from .graph_blocks import Precision, initializer
 from .onnx_graph import Graph
 from .vision_encoder import BELOW_ONE, VisionBuilder, encoder_layer, key_padding_of, patch_embeddings, pool_2x2, projection
 
@@ -63,9 +65,9 @@ def separator_rows(graph: Graph, weights: Weights) -> str:
 
 def build_vision_crop_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, progress=None) -> VisionConfig:
     """Fill `graph` with vision_crop.onnx for the checkpoint's vision encoder, its linears stored at
-    `precision` (int4 MatMulNBits or fp32 MatMul); returns its config."""
+    `precision` (int4 MatMulNBits, biases added after it for the HTP, or fp32 MatMul); returns its config."""
     config = checkpoint.vision
-    vision = VisionBuilder(graph, precision, config, fused_attention=False)
+    vision = VisionBuilder(graph, replace(precision, bias_in_kernel=False), config, fused_attention=False)
     weights = checkpoint.weights(IMAGE_EMBED, graph_prefix="vision.")
     encoder = weights.scope("img_processor.")
     side, pooled_side = config.patches_per_side, (config.patches_per_side + 1) // 2
@@ -86,7 +88,6 @@ def build_vision_crop_encoder(checkpoint: Checkpoint, graph: Graph, precision: P
     graph.op("Identity", [graph.slice(projected, [0], [crop_tokens], axes=[1])], outputs=["crop_features"], name="crop_features")
     separator_tokens = graph.slice(projected, [crop_tokens], [crop_tokens + separators], axes=[1])
     graph.op("Reshape", [separator_tokens, graph.ints([separators, text_hidden])], outputs=["separators"], name="separators")
-    bias_after_kernel(graph)
     graph.output("crop_features", TensorProto.FLOAT, [1, crop_tokens, text_hidden])
     graph.output("separators", TensorProto.FLOAT, [separators, text_hidden])
     return config
