@@ -91,3 +91,4 @@ def test_the_wheel_installs_only_the_phi4mm_edge_package(tmp_path):
         assert f"phi4mm_edge/{sub}/__init__.py" in names
     assert "phi4mm_edge/apps/web/index.html" in names  # serve's page is package data
     assert "phi4mm_edge/benchmarks/peer_scripts/genai_run.py" in names  # bench runs the peers from the wheel too
+    assert "phi4mm_edge/export/data/dml_operators.json" in names  # export --target dml checks its graphs against it
