@@ -18,6 +18,7 @@ import onnxruntime as ort
 from ..artifact import LORA_INPUT_PREFIX, NO_ADAPTER, SPEECH_ADAPTER, VISION_ADAPTER
 from ..manifest import AdapterEntry
 from ..errors import Phi4MMError
+from .device import on_device
 from .tensor_types import NUMPY_TYPES, input_types
 
 AUTO = "auto"  # the adapter follows the request's media, as the model was trained
@@ -43,7 +44,11 @@ class AdapterSet:
 
     none = NO_ADAPTER
 
-    def __init__(self, folder: Path, manifest_adapters: dict[str, AdapterEntry], decoder: ort.InferenceSession):
+    def __init__(self, folder: Path, manifest_adapters: dict[str, AdapterEntry], decoder: ort.InferenceSession,
+                 device: str = "cpu"):
+        """`device`: where the adapters' tensors are kept (device.py): on a GPU each file's tensors
+        are copied there once, at load, rather than with every run."""
+        self.device = device
         names = {i.name for i in decoder.get_inputs()}
         self.inputs = {i.name: i.shape for i in decoder.get_inputs() if i.name.startswith(LORA_INPUT_PREFIX)}
         # fp32 LoRA inputs, or fp16 ones (a DirectML artifact): each file's tensors are converted once, at load.
@@ -79,7 +84,9 @@ class AdapterSet:
         zero = {}
         for name, shape in self.inputs.items():
             dims = [0 if isinstance(d, str) or d is None else d for d in shape]
-            zero[name] = ort.OrtValue.ortvalue_from_numpy(np.zeros(dims, self.input_type[name]))
+            array = np.zeros(dims, self.input_type[name])
+            # An empty (rank 0) tensor has no bytes to copy: it stays a host value on every device.
+            zero[name] = on_device(array, self.device if array.size else "cpu")
         return zero
 
     def _load(self, path: Path, check_values: bool):
@@ -114,8 +121,8 @@ class AdapterSet:
                     raise Phi4MMError(f"adapter file {path}: tensor {name} holds NaN, infinite or huge values (over "
                                       f"{MAX_LORA_VALUE:g}): it is damaged or not a trained LoRA")
             wanted = self.input_type[name]
-            if NUMPY_TYPES[value.data_type()] != wanted:
-                value = ort.OrtValue.ortvalue_from_numpy(value.numpy().astype(wanted))  # once here, never per token
+            if NUMPY_TYPES[value.data_type()] != wanted or self.device != "cpu":
+                value = on_device(value.numpy().astype(wanted, copy=False), self.device)  # once here, never per token
             tensors[name] = value
         if len(ranks) != 1:
             raise Phi4MMError(f"adapter file {path} mixes ranks {sorted(ranks)}: re-export the artifact")
@@ -139,7 +146,7 @@ class AdapterSet:
         for name, value in tensors.items():
             array = value.numpy()
             width = [(0, 0), (0, graph_rank - rank)] if name.endswith(".A") else [(0, graph_rank - rank), (0, 0)]
-            padded[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(np.pad(array, width)))
+            padded[name] = on_device(np.ascontiguousarray(np.pad(array, width)), self.device)
         return padded
 
     def check(self, adapter: str) -> None:

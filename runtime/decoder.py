@@ -3,7 +3,8 @@ int8 prompt graph decoder_prefill.onnx) over one KV cache, with an adapter's ten
 
 Two ways to advance the cached sequence: `prefill` runs many positions at once (a prompt; in
 chunks when asked), `step` appends one token through preallocated buffers (decoding). Both run
-through IOBinding; the KV cache buffers are both past input and present output.
+through IOBinding; the KV cache buffers are both past input and present output. The cache, the
+adapters' tensors and the step's embedding row live on the sessions' device (device.py).
 
 LongRoPE: past `original_max_position_embeddings` total positions, the model rotates *every*
 position with the long factors, so a sequence that grows past that switch must be recomputed
@@ -17,6 +18,7 @@ from ..artifact import past_key_name
 from ..manifest import TextConfig
 from ..errors import Phi4MMError
 from .adapters import AdapterSet
+from .device import on_device
 from .kv_cache import KVCache
 from .tensor_types import as_declared, input_types, output_types
 
@@ -48,7 +50,7 @@ class Decoder:
 
     def __init__(self, text: TextConfig, embedding: ort.InferenceSession, decoder: ort.InferenceSession,
                  adapters: AdapterSet, context_length: int, prompt_int8: ort.InferenceSession | None = None,
-                 prefill_chunk: int | None = None):
+                 prefill_chunk: int | None = None, device: str = "cpu"):
         if prefill_chunk is not None and prefill_chunk < 1:
             raise Phi4MMError(f"prefill chunk {prefill_chunk}: give at least 1 token (or none for whole prompts)")
         self.text, self.adapters, self.prefill_chunk = text, adapters, prefill_chunk
@@ -57,12 +59,14 @@ class Decoder:
         declared = input_types(decoder)
         self.embeds_type, self.logits_type = declared["inputs_embeds"], output_types(decoder)["logits"]
         self._embedding_inputs = input_types(embedding)
-        self.cache = KVCache(text.num_layers, text.num_kv_heads, text.head_dim, context_length, declared[past_key_name(0)])
+        self.cache = KVCache(text.num_layers, text.num_kv_heads, text.head_dim, context_length, declared[past_key_name(0)],
+                             device)
         self.no_features = np.zeros((0, text.hidden_size), self._embedding_inputs["image_features"])
         self._mask = np.ones((1, context_length), np.int64)
-        # Decode-step buffers, allocated once: token id in, embedding, logits out.
+        # Decode-step buffers, allocated once: token id in, embedding (on the device: written by
+        # the embedding graph, read by the decoder), logits out to the host.
         self._step_id = np.zeros((1, 1), np.int64)
-        self._step_embeds = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, text.hidden_size), self.embeds_type))
+        self._step_embeds = on_device(np.zeros((1, 1, text.hidden_size), self.embeds_type), device)
         self._step_logits_array = np.zeros((1, 1, text.vocab_size), self.logits_type)
         self._step_logits = ort.OrtValue.ortvalue_from_numpy(self._step_logits_array)
         self._keep_last = np.ones(1, np.int64)

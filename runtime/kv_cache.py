@@ -1,7 +1,8 @@
 """The KV cache: one key and one value buffer per layer, allocated once at the context length.
 
 GroupQueryAttention reads past keys from and writes present keys into the same buffer when
-both are bound to it, so nothing is copied or reallocated per token.
+both are bound to it, so nothing is copied or reallocated per token. The buffers live on the
+sessions' device (device.py): numpy arrays on the CPU, device memory on a GPU.
 
 The cache also remembers what its positions were computed from (`keys`: a token id, or a digest
 of the image/audio feature row placed there), with which adapter and which LongRoPE factors, so
@@ -17,6 +18,7 @@ import onnxruntime as ort
 
 from ..artifact import past_key_name, past_value_name, present_key_name, present_value_name
 from ..errors import Phi4MMError
+from .device import on_device
 
 
 def row_keys(features: np.ndarray) -> np.ndarray:
@@ -56,14 +58,22 @@ def position_keys(ids, media: dict[int, np.ndarray | None], known: dict[int, np.
 
 
 class KVCache:
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int, dtype=np.float32):
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int, dtype=np.float32,
+                 device: str = "cpu"):
         self.capacity = capacity
         self.length = 0  # positions currently held (what attention sees)
         self.keys = np.zeros(capacity, np.int64)  # what positions 0..known-1 were computed from
         self.known = 0  # positions whose keys are recorded: the reusable prefix is at most this long
         self.long_rope = False  # whether the held positions were rotated with LongRoPE's long factors
-        self._buffers = [np.zeros((1, num_kv_heads, capacity, head_dim), dtype) for _ in range(2 * num_layers)]
-        self._values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self._buffers]
+        self.device = device
+        shape = (1, num_kv_heads, capacity, head_dim)
+        if device == "cpu":  # the OrtValues share the numpy buffers
+            self._buffers = [np.zeros(shape, dtype) for _ in range(2 * num_layers)]
+            self._values = [on_device(b, device) for b in self._buffers]
+        else:  # each buffer's host zeros are copied to the device once and dropped
+            self._buffers = None
+            self._values = [on_device(np.zeros(shape, dtype), device) for _ in range(2 * num_layers)]
+        self._nbytes = 2 * num_layers * int(np.prod(shape)) * np.dtype(dtype).itemsize
         self.num_layers = num_layers
 
     def bind(self, binding: ort.IOBinding) -> None:
@@ -95,11 +105,13 @@ class KVCache:
             self.known = start + len(keys)
 
     def arrays(self) -> list[np.ndarray]:
-        """The buffers as numpy arrays: layer N's key at 2N, its value at 2N + 1."""
+        """The buffers as numpy arrays, read and written in place: layer N's key at 2N, its value at 2N + 1."""
+        if self._buffers is None:
+            raise Phi4MMError(f"the KV cache lives on the {self.device} device: it has no host arrays to hand out")
         return self._buffers
 
     def forget(self) -> None:
         self.known = 0
 
     def nbytes(self) -> int:
-        return sum(b.nbytes for b in self._buffers)
+        return self._nbytes

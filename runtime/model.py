@@ -34,6 +34,7 @@ from .prompt import Prompt, build_prompt, check_fits
 from .audio_npu import NpuAudioEncoder
 from .npu_decoder import NpuDecoder
 from .vision_npu import NpuVisionEncoder
+from .device import device_for
 from .providers import choose_provider, open_session, session_options as default_session_options
 from .sampling import Sampling
 from .token_loop import generate_tokens
@@ -113,13 +114,15 @@ class Phi4MMEdge:
             tokenizer = tokenizer.result()
             for future in encoders:
                 future.result()
-        adapters = AdapterSet(folder, manifest.adapters, sessions["decoder"])
+        device = device_for(provider)
+        adapters = AdapterSet(folder, manifest.adapters, sessions["decoder"], device)
         if npu:
             decoder = NpuDecoder(manifest.model, sessions["embedding"], sessions["decoder"], sessions["prompt"], adapters,
                                  manifest.npu, explicit_context)
         else:
             decoder = Decoder(manifest.model, embedding=sessions["embedding"], decoder=sessions["decoder"], adapters=adapters,
-                              context_length=context_length, prompt_int8=sessions.get("prompt_int8"), prefill_chunk=prefill_chunk)
+                              context_length=context_length, prompt_int8=sessions.get("prompt_int8"), prefill_chunk=prefill_chunk,
+                              device=device)
             if provider == "dml":
                 # DirectML's GroupQueryAttention treats the past as empty when given more than one
                 # new position (read in its 1.24.4 source; never run here): prompts run whole from

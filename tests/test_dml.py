@@ -363,6 +363,62 @@ def test_the_runtime_runs_a_dml_artifact_on_the_cpu_as_the_cpu_artifact(dml_arti
 DML_BOUND = 2e-2
 
 
+class FakeDevice:
+    """Stands in for onnxruntime inside runtime/device.py: a value put on "dml" becomes a host
+    *copy*, recorded, so nothing can reach it through a numpy array the runtime still holds (as
+    nothing can reach device memory), and a run reads and writes only what was bound."""
+
+    def __init__(self):
+        self.placed = []  # (shape, dtype) of every value put on the device
+        self.OrtValue = self  # device.py calls ort.OrtValue.ortvalue_from_numpy
+
+    def ortvalue_from_numpy(self, array, device="cpu", device_id=0):
+        if device == "cpu":
+            return ort.OrtValue.ortvalue_from_numpy(array)
+        assert device == "dml" and device_id == 0
+        self.placed.append((array.shape, array.dtype))
+        return ort.OrtValue.ortvalue_from_numpy(array.copy())
+
+
+def test_on_directml_the_cache_adapters_and_step_row_live_on_the_device(dml_artifacts, monkeypatch, tmp_path):
+    # Phi4MMEdge.load(provider="dml") as on Windows, but with the sessions on the CPU EP and the
+    # device faked: the KV cache, every adapter tensor and the decode step's embedding row are put
+    # on the device once, at load, and bound there (a host input would be copied to the GPU on
+    # every run: the whole cache and 0.74-0.92 GB of LoRA tensors per token at full size). The
+    # logits must equal, bit for bit, those of the same graphs with host buffers: same sessions'
+    # kernels, same inputs; only where the buffers live differs.
+    from phi4mm_edge.runtime import device, encoder_session, model as model_module, providers
+
+    host = Phi4MMEdge.load(dml_artifacts["fp32"], provider="cpu")
+    fake = FakeDevice()
+    monkeypatch.setattr(device, "ort", fake)
+    monkeypatch.setattr(model_module, "choose_provider", lambda requested, manifest: ("dml", "DirectML (faked)"))
+    on_cpu = lambda path, options, provider: providers.open_session(path, options, "cpu")  # noqa: E731
+    monkeypatch.setattr(model_module, "open_session", on_cpu)
+    monkeypatch.setattr(encoder_session, "open_session", on_cpu)
+    gpu = Phi4MMEdge.load(dml_artifacts["fp32"], provider="dml", preload_encoders=False)
+    assert device.device_for(gpu.provider) == "dml" and not gpu.decoder.reuse_prefix
+    text = gpu.manifest.model
+    cache_shape = (1, text.num_kv_heads, gpu.decoder.cache.capacity, text.head_dim)
+    lora_inputs = len(gpu.decoder.adapters.inputs)
+    assert fake.placed.count((cache_shape, np.dtype(np.float16))) == 2 * text.num_layers
+    assert fake.placed.count(((1, 1, text.hidden_size), np.dtype(np.float16))) == 1
+    assert len(fake.placed) == 2 * text.num_layers + 1 + lora_inputs * len(gpu.manifest.adapters)  # "none" is empty: nothing to place
+    with pytest.raises(Phi4MMError, match="lives on the dml device"):
+        gpu.decoder.cache.arrays()
+    placed_at_load = len(fake.placed)
+    picture = Image.fromarray(np.random.default_rng(4).integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((320, 240))
+    clip = espeak("What colour is it?", tmp_path / "q.wav")
+    requests = [("Tell me about the sea.", [], [], adapter) for adapter in ("none", "vision", "speech", "none")]
+    requests.append(("<|image_1|><|audio_1|>Answer the question.", [picture], [clip], "vision"))
+    tokens = prompt_ids(5, seed=3)[0].tolist()
+    for text_, images, audios, adapter in requests:
+        ours = forced_logits(gpu, gpu.prompt(text_, images, audios), adapter, tokens)
+        theirs = forced_logits(host, host.prompt(text_, images, audios), adapter, tokens)
+        assert all(np.array_equal(a, b) for a, b in zip(ours, theirs)), adapter
+    assert len(fake.placed) == placed_at_load  # swaps and runs put nothing more on the device
+
+
 def test_provider_dml_without_directml_is_a_clear_error(dml_artifacts, artifacts):
     result = subprocess.run([sys.executable, "-m", "phi4mm_edge.cli", "run", str(dml_artifacts["int4"]), "--provider", "dml",
                              "--prompt", "hi"], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
