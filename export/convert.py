@@ -21,6 +21,7 @@ from .checkpoint import Checkpoint
 from .directml import for_directml
 from .dml_operators import ONNXRUNTIME_VERSION, unregistered_nodes
 from .embedding import build_embedding, tied_lm_head, untied_lm_head, write_token_table
+from .genai import write_genai_files
 from .graph_blocks import Precision
 from .onnx_graph import ExternalData, Graph, SharedExternalData
 from .text_decoder import LORA_MODULES, build_decoder, inverse_frequencies
@@ -368,6 +369,7 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         target=target,
         npu=shapes,
     )
+    written.update(write_genai_files(out, manifest))  # onnxruntime-genai's config and graph protos (genai.py)
     manifest.files = {name: file_entry(out / name) for name in sorted(written)}
     write_manifest(out, manifest)
     return manifest
