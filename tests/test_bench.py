@@ -71,3 +71,23 @@ def test_bench_measures_both_prefill_paths_and_a_peer_in_one_run(artifacts, chec
     assert set(peer["ttft_s"]) == {"128", "512", "1024"} and len(peer["decode_tokens_per_s"]) == 1
     ratio = statistics.median(peer["ttft_s"]["1024"]) / results["ttft_s"]["1024"]["median"]
     assert f"ratio ttft 1024: peer time / ours: {ratio:.2f}" in out
+
+
+def test_the_genai_peer_runs_on_our_artifact_and_changes_none_of_its_files(artifacts):
+    """`bench ARTIFACT --genai ARTIFACT`: onnxruntime-genai measured on the artifact's own graphs
+    (export writes genai's files into it), through its decoder-only overlay (no adapter, as ours
+    are measured), threads set by a config overlay: the folder's files stay byte for byte as
+    exported, so its manifest's sha256 list still holds (the peer used to rewrite
+    genai_config.json to set the threads)."""
+    from phi4mm_edge.benchmarks.peers import genai
+    from phi4mm_edge.runtime.verify import verify_artifact
+
+    folder = artifacts["int4"]
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.suffix == ".json"}
+    assert "genai_config.json" in before and "genai_text.json" in before
+    result = genai(folder, [128], 1, 4, 2)
+    assert len(result["ttft_s"]["128"]) == 1 and result["ttft_s"]["128"][0] > 0
+    assert len(result["decode_tokens_per_s"]) == 1 and result["decode_tokens_per_s"][0] > 0
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.suffix == ".json"} == before
+    verify_artifact(folder, "full")  # every file re-hashed against the manifest
+

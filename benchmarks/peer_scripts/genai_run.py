@@ -1,6 +1,9 @@
 """onnxruntime-genai peer: python genai_run.py MODEL_FOLDER LENGTHS REPEATS DECODE_TOKENS THREADS.
-Prints one JSON line. Sets the model's intra_op_num_threads in genai_config.json when it differs
-(onnxruntime-genai reads threads from that file only), and says so on stderr."""
+Prints one JSON line. MODEL_FOLDER is a genai model folder: its builder's output, or a
+phi4mm-edge artifact (export writes genai's files into it; its decoder-only overlay
+genai_text.json is applied, so the prompts run with no adapter, as ours are measured). The
+threads are set through a config overlay (genai reads them from its config only); no file in the
+folder is changed, so an artifact's sha256 list still holds."""
 
 import json
 import sys
@@ -12,16 +15,17 @@ import onnxruntime_genai as og
 from peer_common import peak_rss_mb
 
 folder, lengths, repeats, decode_tokens, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-config_path = Path(folder) / "genai_config.json"
-config = json.loads(config_path.read_text())
-options = config["model"]["decoder"].setdefault("session_options", {})
-if options.get("intra_op_num_threads") != threads:
-    options["intra_op_num_threads"] = threads
-    config_path.write_text(json.dumps(config, indent=4))
-    print(f"set intra_op_num_threads={threads} in {config_path}", file=sys.stderr)
+if hasattr(og, "disable_telemetry_events"):  # genai 0.18 has telemetry; nothing leaves this machine
+    og.disable_telemetry_events()
+config = og.Config(folder)
+text_overlay = Path(folder) / "genai_text.json"
+if text_overlay.is_file():
+    config.overlay(text_overlay.read_text())
+    print(f"applied {text_overlay.name}: genai's decoder-only model over the artifact's graphs", file=sys.stderr)
+config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
 
 started = time.perf_counter()
-model = og.Model(folder)
+model = og.Model(config)
 result = {"load_s": time.perf_counter() - started, "ttft_s": {}, "decode_tokens_per_s": []}
 for n in map(int, lengths.split(",")):
     ids = np.random.default_rng(0).integers(0, 199_000, n).astype(np.int32)  # bench.prompt(n)
