@@ -23,7 +23,7 @@ from .dml_operators import ONNXRUNTIME_VERSION, unregistered_nodes
 from .embedding import build_embedding, tied_lm_head, untied_lm_head, write_token_table
 from .genai import write_genai_files
 from .graph_blocks import Precision
-from .onnx_graph import ExternalData, Graph, SharedExternalData
+from .onnx_graph import ExternalData, Graph, SharedExternalData, every_graph
 from .text_decoder import LORA_MODULES, build_decoder, inverse_frequencies
 from .text_decoder_npu import build_npu_decoder, build_npu_embedding
 from .vision_encoder import build_vision_encoder
@@ -99,13 +99,8 @@ def write_graph_to(out: Path, file_name: str, data: ExternalData, build, directm
 def external_data_files(graph_path: Path) -> list[str]:
     """The files a saved graph's initializers point at (its weights outside the .onnx file)."""
     model = onnx.load(str(graph_path), load_external_data=False)
-    files, graphs = set(), [model.graph]
-    while graphs:  # the graph and every subgraph, however deeply nested (If branches)
-        graph = graphs.pop()
-        for tensor in graph.initializer:
-            files.update(e.value for e in tensor.external_data if e.key == "location")
-        graphs += [a.g for node in graph.node for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
-    return sorted(files)
+    return sorted({e.value for graph in every_graph(model.graph) for tensor in graph.initializer
+                   for e in tensor.external_data if e.key == "location"})
 
 
 def previous_export(out: Path) -> list[str] | None:

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import onnx
 
+from .onnx_graph import every_graph
 from .value_types import NAME_OF_TYPE, TYPE_OF_NAME, infer_types, operator_schema, type_variables
 
 DATA = Path(__file__).parent / "data" / "dml_operators.json"
@@ -145,12 +146,10 @@ def unregistered_nodes(model_path) -> list[UnregisteredNode]:
     EP registers no kernel for (see the module docstring). Reads the graph only, not the weights."""
     model = onnx.load(str(model_path), load_external_data=False)
     opsets = {("" if entry.domain == "ai.onnx" else entry.domain): entry.version for entry in model.opset_import}
-    consumed, graphs = set(), [model.graph]
-    while graphs:
-        graph = graphs.pop()
+    consumed = set()
+    for graph in every_graph(model.graph):
         consumed.update(name for node in graph.node for name in node.input)
         consumed.update(value.name for value in graph.output)
-        graphs += [g for node in graph.node for a in node.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs)]
     found = []
     _graph_nodes(model.graph, {}, opsets, consumed, found)
     return found

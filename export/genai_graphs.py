@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..artifact import LORA_INPUT_PREFIX
 from ..manifest import AudioEntry, Manifest, VisionEntry
 from .adapter_format import adapter_tensors
+from .onnx_graph import every_graph
 
 INDEX_ADAPTER_SUFFIX = ".genai_adapter"
 ADAPTER_INDEX = "adapter_index"
@@ -266,12 +267,9 @@ def _lora_inputs_as_fp16(graph: onnx.GraphProto) -> None:
 
 def _rename_uses(graph: onnx.GraphProto, renamed: dict) -> None:
     """Rename tensors where nodes (and nodes of every subgraph) read or write them."""
-    for node in graph.node:
+    for node in (node for nested in every_graph(graph) for node in nested.node):
         node.input[:] = [renamed.get(name, name) for name in node.input]
         node.output[:] = [renamed.get(name, name) for name in node.output]
-        for attribute in node.attribute:
-            for subgraph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                _rename_uses(subgraph, renamed)
 
 
 def _prefix_names(graph: onnx.GraphProto, prefix: str, keep: set) -> None:

@@ -28,6 +28,15 @@ NP_TO_ONNX = {
 }
 
 
+def every_graph(graph: onnx.GraphProto):
+    """`graph` and every graph nested in its nodes (If branches, Loop bodies), however deep."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for child in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                yield from every_graph(child)
+
+
 def int64s(values) -> np.ndarray:
     """An int64 array, for shapes, axes and indices."""
     return np.array(values, np.int64)
