@@ -97,10 +97,9 @@ def linear(builder: Builder, x: str, weights: Weights) -> str:
     bias = graph.weight(f"{name}.bias", weights["bias"].astype(np.float32)) if builder.linear_bias else None
     if precision.is_int4:
         quantized = int4.quantize(weight, precision.block_size, precision.symmetric)
-        if precision.bias_in_kernel:
-            return matmul_nbits(graph, x, int4_initializers(graph.data, name, quantized), quantized, precision, name, bias)
-        y = matmul_nbits(graph, x, int4_initializers(graph.data, name, quantized), quantized, precision, name)
-        return graph.add(y, bias) if bias else y
+        kernel_bias = bias if precision.bias_in_kernel else None
+        y = matmul_nbits(graph, x, int4_initializers(graph.data, name, quantized), quantized, precision, name, kernel_bias)
+        return graph.add(y, bias) if bias and not kernel_bias else y
     if precision.weights == "int8":
         columns = int8.quantize_columns(weight, precision.int8_weight_bits)
         weight_names = [graph.weight(f"{name}.int8", columns.weight_t), graph.weight(f"{name}.int8_scales", columns.scales)]
