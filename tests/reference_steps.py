@@ -47,6 +47,12 @@ def paired_logits(model, reference, adapter: str, ids: np.ndarray, steps: int = 
     return prefill, ref_prefill, decode, ref_decode
 
 
+def relative_l2(ours, reference) -> float:
+    """|ours - reference| / |reference| (L2 norms, computed in float64)."""
+    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
+
+
 def max_relative_error(ours, reference) -> float:
     """max |ours - reference| / max |reference|: the error relative to the logit scale."""
     return float(np.abs(np.asarray(ours) - np.asarray(reference)).max() / np.abs(reference).max())

@@ -37,7 +37,7 @@ from phi4mm_edge.manifest import MANIFEST, read_manifest
 from phi4mm_edge.quant import int4
 from phi4mm_edge.runtime import Phi4MMEdge
 from conftest import prompt_ids
-from reference_steps import max_relative_error, paired_logits
+from reference_steps import max_relative_error, paired_logits, relative_l2
 from test_speech import espeak
 
 INT4_EXACT = Precision(weights="int4", block_size=32, accuracy_level=0)  # fp32 activations on the CPU EP, as "int4-exact"
@@ -55,11 +55,6 @@ LONG_PROMPT_BOUND = 5e-3
 # - encoders' features and the embedding's rows: measured 3.5e-4..5.0e-4 (vision), 4.6e-4..6.0e-4
 #   (audio, 2 chunks), 2.1e-4 (embedding: the fp16 table and features rounded once).
 FEATURES_BOUND = 2e-3
-
-
-def relative_l2(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,12 @@ from phi4mm_edge import Phi4MMError
 from phi4mm_edge.export import adapter_format, genai, genai_graphs
 from phi4mm_edge.export.convert import export
 from phi4mm_edge.export.graph_blocks import Precision
+from phi4mm_edge.export.onnx_graph import every_graph
 from phi4mm_edge.manifest import read_manifest
 from phi4mm_edge.runtime import Phi4MMEdge
 from phi4mm_edge.runtime.audio import load_audio, log_mel_spectrogram
 from phi4mm_edge.runtime.image import load_image, preprocess
+from reference_steps import relative_l2
 
 og.disable_telemetry_events()
 
@@ -173,12 +175,7 @@ def test_export_writes_genai_files_from_the_manifest_without_copying_weights(exp
 
 def initializers(graph) -> list:
     """A graph's initializers and those of its subgraphs (If branches, Loop bodies), however deep."""
-    found = list(graph.initializer)
-    for node in graph.node:
-        for attribute in node.attribute:
-            for subgraph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                found += initializers(subgraph)
-    return found
+    return [tensor for nested in every_graph(graph) for tensor in nested.initializer]
 
 
 def test_only_the_cpu_target_gets_genai_files(exports, tmp_path):
@@ -284,10 +281,6 @@ def test_adapter_files_are_built_into_the_pipeline_decoders_in_place(exports, ou
     assert genai_greedy(genai_models(kind, genai.SPEECH_OVERLAY), ids) == our_greedy(ours(kind), ids, "speech")
 
 
-def relative_l2(ours, theirs) -> float:
-    return float(np.linalg.norm(ours - theirs) / np.linalg.norm(ours))
-
-
 def test_genai_image_preprocessing_differs_from_ours_by_a_measured_amount(exports, genai_models, media):
     """genai's image preprocessing is its own (ONNX Runtime extensions' C++), not transformers',
     which ours equals (test_vision.py). Measured on 0.18 (this image): the tiles equal within float
@@ -300,9 +293,9 @@ def test_genai_image_preprocessing_differs_from_ours_by_a_measured_amount(export
     mine = preprocess(load_image(media / "tall.png"), manifest.vision).pixel_values
     assert theirs.shape == mine.shape
     tiles, overall = np.abs(theirs[1:] - mine[1:]).max(), np.abs(theirs - mine).max()
-    print(f"\npixel values: relative L2 {relative_l2(mine, theirs):.4f}, max abs {overall:.3f}, tiles max abs {tiles:.4f}")
+    print(f"\npixel values: relative L2 {relative_l2(theirs, mine):.4f}, max abs {overall:.3f}, tiles max abs {tiles:.4f}")
     assert tiles <= 2 * 2 / 255
-    assert 1e-3 < relative_l2(mine, theirs) < 0.02 and overall < 0.7
+    assert 1e-3 < relative_l2(theirs, mine) < 0.02 and overall < 0.7
 
 
 @pytest.mark.parametrize("clip,measured", [("speech.wav", 1.4e-4), ("tone44k.wav", 1.3e-2)])
@@ -318,8 +311,8 @@ def test_genai_audio_preprocessing_differs_from_ours_by_a_measured_amount(export
     theirs = processor(chat("<|audio_1|>Transcribe."), audios=og.Audios.open(str(media / clip)))["audio_embeds"].as_numpy()[0]
     mine = log_mel_spectrogram(load_audio(media / clip), manifest.audio.mel_bins)
     assert theirs.shape == mine.shape
-    print(f"\n{clip} log-mel: relative L2 {relative_l2(mine, theirs):.2e}, max abs {np.abs(theirs - mine).max():.3f}")
-    assert measured / 10 < relative_l2(mine, theirs) < 2 * measured
+    print(f"\n{clip} log-mel: relative L2 {relative_l2(theirs, mine):.2e}, max abs {np.abs(theirs - mine).max():.3f}")
+    assert measured / 10 < relative_l2(theirs, mine) < 2 * measured
 
 
 # -- genai 0.18's limitations, pinned -----------------------------------------------------------

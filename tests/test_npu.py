@@ -19,6 +19,7 @@ from phi4mm_edge.export.graph_blocks import Precision
 from phi4mm_edge.manifest import read_manifest
 from phi4mm_edge.runtime import Phi4MMEdge, qnn
 from test_speech import espeak, reference_greedy
+from reference_steps import relative_l2
 
 CONTEXT = 256  # positions of the NPU graphs' KV cache: the prompts here take at most ~130
 AUDIO_WINDOW = 16  # tokens (1.28 s): the espeak clip fits one window
@@ -31,10 +32,6 @@ ROUTES = {  # route -> (adapter, with image, with audio)
     "speech": ("speech", False, True),
     "audio+image": ("vision", True, True),
 }
-
-
-def relative_l2(a, b) -> float:
-    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
 
 
 @pytest.fixture(scope="module")

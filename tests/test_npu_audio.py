@@ -22,6 +22,7 @@ from phi4mm_edge.runtime.audio_encoder import AudioEncoder
 from phi4mm_edge.runtime.audio_npu import NpuAudioEncoder
 from phi4mm_edge.runtime.providers import session_options
 from test_speech import espeak
+from reference_steps import relative_l2
 
 # The HTP simulator compiles and runs a 500-token window in ~7 s + ~13 s; a 16-token window
 # (1.28 s of audio) takes well under a second each, so the HTP tests use it, with a clip that fits.
@@ -97,10 +98,6 @@ def htp(windows, audio_entry, short_clip):
         features = {mode: npu.features(audio, vision_mode=mode) for mode in (False, True)}
         opened[name] = npu, features, qnn.compilations - before  # graphs compiled by this open
     return opened
-
-
-def relative_l2(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.mark.parametrize("vision_mode", [False, True])

@@ -25,6 +25,7 @@ from phi4mm_edge.runtime import qnn
 from phi4mm_edge.runtime.providers import open_session, session_options
 from phi4mm_edge.runtime.vision_encoder import VisionEncoder
 from phi4mm_edge.runtime.vision_npu import NpuVisionEncoder
+from reference_steps import relative_l2
 
 INT4_EXACT = Precision(weights="int4", block_size=32, accuracy_level=0)  # the CPU runs it with fp32 activations
 FP32 = Precision(weights="fp32")
@@ -34,10 +35,6 @@ def noise_image(width: int, height: int, seed: int) -> Image.Image:
     """Smooth noise, like a photo: a small random image upscaled."""
     small = np.random.default_rng(seed).integers(0, 256, (max(height // 16, 2), max(width // 16, 2), 3), dtype=np.uint8)
     return Image.fromarray(small).resize((width, height), Image.BILINEAR)
-
-
-def relative_l2(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def build_crop_graphs(checkpoint_folder, out):

@@ -5,7 +5,7 @@ import pytest
 
 from phi4mm_edge.runtime import Phi4MMEdge
 from conftest import prompt_ids
-from reference_steps import runtime_logits, max_relative_error, paired_logits
+from reference_steps import max_relative_error, paired_logits, relative_l2, runtime_logits
 
 ADAPTERS = ("none", "vision", "speech")
 # fp32 export vs fp32 reference: the same math in a different order (fused attention, MLAS GEMMs).
@@ -93,10 +93,6 @@ def test_int4_adapters_are_exactly_the_dequantized_lora(artifacts, int4_lora_ref
     assert max(max_relative_error(a, b) for a, b in zip(decode, ref_decode)) <= FP32_TOLERANCE
 
 
-def relative_norm_error(ours, reference):
-    return float(np.linalg.norm(np.asarray(ours) - reference) / np.linalg.norm(reference))
-
-
 # What storing the adapters at int4 or int8 costs, against fp32 adapters on the same int4 base
 # (all at level 0: only weight rounding differs), as the relative L2 error of the logits over a
 # 40-token prompt and 8 decode steps. The yardstick is what int4 storage already costs the base:
@@ -115,7 +111,7 @@ def median_logits_error(model, reference_model, adapter) -> float:
     ids = prompt_ids(40, seed=7)
     tokens = np.random.default_rng(3).integers(0, 199_000, 8).tolist()
     ours, theirs = runtime_logits(model, adapter, ids, tokens), runtime_logits(reference_model, adapter, ids, tokens)
-    return float(np.median([relative_norm_error(a, b) for a, b in zip([*ours[0], *ours[1]], [*theirs[0], *theirs[1]])]))
+    return float(np.median([relative_l2(a, b) for a, b in zip([*ours[0], *ours[1]], [*theirs[0], *theirs[1]])]))
 
 
 @pytest.mark.parametrize("adapter", ["vision", "speech"])
@@ -149,14 +145,10 @@ INT4_P95_TOLERANCE = 0.08
 def test_int4_as_shipped_stays_close_to_the_dequantized_reference(artifacts, int4_lora_reference, adapter, chunk):
     model = Phi4MMEdge.load(artifacts["int4"], prefill="int4", prefill_chunk=chunk)
     prefill, ref_prefill, decode, ref_decode = paired_logits(model, int4_lora_reference, adapter, prompt_ids(100))
-    errors = [relative_norm_error(prefill[i], ref_prefill[i]) for i in range(len(prefill))]
-    errors += [relative_norm_error(ours, theirs) for ours, theirs in zip(decode, ref_decode)]
+    errors = [relative_l2(prefill[i], ref_prefill[i]) for i in range(len(prefill))]
+    errors += [relative_l2(ours, theirs) for ours, theirs in zip(decode, ref_decode)]
     assert np.median(errors) <= INT4_MEDIAN_TOLERANCE
     assert np.percentile(errors, 95) <= INT4_P95_TOLERANCE
-
-
-def relative_norm_error(ours, reference):
-    return float(np.linalg.norm(np.asarray(ours) - reference) / np.linalg.norm(reference))
 
 
 # The int8 prefill graph (7-bit per-channel weights from the checkpoint, uint8 activations per
@@ -174,7 +166,7 @@ def test_int8_prefill_is_as_faithful_to_the_float_reference_as_int4(artifacts, r
         model = Phi4MMEdge.load(artifacts["int4"], prefill=path, prefill_chunk=chunk if path == "int8" else None)
         assert model.decoder.prefill_precision == path
         prefill, ref_prefill, decode, ref_decode = paired_logits(model, reference, adapter, prompt_ids(100))
-        errors[path] = (np.median([relative_norm_error(p, r) for p, r in zip(prefill, ref_prefill)]),
-                        np.median([relative_norm_error(d, r) for d, r in zip(decode, ref_decode)]))
+        errors[path] = (np.median([relative_l2(p, r) for p, r in zip(prefill, ref_prefill)]),
+                        np.median([relative_l2(d, r) for d, r in zip(decode, ref_decode)]))
     assert errors["int8"][0] <= errors["int4"][0], errors
     assert errors["int8"][1] <= 1.2 * errors["int4"][1], errors

@@ -13,7 +13,7 @@ import soxr
 from phi4mm_edge import Phi4MMError
 from phi4mm_edge.runtime import Phi4MMEdge
 from phi4mm_edge.runtime.audio import load_audio, log_mel_spectrogram
-from reference_steps import reference_adapter
+from reference_steps import reference_adapter, relative_l2
 
 # Log-mel: the same float64 FFT and float32 filter bank as the reference; ~2e-6 measured on
 # values of order 10, so 1e-4 is tight and still leaves room for FFT library differences.
@@ -210,10 +210,6 @@ def test_int4_audio_features_are_exactly_the_dequantized_reference(encoder_artif
 # conformer has 2 blocks x 11 linears + the subsampling and 2 projection linears, ~25 in all,
 # in quadrature ~2.8%. We bound the relative L2 error by 6%; a layout bug gives ~100%.
 INT4_FEATURE_TOLERANCE = 0.06
-
-
-def relative_l2(ours, expected) -> float:
-    return float(np.linalg.norm(ours - expected) / np.linalg.norm(expected))
 
 
 def test_int4_audio_features_as_shipped_stay_close(encoder_artifacts, int4_reference):

@@ -12,7 +12,7 @@ from phi4mm_edge.runtime import Phi4MMEdge
 from phi4mm_edge.runtime import image as image_module
 from phi4mm_edge.manifest import VisionEntry
 from phi4mm_edge.runtime.image import load_image, preprocess
-from reference_steps import reference_adapter
+from reference_steps import reference_adapter, relative_l2
 
 # Preprocessing is the same arithmetic as the reference (byte-exact resize, then float32
 # normalization and bicubic): differences are float rounding, ~1e-7.
@@ -207,10 +207,6 @@ def test_int4_image_features_are_exactly_the_dequantized_reference(encoder_artif
 # gives ~100%. (Against the fp32 model the tiny random weights' own 4-bit error dominates:
 # ~20% measured, which says nothing about trained weights.)
 INT4_FEATURE_TOLERANCE = 0.05
-
-
-def relative_l2(ours, expected) -> float:
-    return float(np.linalg.norm(ours - expected) / np.linalg.norm(expected))
 
 
 def test_int4_image_features_as_shipped_stay_close(encoder_artifacts, int4_reference, processor):
