@@ -17,9 +17,9 @@ from ..runtime.providers import open_session, session_options
 @dataclass(frozen=True)
 class Variant:
     name: str
-    weights: str  # the linears: "int4" (MatMulNBits, accuracy level 4), "int8" (DynamicQuantizeMatMul), "fp32"
+    weights: str  # the linears: "int4" (MatMulNBits, accuracy level 4), "int8" (MLAS's uint8 x int8 GEMM), "fp32"
     fused_attention: bool
-    int8_row_scales: bool = True  # int8: activations scaled per row around the kernel, as export's encoders do
+    int8_row_scales: bool = True  # int8: activations rounded per row, as export's encoders do (False: DynamicQuantizeMatMul)
 
     def precision(self):
         from ..export.graph_blocks import Precision

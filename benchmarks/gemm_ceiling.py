@@ -2,8 +2,10 @@
 kernel a prompt can run on, at the decoder's own shapes and a prompt-sized M.
 
 Kernels: MatMulNBits (int4, the artifact's block size and accuracy level: what decode uses),
-fp32 MatMul (MLAS SGEMM, prepacked) and DynamicQuantizeMatMul (uint8 x int8, the int8 prefill
-graph's kernel). The weights are random; the throughput does not depend on their values.
+fp32 MatMul (MLAS SGEMM, prepacked), DynamicQuantizeMatMul (MLAS's uint8 x int8 GEMM, activations
+rounded per tensor) and the int8 prefill graph's own linear (the same GEMM, activations rounded per
+row: export/graph_blocks.row_scaled_int8_matmul; the two side by side are the price of row scales).
+The weights are random; the throughput does not depend on their values.
 """
 
 import numpy as np
@@ -24,6 +26,7 @@ def decoder_shapes(text: TextConfig) -> dict:
 
 
 def _session(node, initializers, k: int, n: int, threads: int | None):
+    """One node over `x` [rows, k] -> `y` [rows, n]."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -52,7 +55,33 @@ def kernels(k: int, n: int, block_size: int, accuracy_level: int, threads: int |
         "int8 DynamicQuantizeMatMul": _session(
             helper.make_node("DynamicQuantizeMatMul", ["x", "W", "S"], ["y"], domain="com.microsoft"),
             [numpy_helper.from_array(q8.weight_t, "W"), numpy_helper.from_array(q8.scales, "S")], k, n, threads),
+        "int8 row-scaled (prefill graph)": int8_row_scaled_session(q8, threads),
     }
+
+
+def int8_row_scaled_session(columns: int8.Int8Columns, threads: int | None = None):
+    """The int8 prefill graph's linear, built by export's own block, over `x` [rows, K] -> `y`."""
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    from ..export.graph_blocks import row_scaled_int8_matmul
+    from ..export.onnx_graph import ExternalData, Graph
+    from ..runtime.providers import session_options
+
+    k, n = columns.weight_t.shape
+    with tempfile.TemporaryDirectory() as folder:
+        data = ExternalData(Path(folder) / "linear.data")
+        graph = Graph("linear", data)
+        weights = [graph.weight("proj.int8", columns.weight_t), graph.weight("proj.int8_scales", columns.scales)]
+        y = row_scaled_int8_matmul(graph, graph.input("x", TensorProto.FLOAT, ["rows", k]), weights, None, "proj")
+        graph.op("Identity", [y], outputs=["y"])
+        graph.output("y", TensorProto.FLOAT, ["rows", n])
+        graph.save(Path(folder) / "linear.onnx")
+        data.close()
+        return ort.InferenceSession(str(Path(folder) / "linear.onnx"), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def gemm_ceiling(text: TextConfig, precision: StoredPrecision, rows: int = 512, repeats: int = 3, threads: int | None = None) -> dict:

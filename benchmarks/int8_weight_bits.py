@@ -1,11 +1,11 @@
-"""7-bit or 8-bit weights for the int8 prompt graph: the error of DynamicQuantizeMatMul against the
-fp32 product, for one decoder layer's linear shapes.
+"""7-bit or 8-bit weights for the int8 prompt graph: the error of its int8 linear (export/
+graph_blocks.row_scaled_int8_matmul) against the fp32 product, for one decoder layer's linear shapes.
 
     python -m phi4mm_edge.benchmarks.int8_weight_bits [--rows 512] [--hidden 3072] [--intermediate 8192]
 
 Two columns per weight width:
 - "exact int32": what a CPU whose integer dot products accumulate in 32 bits computes (AVX-VNNI,
-  AVX-512 VNNI, AMX, ARM dotprod): uint8 activations quantized per tensor, int8 weights per
+  AVX-512 VNNI, AMX, ARM dotprod): uint8 activations rounded per row, int8 weights per
   output channel, every product summed exactly. Simulated in numpy (int64), so it is the same
   on every machine.
 - "ONNX Runtime here": the real kernel on this machine. Without VNNI (AVX2 only) MLAS sums
@@ -19,11 +19,10 @@ same bytes through the same kernel); only where they may run differs (runtime/cp
 import argparse
 
 import numpy as np
-import onnxruntime as ort
-from onnx import TensorProto, helper
 
-from ..quant.int8 import quantize_columns
+from ..quant.int8 import ROW_LIMIT, ROW_ZERO_POINT, quantize_columns
 from ..runtime.cpu import UNSATURATED_INT8_FEATURES, cpu_features
+from .gemm_ceiling import int8_row_scaled_session
 
 
 def activations(rows: int, width: int, rng, outliers: bool) -> np.ndarray:
@@ -34,26 +33,17 @@ def activations(rows: int, width: int, rng, outliers: bool) -> np.ndarray:
 
 
 def exact_int32(x: np.ndarray, columns) -> np.ndarray:
-    """DynamicQuantizeMatMul's arithmetic without saturation: uint8 x, per-tensor scale and zero point."""
-    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    scale = (high - low) / 255 or 1.0
-    zero = np.clip(np.rint(-low / scale), 0, 255)
-    q = np.clip(np.rint(x / scale) + zero, 0, 255).astype(np.int64)
-    products = (q - int(zero)) @ columns.weight_t.astype(np.int64)
-    return products.astype(np.float64) * scale * columns.scales
+    """The graph's arithmetic without saturation: each row of x divided by its peak |x| and
+    rounded to uint8 at steps of 1/ROW_LIMIT around ROW_ZERO_POINT, products summed exactly."""
+    peak = np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.finfo(np.float32).tiny).astype(np.float32)
+    q = np.clip(np.rint(x / peak * ROW_LIMIT) + ROW_ZERO_POINT, 0, 255).astype(np.int64)
+    products = (q - ROW_ZERO_POINT) @ columns.weight_t.astype(np.int64)
+    return products.astype(np.float64) / ROW_LIMIT * columns.scales * peak
 
 
 def onnx_runtime(x: np.ndarray, columns) -> np.ndarray:
-    k, n = columns.weight_t.shape
-    graph = helper.make_graph(
-        [helper.make_node("DynamicQuantizeMatMul", ["x", "w", "s"], ["y"], domain="com.microsoft")], "dqmm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
-        [helper.make_tensor("w", TensorProto.INT8, [k, n], columns.weight_t.tobytes(), raw=True),
-         helper.make_tensor("s", TensorProto.FLOAT, [n], columns.scales.tobytes(), raw=True)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
-                              ir_version=9)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    """The export's own int8 linear, run by ONNX Runtime on this machine."""
+    return int8_row_scaled_session(columns).run(None, {"x": x})[0]
 
 
 def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:

@@ -65,7 +65,7 @@ def encoder_precision_for(precision: Precision, choice: str = "auto") -> Precisi
     """How the vision and audio encoders store their linears. "auto" is int8 with an int4 base and
     fp32 with an fp32 one (exactness is what an fp32 export is for). Why int8: an encoder
     multiplies crops x 1024 patch rows (or every audio frame) at once, so its linears are
-    compute-bound, where DynamicQuantizeMatMul's uint8 x int8 GEMM runs ~1.7x MatMulNBits on AVX2
+    compute-bound, where MLAS's uint8 x int8 GEMM runs ~1.7x MatMulNBits on AVX2
     (an encoder ~1.5x overall: benchmarks/RESULTS.md, "Encoder latency"); its 7-bit per-channel
     weights come from the checkpoint and are ~5x closer to it than int4 blocks (quant/int8.py).
     Its cost: activations are rounded per row (row_scaled_int8_matmul), not per block of 32, and
@@ -74,7 +74,7 @@ def encoder_precision_for(precision: Precision, choice: str = "auto") -> Precisi
         raise Phi4MMError(f"encoder precision {choice!r} is not one of {list(ENCODER_PRECISIONS)}")
     if choice == "auto":
         choice = "int8" if precision.is_int4 else "fp32"
-    return replace(precision, weights=choice, int8_row_scales=choice == "int8")
+    return replace(precision, weights=choice)
 
 
 def write_graph(out: Path, file_name: str, build, directml: bool = False):
@@ -200,8 +200,8 @@ def refuse_unregistered(out: Path, graph_files: list[str]) -> None:
 
 def target_adapter_precision(target: str, prefill: str, adapter_precision: str, encoder_precision: str) -> str:
     """Refuse the export options a target's graphs cannot hold; returns the target's adapter
-    precision. The NPU and DirectML run neither DynamicQuantizeMatMul (the int8 prompt graph and
-    int8 encoders; DirectML has it for fp32 only) nor `If` (adapters built into the graph): their
+    precision. The NPU and DirectML run neither the int8 linears (the int8 prompt graph and int8
+    encoders: uint8 rows through MLAS's GEMM, a CPU kernel) nor `If` (adapters built into the graph): their
     adapters are files bound as inputs, fp16 unless asked otherwise (the NPU also takes fp32)."""
     if target not in TARGETS:
         raise Phi4MMError(f"--target {target!r}: give one of {', '.join(TARGETS)}")
@@ -209,9 +209,9 @@ def target_adapter_precision(target: str, prefill: str, adapter_precision: str, 
         return adapter_precision
     where = {"npu": "the NPU", "dml": "DirectML"}[target]
     if prefill != "int4":
-        raise Phi4MMError(f"--prefill int8 is a CPU graph (DynamicQuantizeMatMul): {where} runs prompts through its own decoder")
+        raise Phi4MMError(f"--prefill int8 is a CPU graph (MLAS's int8 GEMM): {where} runs prompts through its own decoder")
     if encoder_precision == "int8":
-        raise Phi4MMError(f"--encoder-precision int8 is a CPU kernel (DynamicQuantizeMatMul): give int4 or fp32 for {where}")
+        raise Phi4MMError(f"--encoder-precision int8 is a CPU kernel (MLAS's int8 GEMM): give int4 or fp32 for {where}")
     accepted = ("auto", "fp16", "fp32") if target == "npu" else ("auto", "fp16")
     if adapter_precision not in accepted:
         raise Phi4MMError(f"--adapter-precision {adapter_precision}: {where}'s adapters are files bound as the decoder's "
@@ -267,7 +267,7 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
         raise Phi4MMError(f"precision {precision.weights!r} is not int4 or fp32")
     encoder = encoder_precision_for(precision, encoder_precision)
     if target != "cpu" and encoder.weights == "int8":  # auto: MatMulNBits, which the NPU and DirectML run
-        encoder = replace(precision, int8_row_scales=False)
+        encoder = precision
     started = time.perf_counter()
     ckpt = Checkpoint(checkpoint_dir)
     text = ckpt.text

@@ -1,5 +1,5 @@
 """The blocks the decoder, vision and audio graphs share, as ONNX nodes: linear layers at the
-export's precision (int4 MatMulNBits, int8 DynamicQuantizeMatMul or fp32 MatMul), the LoRA
+export's precision (int4 MatMulNBits, int8 rows x int8 columns, or fp32 MatMul), the LoRA
 branch, layer norm, RMS norm, bidirectional multi-head attention (plain ops, or ONNX Runtime's
 fused kernel) and the activations.
 
@@ -25,16 +25,15 @@ MASKED_SCORE = np.float32(np.finfo(np.float32).min)  # added to a hidden key's s
 class Precision:
     """How base weights are stored. accuracy_level 4 lets the CPU kernel quantize activations
     to int8 per block (its fastest path); 0 keeps fp32 activations. "int8" is the precision of the
-    prefill graph and of the encoders: 7-bit per-output-channel weights for DynamicQuantizeMatMul
-    (quant/int8.py), which quantizes activations per tensor; with `int8_row_scales` each
-    activation row is scaled to [-1, 1] around the kernel first (the encoders', see
-    row_scaled_int8_matmul)."""
+    prefill graph and of the encoders: 7-bit per-output-channel weights (quant/int8.py) and
+    activations rounded per row on a fixed grid (row_scaled_int8_matmul); `int8_row_scales=False`
+    is ONNX Runtime's DynamicQuantizeMatMul, one grid per tensor, kept for comparisons only."""
 
     weights: str = "int4"  # "int4", "fp32", or "int8" (the prefill graph and the encoders)
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 4
-    int8_row_scales: bool = False
+    int8_row_scales: bool = True
     int8_weight_bits: int = 7  # 8 only for CPUs whose int8 dot products do not saturate (quant/int8.py)
     # The int4 kernel adds a linear's bias itself; the QNN HTP's MatMulNBits takes no bias input
     # (ONNX Runtime 1.32's QNN plugin 2.7.0 rejects the node with one), so its graphs Add it after.
@@ -111,15 +110,25 @@ def linear(builder: Builder, x: str, weights: Weights) -> str:
 
 
 def row_scaled_int8_matmul(graph: Graph, x: str, weight_names: list[str], bias: str | None, name: str) -> str:
-    """DynamicQuantizeMatMul (x / peak) times peak (+ bias), peak = each row's max |x|: per-row
-    (per-token) activation scales around a kernel that rounds a whole tensor on one uint8 grid.
-    One large token (a vision transformer's "massive activation") would otherwise coarsen every
-    row's grid: with one element at 300 in a [512, 1152] input of unit scale, the other rows'
-    error is 34% per tensor and 0.8% per row (tests/test_vision.py). Costs ~11% of a linear's
-    time (benchmarks/RESULTS.md, "Encoder latency"). Rows that are all zero stay zero."""
+    """x W^T (+ bias) with each activation row rounded to uint8 on its own grid: the row is
+    divided by its peak (max |x|) and rounded at steps of 1/127 around zero point 128, the integer
+    GEMM (MatMulIntegerToFloat: MLAS's uint8 x int8 kernel, the one DynamicQuantizeMatMul runs)
+    scales its int32 sums by 1/127 and the weight's column scales, and the row's peak multiplies
+    the result back.
+
+    Why not DynamicQuantizeMatMul, which rounds the whole input on one grid: one large token (a
+    transformer's "massive activation", in vision towers and in LLMs' MLPs alike) would coarsen
+    every row's grid: with one element at 300 in a [512, 1152] input of unit scale, the other rows'
+    error is 34% per tensor and 0.8% per row (tests/test_vision.py); and a row's result would
+    depend on which other rows share its run, so a prompt run in two pieces would not equal the
+    prompt run whole. On a fixed grid each row's result depends on that row alone, bit for bit
+    (tests/test_parity.py). Rows that are all zero stay zero."""
     peak = graph.op("Max", [graph.op("ReduceMax", [graph.op("Abs", [x]), graph.ints([-1])], keepdims=1),
                             graph.constant("tiny", np.float32(np.finfo(np.float32).tiny))])
-    y = graph.op("DynamicQuantizeMatMul", [graph.op("Div", [x, peak]), *weight_names], domain=MS_DOMAIN, name=name)
+    step = graph.constant("int8_row_step", np.float32(1 / int8.ROW_LIMIT))
+    zero = graph.constant("int8_row_zero", np.uint8(int8.ROW_ZERO_POINT))
+    rounded = graph.op("QuantizeLinear", [graph.op("Div", [x, peak]), step, zero])
+    y = graph.op("MatMulIntegerToFloat", [rounded, weight_names[0], step, weight_names[1], zero], domain=MS_DOMAIN, name=name)
     y = graph.mul(y, peak)
     return graph.add(y, bias) if bias else y
 

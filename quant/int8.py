@@ -1,7 +1,8 @@
 """Int8 per-output-channel weights for the prefill graph's integer GEMM.
 
-ONNX Runtime's DynamicQuantizeMatMul multiplies uint8 activations (quantized per call) by an
-int8 weight with one scale per output column, through MLAS's packed integer GEMM: on a 2-core
+The prefill graph and the encoders multiply uint8 activations (rounded per row:
+export/graph_blocks.row_scaled_int8_matmul) by an int8 weight with one scale per output column,
+through MLAS's packed integer GEMM (ONNX Runtime's MatMulIntegerToFloat): on a 2-core
 AVX2 machine it runs prompt-sized products at ~2x the throughput of MatMulNBits (benchmarks/
 RESULTS.md).
 
@@ -25,6 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 LIMIT = 63  # 7 bits: see the module docstring (AVX2 vpmaddubsw saturation)
+# Activations (export/graph_blocks.row_scaled_int8_matmul): each row divided by its peak |x|, on
+# uint8 steps of 1/127 around 128, i.e. 1..255 (a full uint8 range, as the saturation bound assumes).
+ROW_LIMIT = 127
+ROW_ZERO_POINT = 128
 WEIGHT_BITS = (7, 8)
 
 

@@ -1,7 +1,7 @@
 """What the CPU offers, read at load time: physical cores (the default thread count) and whether
 the int8 prefill path has a fast integer GEMM here.
 
-The int8 prefill graph runs DynamicQuantizeMatMul, i.e. MLAS's uint8 x int8 GEMM. MLAS has wide
+The int8 prefill graph runs MatMulIntegerToFloat, i.e. MLAS's uint8 x int8 GEMM. MLAS has wide
 kernels for it on x86 with AVX2 (and AVX-VNNI, AVX-512 VNNI, AMX above it) and on ARM64 with the
 dot-product instructions; measured here (AVX2, no VNNI) at ~2x MatMulNBits' prompt throughput.
 Elsewhere (SSE-only x86, ARM64 without dotprod) its advantage is unmeasured, so the portable int4

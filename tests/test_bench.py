@@ -17,7 +17,7 @@ def test_bench_quick_reports_every_figure(tmp_path):
     assert set(results["ttft_s"]) == {"128", "512", "1024"}
     assert set(results["prefill_tokens_per_s"]) == {results["prefill_precision"]}  # the demo artifact: int4 only
     kernels = results["gemm_ceiling"]["kernels"]
-    assert set(kernels) == {"int4 MatMulNBits", "fp32 MatMul", "int8 DynamicQuantizeMatMul"}
+    assert set(kernels) == {"int4 MatMulNBits", "fp32 MatMul", "int8 DynamicQuantizeMatMul", "int8 row-scaled (prefill graph)"}
     assert all(k["layer_gflops"] > 0 for k in kernels.values())
     assert set(results["decode_tokens_per_s"]) == {"none", "vision", "speech"}
     assert set(results["vision_encoder_s"]) == {"1_tiles", "4_tiles"} and set(results["audio_encoder_s"]) == {"10s", "30s"}

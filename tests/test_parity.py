@@ -152,7 +152,7 @@ def test_int4_as_shipped_stays_close_to_the_dequantized_reference(artifacts, int
 
 
 # The int8 prefill graph (7-bit per-channel weights from the checkpoint, uint8 activations per
-# tensor) approximates the float model, not the int4 one. Its prompt logits must be at least as
+# row) approximates the float model, not the int4 one. Its prompt logits must be at least as
 # faithful to the float reference as the int4 path's, and its decode steps (int4 weights over the
 # int8-made cache) no further from it than the int4 path's own decode steps, with 20% slack for the
 # different roundings: a wrong scale, transpose or layer would be off by order 100%, far beyond.
@@ -170,3 +170,20 @@ def test_int8_prefill_is_as_faithful_to_the_float_reference_as_int4(artifacts, r
                         np.median([relative_l2(d, r) for d, r in zip(decode, ref_decode)]))
     assert errors["int8"][0] <= errors["int4"][0], errors
     assert errors["int8"][1] <= 1.2 * errors["int4"][1], errors
+
+
+# The int8 prompt graph rounds each activation row on its own fixed grid (export/graph_blocks.
+# row_scaled_int8_matmul), so a position's result depends on its own row and the cache only: a
+# 200-token prompt run as two runs of 100 (both through the int8 graph, each >= INT8_MIN_POSITIONS)
+# gives the same logits bit for bit as one run of 200. With the grid taken per run (ONNX Runtime's
+# DynamicQuantizeMatMul) the two differ in every logit.
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_int8_prompt_logits_do_not_depend_on_how_the_prompt_is_split_into_runs(artifacts, adapter):
+    ids = prompt_ids(200)
+    logits = {}
+    for chunk in (None, 100):
+        model = Phi4MMEdge.load(artifacts["int4"], prefill="int8", prefill_chunk=chunk)
+        model.decoder.activate(adapter)
+        logits[chunk] = model.decoder.prefill(model.decoder.embed(ids), 0)[0]
+    np.testing.assert_array_equal(logits[100], logits[None])
+

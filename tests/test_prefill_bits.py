@@ -41,7 +41,7 @@ def test_the_graph_stores_8_bit_weights_and_the_manifest_says_so(eight_bit, arti
 
 
 def test_8_bit_weights_halve_the_weight_rounding_where_products_are_exact():
-    """DynamicQuantizeMatMul's arithmetic with 32-bit accumulation (what VNNI / AMX / dotprod
+    """The int8 linear's arithmetic with 32-bit accumulation (what VNNI / AMX / dotprod
     compute; simulated exactly, and equal to ONNX Runtime's at 7 bits: benchmarks/
     int8_weight_bits.py): 8-bit weights halve the weights' rounding step while the activations'
     stays, so the product's error must fall clearly (measured 0.67x at full width); 0.8x allows
@@ -56,8 +56,8 @@ def test_8_bit_weights_halve_the_weight_rounding_where_products_are_exact():
 
 # The model-level contract the 7-bit graph has (test_parity.py): prompts through the int8 graph are
 # at least as faithful to the float reference as the int4 path. On the tiny random model the int8
-# path's error is dominated by the per-tensor activation rounding and the int4 lm_head table, so
-# 8 bits show no gain there (measured 32.9% vs 32.6% at 7 bits, within the run-to-run spread);
+# path's error is dominated by the activation rounding and the int4 lm_head table, so 8 bits show
+# no gain there (measured 32.9% vs 32.6% at 7 bits with per-tensor activations, within the spread);
 # the gain is the layer-level one above. A VNNI CPU is faked so the graph runs on any machine (on
 # AVX2 its products may saturate slightly, which only makes this harder).
 def test_8_bit_prompts_keep_the_int8_paths_contract(eight_bit, artifacts, reference, monkeypatch):

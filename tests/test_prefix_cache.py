@@ -196,10 +196,11 @@ def first_logits(model, messages, images, reuse: bool):
     return model.decoder.prefill(embeds[:, reused:], start=reused, keep=1, keys=keys[reused:])[0, -1], reused
 
 
-# The int8 prompt graph quantizes its activations per run (one scale for all the rows it is
-# given), so its results depend on how a prompt is split into runs: a follow-up cannot equal a
-# fresh prefill bit for bit there, and a fresh int8 prefill is not the int4 one either. What
-# holds: the reused cache mixes int8-made and int4-made positions, so the follow-up's logits are
+# On the int8 prompt path a position's keys and values depend on which graph computed it: a fresh
+# prefill runs the whole conversation through the int8 graph, a follow-up reuses the answer's
+# positions (made by the int4 decode graph) and runs its short new part through the int4 graph
+# (under INT8_MIN_POSITIONS), so it cannot equal a fresh prefill bit for bit there. What holds:
+# the reused cache mixes int8-made and int4-made positions, so the follow-up's logits are
 # no further from the fresh int8 prefill's than the int4 path is (20% slack for the mix; a wrong
 # position or stale cache entry is off by ~100%, far beyond).
 def test_on_the_int8_prompt_path_a_follow_up_stays_within_that_paths_own_error(artifacts, photo):

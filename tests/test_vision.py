@@ -264,14 +264,14 @@ def test_int4_exports_store_int8_encoders_by_default(artifacts, encoder_artifact
     def op_types(folder):
         return {node.op_type for node in onnx.load(str(folder / "vision.onnx"), load_external_data=False).graph.node}
 
-    assert {"DynamicQuantizeMatMul", "MultiHeadAttention"} <= op_types(artifacts["int4"])
+    assert {"MatMulIntegerToFloat", "MultiHeadAttention"} <= op_types(artifacts["int4"])
     assert "MatMulNBits" not in op_types(artifacts["int4"])
-    assert "MatMulNBits" in op_types(encoder_artifacts["int4"]) and "DynamicQuantizeMatMul" not in op_types(encoder_artifacts["int4"])
+    assert "MatMulNBits" in op_types(encoder_artifacts["int4"]) and "MatMulIntegerToFloat" not in op_types(encoder_artifacts["int4"])
     assert {"MatMul", "MultiHeadAttention"} <= op_types(artifacts["fp32-native"])  # fp32 exports keep fp32 encoders
 
 
 # int8 encoders against the reference holding the same int8 weights: what is left is the rounding
-# of activations to uint8, per row (step = the row's range / 255): ~1% of a matmul's output
+# of activations to uint8, per row (step = the row's peak |x| / 127): ~1% of a matmul's output
 # (test_int8_linear_rounds_activations_per_row); 2 encoder layers x 6 matmuls + 2 projection
 # matmuls would give ~3.7% if every error reached the output in quadrature. Measured 1.0%; a
 # layout or scale bug gives ~100%.
@@ -287,7 +287,7 @@ def test_int8_image_features_stay_close(vision_models, int8_encoder_reference, p
 
 def test_int8_image_features_are_closer_to_float_than_int4(vision_models, encoder_artifacts, reference, processor):
     # Why int8 is the default: 7-bit per-channel weights are ~5x closer to the checkpoint than int4
-    # blocks, and per-tensor activation rounding gives back only a little of that.
+    # blocks, and per-row activation rounding gives back only a little of that.
     image = load_image(IMAGES["1920x1080"]())
     expected = reference_features(reference, processor, [image])
     int8_error = relative_l2(vision_models["int4"].vision.features(vision_models["int4"].vision.prepare(image)), expected)
@@ -325,8 +325,9 @@ def int8_linear_session(weight: np.ndarray, row_scales: bool, folder: Path):
 def test_int8_linear_rounds_activations_per_row(tmp_path):
     # DynamicQuantizeMatMul rounds its whole input on one uint8 grid; one token 300x larger than
     # the rest (a vision transformer's "massive activation") makes that grid too coarse for every
-    # other row. Scaling each row to [-1, 1] around the kernel keeps their error at the ~1% of a
-    # uint8 grid over an ordinary row (step = range / 255, rms step / sqrt(12)).
+    # other row. Rounding each row on its own grid (step = its peak |x| / 127) keeps their error at
+    # the ~1% of a uint8 grid over an ordinary row (rms step / sqrt(12)), and makes each row's
+    # result its own: rows run alone give the same bits as in the whole batch.
     from phi4mm_edge.quant import int8
 
     rng = np.random.default_rng(0)
@@ -335,7 +336,10 @@ def test_int8_linear_rounds_activations_per_row(tmp_path):
     x[5, 3] = 300.0
     expected = x @ int8.quantize_columns(weight).dequantize().T
     ordinary = np.arange(len(x)) != 5
-    per_row = int8_linear_session(weight, True, tmp_path).run(None, {"x": x})[0]
+    row_scaled = int8_linear_session(weight, True, tmp_path)
+    per_row = row_scaled.run(None, {"x": x})[0]
+    for rows in (slice(0, 1), slice(5, 6), slice(100, 137)):
+        np.testing.assert_array_equal(row_scaled.run(None, {"x": x[rows]})[0], per_row[rows])
     per_tensor = int8_linear_session(weight, False, tmp_path).run(None, {"x": x})[0]
     assert relative_l2(per_row[ordinary], expected[ordinary]) <= 0.015  # measured 0.8% (1.1% per tensor without the outlier)
     assert relative_l2(per_tensor[ordinary], expected[ordinary]) >= 0.1  # measured 34%: what per-row scales avoid
