@@ -53,6 +53,13 @@ class Decoder:
                  prefill_chunk: int | None = None, device: str = "cpu"):
         if prefill_chunk is not None and prefill_chunk < 1:
             raise Phi4MMError(f"prefill chunk {prefill_chunk}: give at least 1 token (or none for whole prompts)")
+        # DirectML's GroupQueryAttention treats the past as empty when given more than one new
+        # position (read in its 1.24.4 source; never run here): there prompts run whole from
+        # position 0, so no prefix of an earlier turn is reused and no prompt is chunked.
+        whole_prompts = device == "dml"
+        if whole_prompts and prefill_chunk is not None:
+            raise Phi4MMError("DirectML runs every prompt whole (its attention kernel takes no past with several new "
+                              "positions): load without --prefill-chunk")
         self.text, self.adapters, self.prefill_chunk = text, adapters, prefill_chunk
         self.embedding, self.decoder, self.prompt_int8 = embedding, decoder, prompt_int8
         # The graphs' element types: fp32, or fp16 activations and KV cache (a DirectML artifact).
@@ -81,7 +88,7 @@ class Decoder:
         self._int8_binding = prompt_int8.io_binding() if prompt_int8 is not None else None
         if self._int8_binding is not None:
             self.cache.bind(self._int8_binding)
-        self.reuse_prefix = True  # False on DirectML (model.py)
+        self.reuse_prefix = not whole_prompts
         self.active_adapter = None
         self.activate(adapters.none)
 

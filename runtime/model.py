@@ -123,11 +123,6 @@ class Phi4MMEdge:
             decoder = Decoder(manifest.model, embedding=sessions["embedding"], decoder=sessions["decoder"], adapters=adapters,
                               context_length=context_length, prompt_int8=sessions.get("prompt_int8"), prefill_chunk=prefill_chunk,
                               device=device)
-            if provider == "dml":
-                # DirectML's GroupQueryAttention treats the past as empty when given more than one
-                # new position (read in its 1.24.4 source; never run here): prompts run whole from
-                # position 0, so no prefix of an earlier turn is reused and no prompt is chunked.
-                decoder.reuse_prefix, decoder.prefill_chunk = False, None
         load_ms = (time.perf_counter() - started) * 1000
         model = cls(folder, manifest, decoder, tokenizer, load_ms, vision, audio, int(media_cache_mb * 2**20))
         model.provider, model.provider_note = provider, provider_note

@@ -392,7 +392,7 @@ def test_on_directml_the_cache_adapters_and_step_row_live_on_the_device(dml_arti
     monkeypatch.setattr(model_module, "open_session", on_cpu)
     monkeypatch.setattr(encoder_session, "open_session", on_cpu)
     gpu = Phi4MMEdge.load(dml_artifacts["fp32"], provider="dml", preload_encoders=False)
-    assert device.device_for(gpu.provider) == "dml" and not gpu.decoder.reuse_prefix
+    assert device.device_for(gpu.provider) == "dml" and not gpu.decoder.reuse_prefix and gpu.decoder.prefill_chunk is None
     text = gpu.manifest.model
     cache_shape = (1, text.num_kv_heads, gpu.decoder.cache.capacity, text.head_dim)
     lora_inputs = len(gpu.decoder.adapters.inputs)
@@ -412,6 +412,8 @@ def test_on_directml_the_cache_adapters_and_step_row_live_on_the_device(dml_arti
         theirs = forced_logits(host, host.prompt(text_, images, audios), adapter, tokens)
         assert all(np.array_equal(a, b) for a, b in zip(ours, theirs)), adapter
     assert len(fake.placed) == placed_at_load  # swaps and runs put nothing more on the device
+    with pytest.raises(Phi4MMError, match="DirectML runs every prompt whole.*without --prefill-chunk"):
+        Phi4MMEdge.load(dml_artifacts["fp32"], provider="dml", preload_encoders=False, prefill_chunk=64)
 
 
 def test_provider_dml_without_directml_is_a_clear_error(dml_artifacts, artifacts):
