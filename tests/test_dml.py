@@ -128,14 +128,20 @@ class DmlText:
         return logits, chosen
 
 
-def cpu_greedy(model: Phi4MMEdge, ids: list[int], adapter: str, steps: int) -> tuple[list[np.ndarray], list[int]]:
+def decoded_logits(model: Phi4MMEdge, embeds: np.ndarray, adapter: str, tokens: list[int] | None = None,
+                   steps: int = 0) -> list[np.ndarray]:
+    """The runtime's logits for the prompt's last position, then one per decode step: feeding
+    `tokens` in turn (teacher-forced), or without them each step's own argmax (greedy, `steps`)."""
     model.decoder.activate(adapter)
-    logits = [model.decoder.prefill(model.decoder.embed(np.array([ids])), keep=1)[0, -1].copy()]
-    chosen = [int(np.argmax(logits[-1]))]
-    for _ in range(steps):
-        logits.append(model.decoder.step(chosen[-1]).copy())
-        chosen.append(int(np.argmax(logits[-1])))
-    return logits, chosen
+    logits = [model.decoder.prefill(embeds, keep=1)[0, -1].copy()]
+    for i in range(steps if tokens is None else len(tokens)):
+        logits.append(model.decoder.step(int(np.argmax(logits[-1])) if tokens is None else tokens[i]).copy())
+    return logits
+
+
+def cpu_greedy(model: Phi4MMEdge, ids: list[int], adapter: str, steps: int) -> tuple[list[np.ndarray], list[int]]:
+    logits = decoded_logits(model, model.decoder.embed(np.array([ids])), adapter, steps=steps)
+    return logits, [int(np.argmax(row)) for row in logits]
 
 
 # -- DirectML's operator registrations ------------------------------------------------------------
@@ -321,11 +327,9 @@ def test_dml_export_refuses_to_finish_with_a_node_directml_lacks(checkpoints, tm
 
 # -- the runtime on a DirectML artifact --------------------------------------------------------
 def forced_logits(model: Phi4MMEdge, prompt, adapter: str, tokens: list[int]) -> list[np.ndarray]:
-    """The runtime's logits for a prompt's last position, then for each of `tokens` fed in turn."""
-    model.decoder.activate(adapter)
+    """decoded_logits for a prompt with media, teacher-forced on `tokens`."""
     embeds = model.decoder.embed(np.array([prompt.token_ids]), prompt.image_features, prompt.audio_features)
-    logits = [model.decoder.prefill(embeds, keep=1)[0, -1].copy()]
-    return logits + [model.decoder.step(t).copy() for t in tokens]
+    return decoded_logits(model, embeds, adapter, tokens)
 
 
 def test_the_runtime_runs_a_dml_artifact_on_the_cpu_as_the_cpu_artifact(dml_artifacts, cpu_models, tmp_path):
