@@ -3,7 +3,9 @@
 Inputs: pixel_values [crops, 3, crop, crop] (the global view first, then the tiles row-major),
 attention_mask [crops, patches, patches] (1 = a real patch), crop_grid [2] = (rows, columns).
 The graph runs the SigLIP encoder up to the feature layer, pools 2x2, lays the tiles out as
-one grid (the HD transform, "sub_glb" order with the learned separators) and projects.
+one grid (the HD transform, "sub_glb" order with the learned separators) and projects. When every
+crop equals the first (an image tiled 1x1: its one tile is its global view, pixel for pixel), the
+encoder runs on the first crop alone (distinct_crops).
 """
 
 from dataclasses import dataclass
@@ -113,6 +115,21 @@ def pool_2x2(vision: VisionBuilder, features: str) -> str:
     return graph.transpose(graph.op("AveragePool", [grid], kernel_shape=[2, 2], strides=[2, 2]), [0, 2, 3, 1])
 
 
+def distinct_crops(graph: Graph, pixels: str, mask: str) -> tuple[str, str, str]:
+    """(pixels, mask) to encode and the crop count [1]: only the first crop when every crop equals
+    it, pixels and mask (an image tiled 1x1, e.g. a 448x448 photo or any image at --max-crops 1,
+    has one tile identical to its global view), else all of them. Each crop's features depend on
+    that crop alone (attention stays within a crop; the int8 linears round each row on its own),
+    so the copies are what the encoder would have computed; it costs one comparison pass over the
+    pixels and halves the encoder's time for such images."""
+    zero = graph.constant("zero", np.float32(0))
+    equal_to_first = [graph.op("Equal", [graph.op("ReduceMax", [graph.op("Abs", [graph.sub(x, graph.slice(x, [0], [1], axes=[0]))])],
+                                                 keepdims=0), zero]) for x in (pixels, mask)]
+    crops = graph.slice(graph.op("Shape", [pixels]), [0], [1], axes=[0])
+    count = graph.op("Where", [graph.op("And", equal_to_first), graph.ints([1]), crops])
+    return graph.slice(pixels, [0], count, axes=[0]), graph.slice(mask, [0], count, axes=[0]), crops
+
+
 def tiles_of(graph: Graph, crops: str, rows: str, columns: str) -> str:
     """crops[1 : 1 + rows*columns]: the tiles, without the global view and any padding crops."""
     return graph.slice(crops, [FIRST_TILE], graph.add(graph.mul(rows, columns), graph.ints([FIRST_TILE])), axes=[0])
@@ -181,14 +198,16 @@ def build_vision_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precis
     mask = graph.input("attention_mask", TensorProto.FLOAT, ["crops", side, side])
     crop_grid = graph.input("crop_grid", TensorProto.INT64, [2])
 
-    positions = graph.gather(initializer(graph, encoder, "embeddings.position_embedding.weight"), position_ids(vision, mask), axis=0)
-    x = graph.add(patch_embeddings(vision, pixels, encoder.scope("embeddings.patch_embedding.")), positions)
-    key_padding = key_padding_of(vision, mask)
+    encoded_pixels, encoded_mask, crops = distinct_crops(graph, pixels, mask)
+    positions = graph.gather(initializer(graph, encoder, "embeddings.position_embedding.weight"), position_ids(vision, encoded_mask), axis=0)
+    x = graph.add(patch_embeddings(vision, encoded_pixels, encoder.scope("embeddings.patch_embedding.")), positions)
+    key_padding = key_padding_of(vision, encoded_mask)
     for layer in range(config.layers_used):
         x = encoder_layer(vision, x, key_padding, encoder.scope(f"encoder.layers.{layer}."))
         if progress:
             progress(f"vision layer {layer}")
-    tokens = hd_transform(vision, pool_2x2(vision, x), mask, crop_grid, weights)
+    pooled = graph.op("Expand", [pool_2x2(vision, x), graph.concat([crops, [1, 1, 1]])])  # one crop encoded: its copies
+    tokens = hd_transform(vision, pooled, mask, crop_grid, weights)
     graph.op("Identity", [projection(vision, tokens, weights)], outputs=["image_features"], name="image_features")
     graph.output("image_features", TensorProto.FLOAT, ["image_tokens", checkpoint.text.hidden_size])
     return config

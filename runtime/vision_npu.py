@@ -58,10 +58,16 @@ class NpuVisionEncoder(VisionEncoder):
     qnn.py); on "cpu" the same static graph on the CPU."""
 
     def features(self, image: ImageInput) -> np.ndarray:
-        """image_features [num_tokens, hidden] for one image: the crop graph once per crop."""
+        """image_features [num_tokens, hidden] for one image: the crop graph once per crop, except
+        for a crop equal to the first (an image tiled 1x1: its tile is its global view), which
+        takes the first crop's features, as vision.onnx does (export/vision_encoder.distinct_crops)."""
         session = self.session.open()
         crop_features, separators = [], None
         for crop in range(image.pixel_values.shape[0]):
+            if crop and np.array_equal(image.pixel_values[crop], image.pixel_values[0]) \
+                    and np.array_equal(image.attention_mask[crop], image.attention_mask[0]):
+                crop_features.append(crop_features[0])
+                continue
             features, separators = session.run(["crop_features", "separators"], {
                 "pixel_values": image.pixel_values[crop:crop + 1],
                 "attention_mask": image.attention_mask[crop:crop + 1],

@@ -108,8 +108,11 @@ def test_crop_graph_compiles_and_runs_on_the_htp_without_cpu_fallback(htp_run):
     print(f"HTP compile {compile_seconds:.2f} s, {image.pixel_values.shape[0]} crops {run_seconds:.2f} s")
 
 
-@pytest.mark.parametrize("size", [(900, 500), (300, 200)], ids=["3x2 tiles, padded", "one padded tile"])
-def test_crop_graph_and_numpy_arrangement_equal_vision_onnx(crop_graphs, artifacts, fp32_entry, size):
+# (size, padded, distinct crops): a padded single tile differs from its global view (the view
+# stretches the image, the tile pads it); a square image's one tile is its global view.
+@pytest.mark.parametrize("size, padded, distinct", [((900, 500), True, 7), ((300, 200), True, 2), ((448, 448), False, 1)],
+                         ids=["3x2 tiles, padded", "one padded tile", "one tile equal to the global view"])
+def test_crop_graph_and_numpy_arrangement_equal_vision_onnx(crop_graphs, artifacts, fp32_entry, size, padded, distinct):
     # The same fp32 math in another order (plain-op attention per crop vs the fused kernel over
     # all crops; the projection before the arrangement vs after): 1e-5 relative is ~100 float32
     # roundings; a misplaced row or separator would be O(1). Measured 0: ONNX Runtime's CPU
@@ -117,9 +120,18 @@ def test_crop_graph_and_numpy_arrangement_equal_vision_onnx(crop_graphs, artifac
     whole = VisionEncoder(artifacts["fp32-native"], replace(fp32_entry, graph="vision.onnx"), session_options(), "cpu")
     per_crop = NpuVisionEncoder(crop_graphs["fp32"], fp32_entry, session_options(), "cpu")
     image = whole.prepare(noise_image(*size, seed=size[0]))
-    assert image.attention_mask.min() == 0  # both images exercise the padding path
+    assert (image.attention_mask.min() == 0) == padded
     expected = whole.features(image)
+    session, runs = per_crop.session.open(), []
+
+    class Counted:  # the crop graph's runs: a 1x1 tiling's tile is its global view, encoded once
+        def run(self, *args):
+            runs.append(args)
+            return session.run(*args)
+
+    per_crop.session.open = Counted
     got = per_crop.features(image)
+    assert len(runs) == distinct
     assert got.shape == expected.shape
     assert relative_l2(got, expected) < 1e-5
 

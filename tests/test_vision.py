@@ -386,3 +386,46 @@ def test_run_with_image_and_camera_video(artifacts, tmp_path):
     assert result["prompt_tokens"] == len(ids) and features.shape[0] == ids.count(200010)
     missing = phi4mm_edge("run", artifacts["int4"], "--prompt", "hi", "--camera", "7", check=False)
     assert missing.returncode == 2 and "cannot open camera 7" in missing.stderr
+
+
+def conv_batch_sizes(folder: Path, feeds: dict, tmp_path: Path) -> list[int]:
+    """The batch of every Conv (the patch embedding) in one profiled run of the folder's vision.onnx."""
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling, options.profile_file_prefix = True, str(tmp_path / "vision_profile")
+    session = ort.InferenceSession(str(folder / "vision.onnx"), options, providers=["CPUExecutionProvider"])
+    session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    return [next(iter(e["args"]["input_type_shape"][0].values()))[0] for e in events
+            if e.get("cat") == "Node" and e["args"].get("op_name") == "Conv" and e["name"].endswith("_kernel_time")]
+
+
+@pytest.mark.parametrize("weights", ["int4", "fp32-native"])
+def test_an_image_tiled_1x1_is_encoded_once_and_equals_its_crops_encoded_apart(artifacts, weights, tmp_path):
+    # A 1x1 tiling's tile is its global view, pixel for pixel: vision.onnx encodes the first crop
+    # alone and copies it (distinct_crops). Its tokens must equal bit for bit those of the same
+    # crops encoded apart: the 448x448 photo's crop as global view and first tile of a 1x2 grid
+    # whose second tile is another image (three crops, nothing shared). Layout ("sub_glb"): the
+    # tile grid's rows, each followed by a separator, the global separator, then the global
+    # view's rows with theirs; `side` pooled tokens per crop row.
+    model = Phi4MMEdge.load(artifacts[weights])
+    photo = model.vision.prepare(load_image(IMAGES["448x448"]()))
+    other = model.vision.prepare(load_image(noise_image(448, 448, seed=11)))
+    assert photo.crop_grid == (1, 1) and np.array_equal(photo.pixel_values[0], photo.pixel_values[1])
+    once = model.vision.features(photo)
+    feeds = {"pixel_values": np.concatenate([photo.pixel_values, other.pixel_values[1:]]),
+             "attention_mask": np.concatenate([photo.attention_mask, other.attention_mask[1:]]),
+             "crop_grid": np.array([1, 2], np.int64)}
+    apart = model.vision.session.run(["image_features"], feeds)[0]
+    side = round((np.sqrt(2 * len(once) - 1) - 1) / 2)  # a 1x1 image has 2 side (side + 1) + 1 tokens
+    for row in range(side):
+        np.testing.assert_array_equal(apart[row * (2 * side + 1):][:side], once[row * (side + 1):][:side])
+    np.testing.assert_array_equal(apart[side * (2 * side + 1):], once[side * (side + 1):])  # separators, global view
+    # and the patch embedding ran on one crop for the photo, on three for the crops apart
+    photo_feeds = {"pixel_values": photo.pixel_values, "attention_mask": photo.attention_mask,
+                   "crop_grid": np.array(photo.crop_grid, np.int64)}
+    assert conv_batch_sizes(artifacts[weights], photo_feeds, tmp_path) == [1]
+    assert conv_batch_sizes(artifacts[weights], feeds, tmp_path) == [3]
