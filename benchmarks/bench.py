@@ -104,7 +104,10 @@ def run_bench(artifact: Path, repeats: int = 3, context: int = 1100, threads: in
         vision = {}
         crop = model.vision.geometry.crop_size
         for tiles, side in ((1, crop), (4, 2 * crop)):  # an image of exactly 1x1 and 2x2 crops
-            image = model.vision.prepare(Image.new("RGB", (side, side), (90, 140, 200)))
+            # Noise, not one colour: a uniform image's crops are all equal, and vision.onnx encodes
+            # equal crops once (the 1-tile image's tile and global view are equal anyway).
+            pixels = np.random.default_rng(tiles).integers(0, 256, (side, side, 3), dtype=np.uint8)
+            image = model.vision.prepare(Image.fromarray(pixels))
             vision[f"{tiles}_tiles"] = summary(timed(lambda: model.vision.features(image), repeats))
         results["vision_encoder_s"] = vision
     if model.audio is not None:
