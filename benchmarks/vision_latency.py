@@ -6,8 +6,8 @@
 `--full-size-layer` writes checkpoints whose vision encoder has the real width (1152, MLP 4304,
 16 heads) and runs one or three layers, builds vision.onnx for each variant (linears int4 /
 int8 / fp32; attention from plain ops or ONNX Runtime's fused kernel; encoder_variants.py) and
-times them all in one process, interleaved: each round runs every graph once on one 448x448
-image (the global view and one tile). Half the difference between three layers and one isolates
+times them all in one process, interleaved: each round runs every graph once on one 896x448
+image (the global view and two tiles: three distinct crops). Half the difference between three layers and one isolates
 a layer from the patch embedding, pooling and projection ("the rest"); the full encoder (26
 layers, features come from layer -2) is estimated as the rest + 26 layers. The projection there
 maps to the tiny text width, so the full-size projection is not counted. Figures are medians over
@@ -38,10 +38,14 @@ FEW, MORE = 1, 3  # layers run by the two graphs of each variant
 GEOMETRY = VisionEntry(graph="vision.onnx", crop_size=448, patch_size=14, max_crops=36, mean=0.5, std=0.5, encoder={})
 
 
+# Images timed per crop are tiled 1x2 (a global view and two tiles, three distinct crops): an image
+# of one crop's size has a tile equal to its global view, which vision.onnx encodes once, so its
+# time over its two crops would halve the per-crop figure.
 def per_crop_ms(model: Phi4MMEdge, repeats: int = 5) -> float:
-    """Median milliseconds per crop for an image of one crop's size (the global view plus one tile)."""
+    """Median milliseconds per crop for a noise image of 2x1 crops' size (three distinct crops)."""
     crop = model.vision.geometry.crop_size
-    image = model.vision.prepare(Image.new("RGB", (crop, crop), (120, 30, 200)))
+    pixels = np.random.default_rng(0).integers(0, 256, (crop, 2 * crop, 3), dtype=np.uint8)
+    image = model.vision.prepare(Image.fromarray(pixels))
     return median_seconds(lambda: model.vision.features(image), repeats) * 1000 / image.pixel_values.shape[0]
 
 
@@ -83,7 +87,7 @@ def crop_inputs(width: int, height: int) -> dict:
 
 
 def full_size_layer(folder: Path, rounds: int, with_profile: bool, threads: int | None = None, baseline: Path | None = None) -> list[str]:
-    feeds = crop_inputs(GEOMETRY.crop_size, GEOMETRY.crop_size)
+    feeds = crop_inputs(2 * GEOMETRY.crop_size, GEOMETRY.crop_size)  # three distinct crops (see per_crop_ms)
     crops = feeds["pixel_values"].shape[0]
     variants, graphs, ms, features, estimates = measure_variants(
         lambda layers: export_variants(folder, layers), baseline, "vision{}.onnx", feeds, rounds, threads,
