@@ -61,23 +61,31 @@ def kernels(k: int, n: int, block_size: int, accuracy_level: int, threads: int |
 
 def int8_row_scaled_session(columns: int8.Int8Columns, threads: int | None = None):
     """The int8 prefill graph's linear, built by export's own block, over `x` [rows, K] -> `y`."""
+    from ..export.graph_blocks import row_scaled_int8_matmul
+
+    def build(graph, x):
+        weights = [graph.weight("proj.int8", columns.weight_t), graph.weight("proj.int8_scales", columns.scales)]
+        return row_scaled_int8_matmul(graph, x, weights, None, "proj")
+
+    return built_session(build, *columns.weight_t.shape, threads)
+
+
+def built_session(build, k: int, n: int, threads: int | None = None):
+    """A session over a graph made by export's Graph: `build(graph, x)` returns `y` for the input
+    `x` [rows, k]; `y` is [rows, n]. Its weights go through a temporary folder, as export writes them."""
     import tempfile
     from pathlib import Path
 
     import onnxruntime as ort
     from onnx import TensorProto
 
-    from ..export.graph_blocks import row_scaled_int8_matmul
     from ..export.onnx_graph import ExternalData, Graph
     from ..runtime.providers import session_options
 
-    k, n = columns.weight_t.shape
     with tempfile.TemporaryDirectory() as folder:
         data = ExternalData(Path(folder) / "linear.data")
         graph = Graph("linear", data)
-        weights = [graph.weight("proj.int8", columns.weight_t), graph.weight("proj.int8_scales", columns.scales)]
-        y = row_scaled_int8_matmul(graph, graph.input("x", TensorProto.FLOAT, ["rows", k]), weights, None, "proj")
-        graph.op("Identity", [y], outputs=["y"])
+        graph.op("Identity", [build(graph, graph.input("x", TensorProto.FLOAT, ["rows", k]))], outputs=["y"])
         graph.output("y", TensorProto.FLOAT, ["rows", n])
         graph.save(Path(folder) / "linear.onnx")
         data.close()

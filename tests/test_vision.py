@@ -296,13 +296,10 @@ def test_int8_image_features_are_closer_to_float_than_int4(vision_models, encode
     assert int8_error <= 0.5 * int4_error  # measured 3.3% vs 20.7%
 
 
-def int8_linear_session(weight: np.ndarray, row_scales: bool, folder: Path):
-    """One int8 linear as export builds it, saved in `folder` and opened."""
-    import onnxruntime as ort
-    from onnx import TensorProto
-
+def int8_linear_session(weight: np.ndarray, row_scales: bool):
+    """One int8 linear as export builds it, opened."""
+    from phi4mm_edge.benchmarks.gemm_ceiling import built_session
     from phi4mm_edge.export.graph_blocks import Builder, Precision, linear
-    from phi4mm_edge.export.onnx_graph import ExternalData, Graph
 
     class OneWeight:  # what linear() reads of a checkpoint module
         def __getitem__(self, name):
@@ -311,18 +308,11 @@ def int8_linear_session(weight: np.ndarray, row_scales: bool, folder: Path):
         def graph_name(self, name=""):
             return "proj"
 
-    name = f"linear_{'rows' if row_scales else 'tensor'}"
-    data = ExternalData(folder / f"{name}.data")
-    graph = Graph(name, data)
-    x = graph.input("x", TensorProto.FLOAT, ["rows", weight.shape[1]])
-    graph.op("Identity", [linear(Builder(graph, Precision(weights="int8", int8_row_scales=row_scales)), x, OneWeight())], outputs=["y"])
-    graph.output("y", TensorProto.FLOAT, ["rows", weight.shape[0]])
-    graph.save(folder / f"{name}.onnx")
-    data.close()
-    return ort.InferenceSession(str(folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    precision = Precision(weights="int8", int8_row_scales=row_scales)
+    return built_session(lambda graph, x: linear(Builder(graph, precision), x, OneWeight()), weight.shape[1], weight.shape[0])
 
 
-def test_int8_linear_rounds_activations_per_row(tmp_path):
+def test_int8_linear_rounds_activations_per_row():
     # DynamicQuantizeMatMul rounds its whole input on one uint8 grid; one token 300x larger than
     # the rest (a vision transformer's "massive activation") makes that grid too coarse for every
     # other row. Rounding each row on its own grid (step = its peak |x| / 127) keeps their error at
@@ -336,11 +326,11 @@ def test_int8_linear_rounds_activations_per_row(tmp_path):
     x[5, 3] = 300.0
     expected = x @ int8.quantize_columns(weight).dequantize().T
     ordinary = np.arange(len(x)) != 5
-    row_scaled = int8_linear_session(weight, True, tmp_path)
+    row_scaled = int8_linear_session(weight, True)
     per_row = row_scaled.run(None, {"x": x})[0]
     for rows in (slice(0, 1), slice(5, 6), slice(100, 137)):
         np.testing.assert_array_equal(row_scaled.run(None, {"x": x[rows]})[0], per_row[rows])
-    per_tensor = int8_linear_session(weight, False, tmp_path).run(None, {"x": x})[0]
+    per_tensor = int8_linear_session(weight, False).run(None, {"x": x})[0]
     assert relative_l2(per_row[ordinary], expected[ordinary]) <= 0.015  # measured 0.8% (1.1% per tensor without the outlier)
     assert relative_l2(per_tensor[ordinary], expected[ordinary]) >= 0.1  # measured 34%: what per-row scales avoid
 
