@@ -1,7 +1,7 @@
 """7-bit or 8-bit weights for the int8 prompt graph: the error of its int8 linear (export/
 graph_blocks.row_scaled_int8_matmul) against the fp32 product, for one decoder layer's linear shapes.
 
-    python -m phi4mm_edge.benchmarks.int8_weight_bits [--rows 512] [--hidden 3072] [--intermediate 8192]
+    python -m phi4mm_edge.benchmarks.int8_weight_bits [--rows 512] [--hidden 3072] [--intermediate 8192] [--rounds 9]
 
 Two columns per weight width:
 - "exact int32": what a CPU whose integer dot products accumulate in 32 bits computes (AVX-VNNI,
@@ -12,11 +12,15 @@ Two columns per weight width:
   uint8 x int8 pairs in saturating int16 (vpmaddubsw), which 8-bit weights overflow.
 
 Activations are Gaussian, and Gaussian with 1% of the channels 20x larger (the outlier
-channels LLM activations are known for); weights are Gaussian. The speed is the same for both widths (the
-same bytes through the same kernel); only where they may run differs (runtime/cpu.py).
+channels LLM activations are known for); weights are Gaussian. The speed should be the same for both
+widths (the same bytes through the same kernel); only where they may run differs (runtime/cpu.py).
+`--rounds N` checks it: each shape's ONNX Runtime linear at 7 and at 8 bits, timed alternately N
+times after a warm-up, medians and the median of the per-round ratios.
 """
 
 import argparse
+import statistics
+import time
 
 import numpy as np
 
@@ -46,6 +50,19 @@ def onnx_runtime(x: np.ndarray, columns) -> np.ndarray:
     return int8_row_scaled_session(columns).run(None, {"x": x})[0]
 
 
+def interleaved_seconds(sessions: dict, x: np.ndarray, rounds: int) -> dict:
+    """{name: [seconds per round]}, every session run once per round, after one warm-up run each."""
+    for session in sessions.values():
+        session.run(None, {"x": x})
+    samples = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            started = time.perf_counter()
+            session.run(None, {"x": x})
+            samples[name].append(time.perf_counter() - started)
+    return samples
+
+
 def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
     return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
 
@@ -55,6 +72,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--hidden", type=int, default=3072)
     parser.add_argument("--intermediate", type=int, default=8192)
+    parser.add_argument("--rounds", type=int, default=0, help="also time 7 against 8 bits, interleaved, N rounds")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     features = cpu_features()
@@ -75,6 +93,14 @@ def main(argv=None) -> dict:
                        "onnxruntime_here": relative_error(onnx_runtime(x, columns), reference)}
                 results[f"{name}, {kind}, {bits} bits"] = row
                 print(f"{name:30} {kind:>20} {bits:>4} {100 * row['exact_int32']:11.3f}% {100 * row['onnxruntime_here']:17.3f}%")
+        if args.rounds:
+            x = activations(args.rows, k, rng, False)
+            samples = interleaved_seconds({bits: int8_row_scaled_session(quantize_columns(weight, bits)) for bits in (7, 8)},
+                                          x, args.rounds)
+            ratio = statistics.median(eight / seven for seven, eight in zip(samples[7], samples[8]))
+            results[f"{name}, seconds"] = {bits: statistics.median(times) for bits, times in samples.items()}
+            print(f"{name:30} ONNX Runtime here, {args.rows} rows: 7 bits {1000 * statistics.median(samples[7]):.2f} ms, "
+                  f"8 bits {1000 * statistics.median(samples[8]):.2f} ms, 8/7 {ratio:.3f} (median of {args.rounds} rounds)")
     return results
 
 

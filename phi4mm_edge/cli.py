@@ -24,6 +24,7 @@ def _make_reference(args):
 def _export(args):
     from .export.convert import NPU_CHUNK, export
     from .export.graph_blocks import Precision
+    from .runtime.cpu import int8_weight_bits_for
 
     if args.target != "npu":
         # Silently ignored shapes would leave a user believing the artifact has them.
@@ -32,9 +33,13 @@ def _export(args):
                 raise Phi4MMError(f"{option} sizes the NPU graphs: add --target npu, or leave {option} out")
     precision = Precision(weights=args.precision, block_size=args.block_size, symmetric=not args.asymmetric,
                           accuracy_level=args.accuracy_level)
+    # auto is decided here, for the CPU that exports (usually the one that runs the artifact); the
+    # export function itself stays independent of the machine (7 unless told).
+    bits = (int8_weight_bits_for() if args.prefill == "int8" else 7) if args.prefill_weight_bits == "auto" \
+        else int(args.prefill_weight_bits)
     manifest = export(args.checkpoint, args.out, precision, args.adapter_precision, show_progress=not args.quiet,
                       prefill=args.prefill, force=args.force, encoder_precision=args.encoder_precision,
-                      prefill_weight_bits=args.prefill_weight_bits, target=args.target,
+                      prefill_weight_bits=bits, target=args.target,
                       npu_chunk=NPU_CHUNK if args.npu_chunk is None else args.npu_chunk, npu_context=args.npu_context)
     sizes = sum(f.size for f in manifest.files.values())
     print(f"exported {args.checkpoint} -> {args.out} ({precision.weights}, {sizes / 1e6:.1f} MB, "
@@ -43,6 +48,9 @@ def _export(args):
         int8_mb = sum(f.size for n, f in manifest.files.items() if n.startswith(manifest.graphs.prefill_int8)) / 1e6
         print(f"with the int8 prefill graph {manifest.graphs.prefill_int8} ({int8_mb:.1f} MB of it): prompts of "
               f"64+ tokens run on it where the CPU has a fast int8 GEMM (--prefill auto)")
+        if bits == 8:
+            print("its weights are 8-bit (this CPU's int8 dot products do not saturate): on a CPU without VNNI, AMX or "
+                  "ARM dotprod prompts take the int4 path; export with --prefill-weight-bits 7 for such a CPU")
     if manifest.npu:
         print(f"for the NPU (QNN HTP): {manifest.npu.context} positions of KV cache, prompts in runs of "
               f"{manifest.npu.chunk}; `--provider auto` runs it there when onnxruntime-qnn is installed")
@@ -173,10 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill", choices=["int4", "int8"], default="int4",
                    help="int8: also write decoder_prefill.onnx (int8 copy of the decoder linears, ~2x the int4 "
                         "decoder's bytes on disk and in RAM) for ~2x faster prompts on AVX2/ARM-dotprod CPUs")
-    p.add_argument("--prefill-weight-bits", type=int, choices=[7, 8], default=7,
-                   help="the int8 prefill graph's weights: 7 (default) runs on every CPU; 8 is twice as fine but "
-                        "runs only where int8 dot products do not saturate (VNNI, AMX, ARM dotprod); elsewhere the "
-                        "runtime takes the int4 path")
+    p.add_argument("--prefill-weight-bits", choices=["auto", "7", "8"], default="auto",
+                   help="the int8 prefill graph's weights: 7 runs on every CPU; 8 is twice as fine, at the same "
+                        "speed, but runs only where int8 dot products do not saturate (VNNI, AMX, ARM dotprod; "
+                        "elsewhere the runtime takes the int4 path); auto (default): 8 if this CPU is such a CPU, "
+                        "else 7. Give 7 for an artifact whose int8 prompts run on any CPU")
     p.add_argument("--encoder-precision", choices=["auto", "int4", "int8", "fp32"], default="auto",
                    help="the vision and audio encoders' linears; auto: int8 with an int4 base (~1.5x faster images and "
                         "audio than int4, closer to the checkpoint, ~1.6x the int4 encoder bytes), fp32 with an fp32 base")

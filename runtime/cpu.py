@@ -56,6 +56,16 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+def int8_weight_bits_for(features: dict | None = None) -> int:
+    """The int8 prompt graph's weight width for this CPU (export's `--prefill-weight-bits auto`):
+    8 where its int8 dot products accumulate in 32 bits, 7 elsewhere. At 8 bits the weights'
+    rounding step halves for the same bytes and the same kernel (measured on an AMX/AVX-512 VNNI
+    Xeon: equal speed, a linear's error 1.9% -> 1.2%; benchmarks/RESULTS.md). Such a graph runs its
+    int8 prompts only on such CPUs (choose_prefill_precision)."""
+    features = cpu_features() if features is None else features
+    return 8 if any(features.get(name) for name in UNSATURATED_INT8_FEATURES) else 7
+
+
 def choose_prefill_precision(requested: str, has_int8_graph: bool, features: dict | None = None,
                              int8_weight_bits: int = 7) -> str:
     """How prompts run: "int8" (the int8 prompt graph, decoder_prefill.onnx) or "int4" (decoder.onnx,

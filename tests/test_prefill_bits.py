@@ -1,6 +1,6 @@
 """`export --prefill int8 --prefill-weight-bits 8`: the int8 prompt graph with 8-bit weights, run
-only where int8 dot products do not saturate (the choice itself: test_runtime.py's fake CPU
-feature tables)."""
+only where int8 dot products do not saturate (the load-time choice itself: test_runtime.py's fake
+CPU feature tables), and the export command's `auto` width, decided by the exporting CPU."""
 
 import json
 
@@ -9,9 +9,11 @@ import onnx
 import pytest
 
 from phi4mm_edge import Phi4MMError
-from phi4mm_edge.benchmarks.int8_weight_bits import exact_int32, relative_error
+from phi4mm_edge.benchmarks.int8_weight_bits import exact_int32, onnx_runtime, relative_error
 from phi4mm_edge.export.convert import export
+from phi4mm_edge.cli import main
 from phi4mm_edge.export.graph_blocks import Precision
+from phi4mm_edge.manifest import read_manifest
 from phi4mm_edge.quant.int8 import quantize_columns
 from phi4mm_edge.runtime import Phi4MMEdge, cpu
 from conftest import prompt_ids
@@ -54,6 +56,22 @@ def test_8_bit_weights_halve_the_weight_rounding_where_products_are_exact():
     assert error[8] <= 0.8 * error[7], error
 
 
+def test_onnx_runtime_computes_the_exact_products_wherever_the_cpu_table_says_it_does():
+    """runtime/cpu.py's claim, checked on the machine that runs the tests: 7-bit weights give the
+    exact 32-bit products on every CPU (no int16 pair sum can saturate), and 8-bit ones too where
+    the table lists an unsaturated int8 dot product (VNNI, AMX, dotprod). Large activations with
+    large weights of one sign are the case that saturates AVX2's vpmaddubsw at 8 bits. Bound: float32
+    rounding of the rescaling (~1e-7 relative) against a float64 simulation."""
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.standard_normal((32, 256))).astype(np.float32)
+    weight = np.abs(rng.standard_normal((64, 256))).astype(np.float32)
+    exact_widths = (7, 8) if cpu.int8_weight_bits_for() == 8 else (7,)
+    for bits in exact_widths:
+        columns = quantize_columns(weight, bits)
+        simulated = exact_int32(x, columns)
+        assert relative_error(onnx_runtime(x, columns), simulated) < 1e-5, bits
+
+
 # The model-level contract the 7-bit graph has (test_parity.py): prompts through the int8 graph are
 # at least as faithful to the float reference as the int4 path. On the tiny random model the int8
 # path's error is dominated by the activation rounding and the int4 lm_head table, so 8 bits show
@@ -77,3 +95,21 @@ def test_8_bits_are_refused_where_they_would_saturate(eight_bit, monkeypatch):
         Phi4MMEdge.load(eight_bit, prefill="int8")
     with pytest.raises(Phi4MMError, match="give 7 or 8, with --prefill int8"):
         export("unused", "unused", prefill="int4", prefill_weight_bits=8)
+
+
+def test_export_auto_takes_8_bits_only_on_a_cpu_whose_int8_products_do_not_saturate(checkpoints, tmp_path, monkeypatch):
+    """`--prefill-weight-bits auto` (the command's default) reads the exporting CPU, faked here."""
+    for features, bits in (({"AVX2": True}, 7), ({"AVX2": True, "AVX512F": True, "AVX512VNNI": True}, 8),
+                           ({"AVX2": True, "amx_int8": True}, 8)):
+        monkeypatch.setattr(cpu, "cpu_features", lambda features=features: dict(features))
+        out = tmp_path / f"{bits}-{len(features)}"
+        assert main(["export", str(checkpoints["native"]), str(out), "--prefill", "int8", "--quiet"]) in (None, 0)
+        assert read_manifest(out).graphs.prefill_int8_weight_bits == bits
+    # Without the int8 graph there is nothing to decide; an explicit width overrides the CPU.
+    out = tmp_path / "int4"
+    assert main(["export", str(checkpoints["native"]), str(out), "--quiet"]) in (None, 0)
+    assert read_manifest(out).graphs.prefill_int8 is None
+    out = tmp_path / "forced7"
+    assert main(["export", str(checkpoints["native"]), str(out), "--prefill", "int8", "--prefill-weight-bits", "7",
+                 "--quiet"]) in (None, 0)
+    assert read_manifest(out).graphs.prefill_int8_weight_bits == 7

@@ -228,7 +228,7 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
 
 # -- prefill path and threads --------------------------------------------------------------------
 def test_prefill_path_is_chosen_from_the_cpu_and_can_be_forced(artifacts):
-    from phi4mm_edge.runtime.cpu import choose_prefill_precision
+    from phi4mm_edge.runtime.cpu import choose_prefill_precision, int8_weight_bits_for
 
     # auto: int8 where MLAS has a wide integer GEMM (AVX2, ARM dotprod), else the portable int4 path
     assert choose_prefill_precision("auto", True, {"AVX2": True, "AVX512F": False}) == "int8"
@@ -249,6 +249,11 @@ def test_prefill_path_is_chosen_from_the_cpu_and_can_be_forced(artifacts):
     assert choose_prefill_precision("auto", True, {"AVX2": True, "amx_int8": True}, int8_weight_bits=8) == "int8"
     assert choose_prefill_precision("auto", True, {"ASIMD": True, "ASIMDDP": True}, int8_weight_bits=8) == "int8"
     assert choose_prefill_precision("auto", True, vnni, int8_weight_bits=7) == "int8"  # 7 bits run everywhere
+    # The width export's `auto` stores: 8 exactly where such a graph runs its int8 prompts.
+    for features in (avx2, vnni, {"AVX2": True, "avx_vnni": True}, {"AVX2": True, "amx_int8": True},
+                     {"ASIMD": True, "ASIMDDP": True}, {"SSE42": True}):
+        bits = int8_weight_bits_for(features)
+        assert bits == (8 if choose_prefill_precision("auto", True, features, int8_weight_bits=8) == "int8" else 7), features
     with pytest.raises(Phi4MMError, match="8-bit weights, which need a CPU with VNNI"):
         choose_prefill_precision("int8", True, avx2, int8_weight_bits=8)
     # Forced paths load the graphs they name; the int4-only artifact refuses int8.
