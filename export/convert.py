@@ -288,7 +288,8 @@ def export(checkpoint_dir, out_dir, precision: Precision = Precision(), adapter_
     in_graph = []
     if adapter_precision in IN_GRAPH:
         for index, name in enumerate(adapters, start=1):
-            in_graph.append(write_in_graph_adapter(out, ckpt.lora(name), index, precision, LORA_MODULES, IN_GRAPH[adapter_precision]))
+            in_graph.append(write_in_graph_adapter(out, ckpt.lora(name), index, precision, LORA_MODULES, IN_GRAPH[adapter_precision],
+                                                   prompt_bits=prefill_weight_bits if prefill == "int8" else None))
             step(f"{name} adapter")
 
     shapes = npu_shapes(ckpt, adapters, npu_chunk, npu_context) if target == "npu" else None

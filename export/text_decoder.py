@@ -24,7 +24,7 @@ from onnx import TensorProto
 from ..artifact import lora_input_name, past_key_name, past_value_name, present_key_name, present_value_name
 from .checkpoint import Checkpoint, TextConfig, Weights
 from .graph_adapters import InGraphAdapter
-from .graph_blocks import Builder, Precision, linear, lora_branch, matmul_nbits, rms_norm, swish
+from .graph_blocks import Builder, Precision, linear, lora_branch, matmul_nbits, rms_norm, row_scaled_int8_matmul, swish
 from .onnx_graph import MS_DOMAIN, Graph
 
 LORA_MODULES = {"self_attn.qkv_proj": "qkv_proj", "self_attn.o_proj": "o_proj",
@@ -114,11 +114,16 @@ def built_in_lora(decoder: DecoderBuilder, parent: Graph, x: str, layer: int, ta
     `adapters` when its condition holds, else the rest (the last one needs no test)."""
     adapter, name = adapters[0], f"layers.{layer}.{LORA_MODULES[target]}.lora.{adapters[0].name}"
     branch = parent.branch(name)
-    stored_a, stored_b = adapter.weights[(layer, target)]
     precision = decoder.precision  # the base's accuracy level: 4 measured fastest for these GEMVs too (RESULTS.md)
-    xa = matmul_nbits(branch, x, [copy_proto(p) for p in stored_a.protos], stored_a, precision, f"{name}.A")
-    out = branch.op("Identity", [matmul_nbits(branch, xa, [copy_proto(p) for p in stored_b.protos], stored_b,
-                                              precision, f"{name}.B")], outputs=[f"{name}.out"])
+    if precision.weights == "int8" and adapter.prompt_weights:  # the int8 prompt graph: its own GEMM (graph_adapters.py)
+        columns_a, columns_b = adapter.prompt_weights[(layer, target)]
+        xa = row_scaled_int8_matmul(branch, x, [branch.add_initializer(copy_proto(p)) for p in columns_a], None, f"{name}.A")
+        product = row_scaled_int8_matmul(branch, xa, [branch.add_initializer(copy_proto(p)) for p in columns_b], None, f"{name}.B")
+    else:
+        stored_a, stored_b = adapter.weights[(layer, target)]
+        xa = matmul_nbits(branch, x, [copy_proto(p) for p in stored_a.protos], stored_a, precision, f"{name}.A")
+        product = matmul_nbits(branch, xa, [copy_proto(p) for p in stored_b.protos], stored_b, precision, f"{name}.B")
+    out = branch.op("Identity", [product], outputs=[f"{name}.out"])
     this = parent.subgraph(branch, [out], keep_initializers=True)  # prepacked with the branch's kernels
     if len(adapters) == 1:
         return this
