@@ -20,12 +20,12 @@ times after a warm-up, medians and the median of the per-round ratios.
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 
 from ..quant.int8 import ROW_LIMIT, ROW_ZERO_POINT, quantize_columns
 from ..runtime.cpu import UNSATURATED_INT8_FEATURES, cpu_features
+from .encoder_variants import interleaved_seconds, median_ratio
 from .gemm_ceiling import int8_row_scaled_session
 
 
@@ -48,19 +48,6 @@ def exact_int32(x: np.ndarray, columns) -> np.ndarray:
 def onnx_runtime(x: np.ndarray, columns) -> np.ndarray:
     """The export's own int8 linear, run by ONNX Runtime on this machine."""
     return int8_row_scaled_session(columns).run(None, {"x": x})[0]
-
-
-def interleaved_seconds(sessions: dict, x: np.ndarray, rounds: int) -> dict:
-    """{name: [seconds per round]}, every session run once per round, after one warm-up run each."""
-    for session in sessions.values():
-        session.run(None, {"x": x})
-    samples = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            started = time.perf_counter()
-            session.run(None, {"x": x})
-            samples[name].append(time.perf_counter() - started)
-    return samples
 
 
 def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
@@ -96,8 +83,8 @@ def main(argv=None) -> dict:
         if args.rounds:
             x = activations(args.rows, k, rng, False)
             samples = interleaved_seconds({bits: int8_row_scaled_session(quantize_columns(weight, bits)) for bits in (7, 8)},
-                                          x, args.rounds)
-            ratio = statistics.median(eight / seven for seven, eight in zip(samples[7], samples[8]))
+                                          {"x": x}, args.rounds)
+            ratio = median_ratio(samples[8], samples[7])
             results[f"{name}, seconds"] = {bits: statistics.median(times) for bits, times in samples.items()}
             print(f"{name:30} ONNX Runtime here, {args.rows} rows: 7 bits {1000 * statistics.median(samples[7]):.2f} ms, "
                   f"8 bits {1000 * statistics.median(samples[8]):.2f} ms, 8/7 {ratio:.3f} (median of {args.rounds} rounds)")

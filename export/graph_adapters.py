@@ -69,10 +69,6 @@ def store(data: ExternalData, name: str, weight: np.ndarray, precision: Precisio
     return StoredWeight(int4_initializers(data, name, quantized), quantized.shape, quantized.block_size, bits)
 
 
-def prompt_data_file(adapter_name: str) -> str:
-    return f"{adapter_name}{LORA_PROMPT_DATA_SUFFIX}"
-
-
 def write_in_graph_adapter(out: Path, lora: LoraAdapter, index: int, precision: Precision, modules: dict,
                            bits: int = 4, prompt_bits: int | None = None) -> InGraphAdapter:
     """Quantize one adapter to `bits` (4 or 8) into `<name>.lora.data`, a pair at a time (a
@@ -81,7 +77,7 @@ def write_in_graph_adapter(out: Path, lora: LoraAdapter, index: int, precision: 
     copies into `<name>.lora_prompt.data`."""
     file_name = f"{lora.name}{LORA_DATA_SUFFIX}"
     data = ExternalData(out / file_name)
-    prompt_data = ExternalData(out / prompt_data_file(lora.name)) if prompt_bits else None
+    prompt_data = ExternalData(out / f"{lora.name}{LORA_PROMPT_DATA_SUFFIX}") if prompt_bits else None
     weights, prompt_weights = {}, {}
     for (layer, target), a, b in lora.pairs():
         if not (np.isfinite(a).all() and np.isfinite(b).all()):

@@ -79,7 +79,7 @@ def choose_prefill_precision(requested: str, has_int8_graph: bool, features: dic
         raise Phi4MMError(f"the manifest says the int8 prefill graph has {int8_weight_bits}-bit weights; this runtime "
                           f"knows 7 and 8: re-export the artifact")
     features = cpu_features() if features is None else features
-    exact_here = int8_weight_bits <= 7 or any(features.get(name) for name in UNSATURATED_INT8_FEATURES)
+    exact_here = int8_weight_bits <= int8_weight_bits_for(features)
     if requested == "int8" and not exact_here:
         raise Phi4MMError("this artifact's int8 prefill graph has 8-bit weights, which need a CPU with VNNI, AMX or ARM "
                           "dotprod (here its int8 products would saturate): use --prefill int4, or re-export with "

@@ -199,6 +199,7 @@ def test_int8_prompt_logits_do_not_depend_on_how_the_prompt_is_split_into_runs(a
 def test_the_int8_prompt_graph_runs_the_adapters_on_int8_copies_as_faithfully_as_int4(artifacts, reference):
     import onnx
 
+    from phi4mm_edge.export.onnx_graph import every_graph
     from phi4mm_edge.manifest import read_manifest
 
     folder = artifacts["int4"]
@@ -206,16 +207,8 @@ def test_the_int8_prompt_graph_runs_the_adapters_on_int8_copies_as_faithfully_as
     assert {"vision.lora_prompt.data", "speech.lora_prompt.data"} <= set(manifest.graph_data["decoder_prefill.onnx"])
     assert not any(name.endswith(".lora_prompt.data") for name in manifest.graph_data["decoder.onnx"])
     graph = onnx.load(folder / "decoder_prefill.onnx", load_external_data=False).graph
-    lora_kernels = set()
-
-    def visit(nodes):
-        for node in nodes:
-            if ".lora." in node.name and node.op_type in ("MatMulIntegerToFloat", "MatMulNBits"):
-                lora_kernels.add(node.op_type)
-            for attribute in node.attribute:
-                if attribute.type == onnx.AttributeProto.GRAPH:
-                    visit(attribute.g.node)
-    visit(graph.node)
+    lora_kernels = {node.op_type for subgraph in every_graph(graph) for node in subgraph.node
+                    if ".lora." in node.name and node.op_type in ("MatMulIntegerToFloat", "MatMulNBits")}
     assert lora_kernels == {"MatMulIntegerToFloat"}
     ids = prompt_ids(100)
     errors = {}
