@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from ..manifest import Manifest
 from ..errors import Phi4MMError
-from .adapters import AdapterSet, choose_adapter
+from .adapters import AUTO, AdapterSet, choose_adapter
 from .audio import MAX_SECONDS
 from .audio_encoder import AudioEncoder
 from .cpu import choose_prefill_precision
@@ -36,6 +36,7 @@ from .npu_decoder import NpuDecoder
 from .vision_npu import NpuVisionEncoder
 from .device import device_for
 from .providers import choose_provider, open_session, session_options as default_session_options
+from .options import GenerationOptions
 from .sampling import Sampling
 from .token_loop import generate_tokens
 from .tokenizer import ChatTokenizer
@@ -177,43 +178,45 @@ class Phi4MMEdge:
         """The token ids of a text-only prompt."""
         return self.prompt(messages).token_ids
 
-    def generate(self, messages, images=(), audios=(), max_new_tokens: int = 256, temperature: float = 0.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, adapter: str = "auto",
-                 max_crops: int | None = None) -> Generation:
+    def generate(self, messages, images=(), audios=(), options: GenerationOptions | None = None, **changes) -> Generation:
         """Stream an answer. `messages` is a string or a list of {role, content}. `images` are paths,
         bytes, PIL images or HxWx3 BGR arrays (<|image_1|> ...); `audios` are paths, bytes or
-        (array, sample_rate) pairs (<|audio_1|> ...). `adapter` is 'auto' (by the media), 'none'
-        or an adapter of the artifact. `max_crops` caps an image's HD tiling below the model's
-        limit (fewer crops: faster, fewer prompt tokens, less detail; see the README).
+        (array, sample_rate) pairs (<|audio_1|> ...). `options` (GenerationOptions: max_new_tokens,
+        temperature, top_p, top_k, seed, adapter, max_crops), changed by any of those fields given
+        as keywords: `generate("Hi", max_new_tokens=32)`. `adapter` is 'auto' (by the media),
+        'none' or an adapter of the artifact. `max_crops` caps an image's HD tiling below the
+        model's limit (fewer crops: faster, fewer prompt tokens, less detail; see the README).
 
         A request that starts like the previous one (a chat's history) with the same adapter
         prefills only what is new (`result.cached_prompt_tokens` says how much was reused), and
         images and clips seen before are not encoded again."""
         started = time.perf_counter()
-        sampling = Sampling(temperature, top_p, top_k, seed)
-        if adapter != "auto":
-            self.adapters.check(adapter)
-        prompt = self.prompt(messages, images, audios, max_crops)
-        adapter = choose_adapter(adapter, has_image=prompt.image_features is not None,
+        options = (options or GenerationOptions()).but(**changes)
+        if options.adapter != AUTO:
+            self.adapters.check(options.adapter)
+        prompt = self.prompt(messages, images, audios, options.max_crops)
+        adapter = choose_adapter(options.adapter, has_image=prompt.image_features is not None,
                                  has_audio=prompt.audio_features is not None)
-        return self._generate(prompt, max_new_tokens, sampling, adapter, started)
+        return self._generate(prompt, options.max_new_tokens, options.sampling, adapter, started)
 
-    def generate_from_ids(self, ids: list[int], max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                          top_k: int = 0, seed: int | None = None, adapter: str = AdapterSet.none, image_features=None,
-                          audio_features=None) -> Generation:
-        """Stream an answer to an already tokenized prompt, with an explicit adapter."""
+    def generate_from_ids(self, ids: list[int], options: GenerationOptions | None = None, image_features=None,
+                          audio_features=None, **changes) -> Generation:
+        """Stream an answer to an already tokenized prompt (its placeholder rows filled from the
+        feature arrays given). `options` as in generate; the adapter is 'none' unless named
+        ('auto' decides by the feature arrays given)."""
+        started = time.perf_counter()
+        options = (options or GenerationOptions(adapter=AdapterSet.none)).but(**changes)
         try:
             ids = [int(i) for i in ids]
         except (TypeError, ValueError):
             raise Phi4MMError("ids must be a list of token ids (whole numbers)") from None
         prompt = Prompt(ids, image_features, audio_features)
-        return self._generate(prompt, max_new_tokens, Sampling(temperature, top_p, top_k, seed), adapter, time.perf_counter())
+        adapter = choose_adapter(options.adapter, has_image=image_features is not None, has_audio=audio_features is not None)
+        return self._generate(prompt, options.max_new_tokens, options.sampling, adapter, started)
 
     def _generate(self, prompt: Prompt, max_new_tokens: int, sampling: Sampling, adapter: str, started: float) -> Generation:
         self.adapters.check(adapter)
         ids, capacity = prompt.token_ids, self.decoder.cache.capacity
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise Phi4MMError(f"max_new_tokens {max_new_tokens!r}: give a whole number of at least 1")
         if not ids:
             raise Phi4MMError("the prompt is empty")
         if any(not 0 <= i < self.text.vocab_size for i in ids):
