@@ -49,7 +49,7 @@ def export_variants(folder: Path, blocks: int) -> dict:
     """A full-width checkpoint whose audio encoder has `blocks` conformer blocks, then audio.onnx per variant."""
     from ..export.audio_encoder import build_audio_encoder
     from ..export.checkpoint import Checkpoint
-    from ..export.convert import write_graph
+    from ..export.graph_files import write_graph
     from ..export.reference_checkpoint import write_reference
 
     config = tiny_config()

@@ -26,6 +26,7 @@ def measure_at_both_precisions(folder, config: dict, measure) -> dict:
     from pathlib import Path
 
     from ..export.convert import export
+    from ..export.options import ExportOptions
     from ..export.graph_blocks import Precision
     from ..export.reference_checkpoint import write_reference
     from ..runtime import Phi4MMEdge
@@ -34,6 +35,6 @@ def measure_at_both_precisions(folder, config: dict, measure) -> dict:
     checkpoint = write_reference(folder / "checkpoint", config=config)
     results = {}
     for precision in ("fp32", "int4"):
-        export(checkpoint, folder / precision, Precision(weights=precision), show_progress=False)
+        export(checkpoint, folder / precision, ExportOptions(Precision(weights=precision)), show_progress=False)
         results[precision] = measure(Phi4MMEdge.load(folder / precision))
     return results

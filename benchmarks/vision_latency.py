@@ -61,7 +61,7 @@ def frame_table(geometry: VisionEntry) -> list[str]:
 def export_variants(folder: Path, layers: int) -> dict:
     """A full-width checkpoint whose vision encoder runs `layers` layers, then vision.onnx per variant."""
     from ..export.checkpoint import Checkpoint
-    from ..export.convert import write_graph
+    from ..export.graph_files import write_graph
     from ..export.reference_checkpoint import write_reference
     from ..export.vision_encoder import build_vision_encoder
 

@@ -10,7 +10,7 @@ as the reference does.
 
 import math
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 from onnx import TensorProto
@@ -28,17 +28,23 @@ STRIDE = 2  # each subsampling stage halves time and frequency
 
 
 @dataclass(frozen=True)
+class AudioKernels:
+    """How the graph picks its projection and shapes its relative bias for the attention kernel:
+    `choose_projection(audio, x, vision_mode, weights)` -> audio_features, and
+    `bias_for_chunks(graph, bias, chunks)` -> the bias attention reads. The portable choice is
+    below; DirectML's is directml.py's `DIRECTML_AUDIO`."""
+
+    choose_projection: Callable[["AudioBuilder", str, str, Weights], str]
+    bias_for_chunks: Callable[[Graph, str, str], str]
+
+
+@dataclass(frozen=True)
 class AudioBuilder(Builder):
     """The audio graph being built, its precision, the encoder's sizes, and how attention runs:
-    ONNX Runtime's fused kernel (the default) or plain ops (kept to measure and test against).
-    `directml`: what DirectML's kernels need: the two projections both run and Where picks one
-    (DirectML registers no If at opset 21; the spare projection is ~3% of the encoder's
-    multiply-adds at full size), and the relative bias is expanded to every chunk (DirectML's
-    MultiHeadAttention takes it only at the full batch size, no broadcast)."""
+    ONNX Runtime's fused kernel (the default) or plain ops (kept to measure and test against)."""
 
     config: AudioConfig
     fused_attention: bool = True
-    directml: bool = False
     linear_bias: ClassVar[bool] = True
 
 
@@ -159,13 +165,10 @@ def mode_projection(audio: AudioBuilder, x: str, mode: str, weights: Weights) ->
     return linear(audio, gelu(audio.graph, up), weights.scope(f"down_proj_for_{mode}."))
 
 
-def projection(audio: AudioBuilder, x: str, vision_mode: str, weights: Weights) -> str:
-    """[T, hidden] -> audio_features [T, text_hidden]: an If (`directml`: a Where) over vision_mode between the
-    "vision_speech" and the "speech" projection (linear, GELU, linear)."""
+def projection_by_if(audio: AudioBuilder, x: str, vision_mode: str, weights: Weights) -> str:
+    """[T, hidden] -> audio_features [T, text_hidden]: an If over vision_mode between the
+    "vision_speech" and the "speech" projection (linear, GELU, linear): only one runs."""
     graph = audio.graph
-    if audio.directml:
-        speech, vision_speech = (mode_projection(audio, x, mode, weights) for mode in ("speech", "vision_speech"))
-        return graph.op("Where", [vision_mode, vision_speech, speech], outputs=["audio_features"], name="projection")
 
     def branch(mode: str):
         branch_graph = graph.branch(f"{mode}_projection")
@@ -176,13 +179,17 @@ def projection(audio: AudioBuilder, x: str, vision_mode: str, weights: Weights) 
                     then_branch=branch("vision_speech"), else_branch=branch("speech"))
 
 
+PORTABLE_AUDIO = AudioKernels(choose_projection=projection_by_if,
+                              bias_for_chunks=lambda graph, bias, chunks: bias)  # [1, heads, T, T], broadcast over chunks
+
+
 def build_audio_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, fused_attention: bool = True,
-                        directml: bool = False) -> AudioConfig:
+                        kernels: AudioKernels = PORTABLE_AUDIO) -> AudioConfig:
     """Fill `graph` with speech.onnx for the checkpoint's audio encoder, its linears stored at
     `precision`; returns its config. `fused_attention=False` builds attention from plain ops;
-    `directml` see AudioBuilder."""
+    `kernels` see AudioKernels."""
     config = checkpoint.audio
-    audio = AudioBuilder(graph, precision, config, fused_attention, directml)
+    audio = AudioBuilder(graph, precision, config, fused_attention)
     weights = checkpoint.weights(AUDIO_EMBED, graph_prefix="audio.")
     encoder = weights.scope("encoder.")
     features = graph.input("input_features", TensorProto.FLOAT, [1, "frames", config.input_size])
@@ -192,10 +199,9 @@ def build_audio_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precisi
     length = graph.squeeze(graph.slice(graph.op("Shape", [x]), [TIME], [TIME + 1], axes=[0]), [0])
     x, chunk_length = chunk(audio, x, length)
     bias = relative_position_bias(audio, chunk_length, encoder.scope("relative_attention_bias_layer."))
-    if directml:  # [1, heads, T, T] -> [chunks, heads, T, T]
-        bias = graph.op("Expand", [bias, graph.concat([graph.slice(graph.op("Shape", [x]), [0], [1], axes=[0]), [1, 1, 1]])])
+    bias = kernels.bias_for_chunks(graph, bias, x)
     for index in range(config.num_blocks):
         x = conformer_block(audio, x, bias, encoder.scope(f"encoders.{index}."))
-    projection(audio, unchunk(audio, x, length), vision_mode, weights)
+    kernels.choose_projection(audio, unchunk(audio, x, length), vision_mode, weights)
     graph.output("audio_features", TensorProto.FLOAT, ["audio_tokens", checkpoint.text.hidden_size])
     return config

@@ -33,6 +33,7 @@ from pathlib import Path
 from ..artifact import SPEECH_ADAPTER, VISION_ADAPTER
 from ..manifest import AudioEntry, Manifest, VisionEntry
 from .genai_graphs import audio_graph, index_adapters, pipeline_decoder, save_proto, text_graph, vision_graph
+from .targets import EXPORT_TARGETS
 
 GENAI_CONFIG = "genai_config.json"
 VISION_PROCESSOR = "vision_processor.json"
@@ -66,10 +67,10 @@ LOGMEL_CHUNK_SECONDS = 30
 def write_genai_files(out: Path, manifest: Manifest) -> list[str]:
     """Write onnxruntime-genai's config, processor configs, overlays, graph protos and adapter
     files into the artifact folder `out` (whose graphs and manifest fields are final); returns the
-    names written. Target "cpu" only: the NPU graphs are static, one crop / one audio window per
+    names written. Only for a target whose row says so (targets.py: the CPU's): the NPU graphs are static, one crop / one audio window per
     run and fed by our runtime's loops, and the DirectML graphs take fp16 inputs and their adapters
     as bound fp16 tensors; genai's pipeline fits neither as it is, so they get nothing ([])."""
-    if manifest.target != "cpu":
+    if not EXPORT_TARGETS[manifest.target].genai_files:
         return []
     out = Path(out)
     text = text_graph(out, manifest)

@@ -8,15 +8,13 @@ A/B inputs (0). logits_to_keep [1] says how many of the last positions get logit
 Outputs: logits [batch, logits_to_keep, vocab] and present.N.{key,value}. Attention is ONNX Runtime's
 GroupQueryAttention: past and present may share one buffer of the maximum length.
 
-The DirectML variant (`rotary_outside_attention`): DirectML's GroupQueryAttention kernel ignores
-do_rotary and takes query, key and value apart, so q, k and v are split from qkv_proj and
-rotated by plain ops (`rotate`, the NPU graphs' too) before attention. Not by com.microsoft RotaryEmbedding either:
-DirectML's kernel of it rotates whole heads (its head size is twice the cos table's width), and
-Phi-4 rotates only the first rotary_dim (96) of each head's 128 dims. Positions are taken as
-past..total-1 for every row: the rows are not left-padded (the runtime runs one sequence).
+Where the rotary embedding is applied is a `RotaryPlacement`: inside GroupQueryAttention (its
+do_rotary, `IN_ATTENTION`, the default), or by plain ops before it (DirectML's kernel ignores
+do_rotary: directml.py's `ROTARY_BEFORE_ATTENTION`).
 """
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from onnx import TensorProto
@@ -33,26 +31,24 @@ LAST_POSITION = np.iinfo(np.int64).max  # a Slice end past any length
 
 
 @dataclass(frozen=True)
-class DecoderBuilder(Builder):
-    """The decoder graph being built, its precision, and the language model's sizes."""
-
-    text: TextConfig
-    adapters: tuple[InGraphAdapter, ...] = ()  # built-in adapters, in adapter_index order
-    adapter_conditions: tuple[str, ...] = ()  # (adapter_index > 0, adapter_index == 1, == 2, ...)
-    lora_rank: int | str = "lora_rank"  # the LoRA inputs' rank: symbolic, or static for the NPU graphs
-    rotary_outside_attention: bool = False  # DirectML: q, k, v apart, rotated before GroupQueryAttention
-
-
-@dataclass(frozen=True)
 class SequenceTensors:
     """What every layer's GroupQueryAttention reads: per row the valid length - 1, the padded
-    total length (int32), and the rotary cos/sin tables (with rotary_outside_attention, the rows
-    of this run's positions, [seq, 1, rotary_dim/2])."""
+    total length (int32), and the rotary cos/sin tables the RotaryPlacement made."""
 
     seqlens_k: str
     total_length: str
     cos: str
     sin: str
+
+
+@dataclass(frozen=True)
+class RotaryPlacement:
+    """Where a decoder applies the rotary embedding. `tables(graph, text, total_length, x)` makes
+    the cos/sin tables; `attention_inputs(decoder, qkv, sequence)` gives GroupQueryAttention's
+    query/key/value inputs and its do_rotary (1: the kernel rotates)."""
+
+    tables: Callable[[Graph, TextConfig, str, str], tuple[str, str]]
+    attention_inputs: Callable[["DecoderBuilder", str, SequenceTensors], tuple[list[str], int]]
 
 
 def inverse_frequencies(text: TextConfig, factors: list[float]) -> np.ndarray:
@@ -89,6 +85,23 @@ def rotate(graph: Graph, x: str, cos: str, sin: str, text: TextConfig) -> str:
     x1, x2 = parts[0], parts[1]
     rotated = [graph.sub(graph.mul(x1, cos), graph.mul(x2, sin)), graph.add(graph.mul(x2, cos), graph.mul(x1, sin))]
     return graph.concat(rotated + list(parts[2:]), axis=-1)
+
+
+IN_ATTENTION = RotaryPlacement(
+    tables=lambda graph, text, total_length, x: rotary_tables(graph, text, total_length),  # every position: the kernel picks
+    attention_inputs=lambda decoder, qkv, sequence: ([qkv, "", ""], 1),  # packed qkv, rotated by the kernel
+)
+
+
+@dataclass(frozen=True)
+class DecoderBuilder(Builder):
+    """The decoder graph being built, its precision, and the language model's sizes."""
+
+    text: TextConfig
+    adapters: tuple[InGraphAdapter, ...] = ()  # built-in adapters, in adapter_index order
+    adapter_conditions: tuple[str, ...] = ()  # (adapter_index > 0, adapter_index == 1, == 2, ...)
+    lora_rank: int | str = "lora_rank"  # the LoRA inputs' rank: symbolic, or static for the NPU graphs
+    rotary: RotaryPlacement = IN_ATTENTION
 
 
 def lora_linear(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, target: str) -> str:
@@ -147,18 +160,8 @@ def attention(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, seq
     past_k = graph.input(past_key_name(layer), TensorProto.FLOAT, shape)
     past_v = graph.input(past_value_name(layer), TensorProto.FLOAT, shape)
     qkv = lora_linear(decoder, x, layer, weights, "self_attn.qkv_proj")
-    if decoder.rotary_outside_attention:
-        kv_width = text.num_kv_heads * text.head_dim
-        q, k, v = graph.op("Split", [qkv, graph.ints([text.num_heads * text.head_dim, kv_width, kv_width])], outputs=3, axis=-1)
-
-        def rotated(t: str, heads: int) -> str:  # [batch, seq, heads * head_dim], per head
-            per_head = graph.reshape(t, [0, 0, heads, text.head_dim])
-            return graph.reshape(rotate(graph, per_head, sequence.cos, sequence.sin, text), [0, 0, -1])
-
-        q, k = rotated(q, text.num_heads), rotated(k, text.num_kv_heads)
-        inputs, rotary = [q, k, v, past_k, past_v, sequence.seqlens_k, sequence.total_length], 0
-    else:
-        inputs, rotary = [qkv, "", "", past_k, past_v, sequence.seqlens_k, sequence.total_length, sequence.cos, sequence.sin], 1
+    queries, rotary = decoder.rotary.attention_inputs(decoder, qkv, sequence)
+    inputs = [*queries, past_k, past_v, sequence.seqlens_k, sequence.total_length, *([sequence.cos, sequence.sin] if rotary else [])]
     out, _, _ = graph.op(
         "GroupQueryAttention", inputs,
         outputs=[f"layers.{layer}.attn", present_key_name(layer), present_value_name(layer)],
@@ -185,29 +188,24 @@ def decoder_layer(decoder: DecoderBuilder, x: str, layer: int, weights: Weights,
 
 
 def build_decoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, lm_head, progress=None,
-                  adapters: tuple[InGraphAdapter, ...] = (), rotary_outside_attention: bool = False) -> None:
+                  adapters: tuple[InGraphAdapter, ...] = (), rotary: RotaryPlacement = IN_ATTENTION) -> None:
     """Fill `graph` with the decoder. `lm_head(graph, hidden)` emits the output projection (it may
     share the embedding table's weights) and returns the logits name. `adapters` are built in as
-    int4 constants, chosen by the `adapter_index` input. `rotary_outside_attention`: the DirectML
-    variant (module docstring)."""
+    int4 constants, chosen by the `adapter_index` input. `rotary` says where positions are
+    rotated (module docstring)."""
     text = checkpoint.text
     conditions = ()
     if adapters:
         index = graph.input("adapter_index", TensorProto.INT64, [])
         conditions = (graph.op("Greater", [index, graph.ints(0)], name="adapter_is_built_in"),
                       *(graph.op("Equal", [index, graph.ints(a.index)], name=f"adapter_is_{a.name}") for a in adapters))
-    decoder = DecoderBuilder(graph, precision, text, tuple(adapters), conditions, rotary_outside_attention=rotary_outside_attention)
+    decoder = DecoderBuilder(graph, precision, text, tuple(adapters), conditions, rotary=rotary)
     x = graph.input("inputs_embeds", TensorProto.FLOAT, ["batch", "sequence", text.hidden_size])
     mask = graph.input("attention_mask", TensorProto.INT64, ["batch", "total_sequence"])
     # GroupQueryAttention wants per-row (valid length - 1) and the padded total length, int32.
     seqlens_k = graph.op("Cast", [graph.sub(graph.reduce_sum(mask, [1]), graph.ints(1))], to=TensorProto.INT32, name="seqlens_k")
     total_length = graph.op("Squeeze", [graph.gather(graph.op("Shape", [mask]), [1], axis=0)], name="total_length")
-    if rotary_outside_attention:  # this run's positions only: total - seq .. total - 1
-        run_length = graph.squeeze(graph.slice(graph.op("Shape", [x]), [1], [2], axes=[0]), [0])
-        cos, sin = rotary_tables(graph, text, total_length, first_position=graph.sub(total_length, run_length))
-        cos, sin = graph.unsqueeze(cos, [1]), graph.unsqueeze(sin, [1])  # [seq, 1, rotary_dim/2]: the same for every head
-    else:
-        cos, sin = rotary_tables(graph, text, total_length)
+    cos, sin = rotary.tables(graph, text, total_length, x)
     sequence = SequenceTensors(seqlens_k, graph.cast(total_length, TensorProto.INT32), cos, sin)
     for layer in range(text.num_layers):
         x = decoder_layer(decoder, x, layer, checkpoint.weights(f"model.layers.{layer}.", graph_prefix=f"layers.{layer}."), sequence)

@@ -22,25 +22,21 @@ def _make_reference(args):
 
 
 def _export(args):
-    from .export.convert import NPU_CHUNK, export
+    from .export.convert import export
     from .export.graph_blocks import Precision
+    from .export.options import ExportOptions
     from .runtime.cpu import int8_weight_bits_for
 
-    if args.target != "npu":
-        # Silently ignored shapes would leave a user believing the artifact has them.
-        for option, value in (("--npu-context", args.npu_context), ("--npu-chunk", args.npu_chunk)):
-            if value is not None:
-                raise Phi4MMError(f"{option} sizes the NPU graphs: add --target npu, or leave {option} out")
     precision = Precision(weights=args.precision, block_size=args.block_size, symmetric=not args.asymmetric,
                           accuracy_level=args.accuracy_level)
     # auto is decided here, for the CPU that exports (usually the one that runs the artifact); the
     # export function itself stays independent of the machine (7 unless told).
     bits = (int8_weight_bits_for() if args.prefill == "int8" else 7) if args.prefill_weight_bits == "auto" \
         else int(args.prefill_weight_bits)
-    manifest = export(args.checkpoint, args.out, precision, args.adapter_precision, show_progress=not args.quiet,
-                      prefill=args.prefill, force=args.force, encoder_precision=args.encoder_precision,
-                      prefill_weight_bits=bits, target=args.target,
-                      npu_chunk=NPU_CHUNK if args.npu_chunk is None else args.npu_chunk, npu_context=args.npu_context)
+    options = ExportOptions(precision=precision, target=args.target, adapter_precision=args.adapter_precision,
+                            prefill=args.prefill, prefill_weight_bits=bits, encoder_precision=args.encoder_precision,
+                            npu_chunk=args.npu_chunk, npu_context=args.npu_context)
+    manifest = export(args.checkpoint, args.out, options, show_progress=not args.quiet, force=args.force)
     sizes = sum(f.size for f in manifest.files.values())
     print(f"exported {args.checkpoint} -> {args.out} ({precision.weights}, {sizes / 1e6:.1f} MB, "
           f"{manifest.export_seconds} s, adapters: {', '.join(manifest.adapters) or 'none'})")

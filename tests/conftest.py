@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from phi4mm_edge.export.convert import export  # noqa: E402
+from phi4mm_edge.export.options import ExportOptions  # noqa: E402
 from phi4mm_edge.export.graph_blocks import Precision  # noqa: E402
 from phi4mm_edge.export.reference_checkpoint import write_reference  # noqa: E402
 
@@ -60,7 +61,8 @@ def artifacts(checkpoints, tmp_path_factory):
         ("int4-exact-lora", "native", Precision(weights="int4", block_size=32, accuracy_level=0), "int4", "int4"),
         ("int4-exact-lora8", "native", Precision(weights="int4", block_size=32, accuracy_level=0), "int4", "int8"),
     ):
-        export(checkpoints[layout], root / name, precision, adapter_precision=adapters, show_progress=False, prefill=prefill)
+        export(checkpoints[layout], root / name, ExportOptions(precision, adapter_precision=adapters, prefill=prefill),
+               show_progress=False)
         made[name] = root / name
     return made
 
@@ -161,8 +163,9 @@ def encoder_artifacts(checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("encoder_artifacts")
     made = {}
     for name, level in (("int4", 4), ("int4-exact", 0)):
-        export(checkpoints["native"], root / name, Precision(weights="int4", block_size=32, accuracy_level=level),
-               show_progress=False, encoder_precision="int4")
+        export(checkpoints["native"], root / name,
+               ExportOptions(Precision(weights="int4", block_size=32, accuracy_level=level), encoder_precision="int4"),
+               show_progress=False)
         made[name] = root / name
     return made
 

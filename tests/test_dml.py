@@ -25,7 +25,9 @@ from PIL import Image
 from phi4mm_edge import Phi4MMError, artifact
 from phi4mm_edge.export.audio_encoder import build_audio_encoder
 from phi4mm_edge.export.checkpoint import Checkpoint
-from phi4mm_edge.export.convert import export, write_graph
+from phi4mm_edge.export.convert import export
+from phi4mm_edge.export.graph_files import write_graph
+from phi4mm_edge.export.options import ExportOptions
 from phi4mm_edge.export import directml
 from phi4mm_edge.export.directml import whole_k_blocks
 from phi4mm_edge.export.dml_operators import unregistered_nodes
@@ -62,7 +64,7 @@ def dml_artifacts(checkpoints, tmp_path_factory):
     """The tiny native checkpoint exported for DirectML at int4 (level 0) and with fp32 weights (stored fp16)."""
     root = tmp_path_factory.mktemp("dml_artifacts")
     for name, precision in (("int4", INT4_EXACT), ("fp32", FP32)):
-        export(checkpoints["native"], root / name, precision, show_progress=False, target="dml")
+        export(checkpoints["native"], root / name, ExportOptions(precision, target="dml"), show_progress=False)
     return {"int4": root / "int4", "fp32": root / "fp32"}
 
 
@@ -315,13 +317,13 @@ def test_the_dml_manifest_and_adapters(dml_artifacts):
 ])
 def test_dml_export_refuses_cpu_only_options(checkpoints, tmp_path, options, message):
     with pytest.raises(Phi4MMError, match=message):
-        export(checkpoints["native"], tmp_path / "out", INT4_EXACT, show_progress=False, target="dml", **options)
+        export(checkpoints["native"], tmp_path / "out", ExportOptions(INT4_EXACT, target="dml", **options), show_progress=False)
 
 
 def test_dml_export_refuses_to_finish_with_a_node_directml_lacks(checkpoints, tmp_path, monkeypatch):
     monkeypatch.setattr(directml, "contrib_gelu", lambda graph: None)  # ONNX's Gelu-20 stays in the encoders
     with pytest.raises(Phi4MMError, match=r"vision_dml/.*ai\.onnx Gelu-21: no DirectML kernel"):
-        export(checkpoints["native"], tmp_path / "out", INT4_EXACT, show_progress=False, target="dml")
+        export(checkpoints["native"], tmp_path / "out", ExportOptions(INT4_EXACT, target="dml"), show_progress=False)
     assert not (tmp_path / "out" / MANIFEST).exists()  # the folder does not look like a finished export
 
 

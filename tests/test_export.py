@@ -8,6 +8,7 @@ import pytest
 from phi4mm_edge import Phi4MMError
 from phi4mm_edge.artifact import sha256_of
 from phi4mm_edge.export.convert import export
+from phi4mm_edge.export.options import ExportOptions
 from phi4mm_edge.export.reference_checkpoint import tiny_config, write_reference
 
 GRAPH_FILES = ("embedding.onnx", "decoder.onnx", "embed_tokens.onnx.data", "decoder.onnx.data")
@@ -136,4 +137,4 @@ def test_adapter_folder_from_another_model(broken_copy, tmp_path):
 
 def test_bad_options(checkpoints, tmp_path):
     with pytest.raises(Phi4MMError, match="adapter precision"):
-        export(checkpoints["native"], tmp_path / "out", adapter_precision="int3", show_progress=False)
+        export(checkpoints["native"], tmp_path / "out", ExportOptions(adapter_precision="int3"), show_progress=False)

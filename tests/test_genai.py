@@ -21,6 +21,7 @@ from PIL import Image
 from phi4mm_edge import Phi4MMError
 from phi4mm_edge.export import adapter_format, genai, genai_graphs
 from phi4mm_edge.export.convert import export
+from phi4mm_edge.export.options import ExportOptions
 from phi4mm_edge.export.graph_blocks import Precision
 from phi4mm_edge.export.onnx_graph import every_graph
 from phi4mm_edge.manifest import read_manifest
@@ -45,8 +46,8 @@ def exports(checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("genai")
     made = {}
     for adapters in ("int4", "fp32", "fp16"):
-        export(checkpoints["native"], root / adapters, Precision(weights="int4", block_size=32), adapter_precision=adapters,
-               show_progress=False)
+        export(checkpoints["native"], root / adapters,
+               ExportOptions(Precision(weights="int4", block_size=32), adapter_precision=adapters), show_progress=False)
         made[adapters] = root / adapters
     return made
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from phi4mm_edge import Phi4MMError
 from phi4mm_edge.export.convert import export
+from phi4mm_edge.export.options import ExportOptions
 from phi4mm_edge.export.graph_blocks import Precision
 from phi4mm_edge.manifest import read_manifest
 from phi4mm_edge.runtime import Phi4MMEdge, qnn
@@ -49,8 +50,8 @@ def npu_artifacts(small_crop_checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("npu_artifacts")
     made = {}
     for name, precision, target in (("npu-int4", INT4_EXACT, "npu"), ("npu-fp32", FP32, "npu"), ("cpu-fp32", FP32, "cpu")):
-        export(small_crop_checkpoint, root / name, precision, show_progress=False, target=target,
-               npu_context=CONTEXT, npu_audio_window=AUDIO_WINDOW)
+        npu_shapes = dict(npu_context=CONTEXT, npu_audio_window=AUDIO_WINDOW) if target == "npu" else {}
+        export(small_crop_checkpoint, root / name, ExportOptions(precision, target=target, **npu_shapes), show_progress=False)
         made[name] = root / name
     return made
 

@@ -12,7 +12,7 @@ from phi4mm_edge import Phi4MMError
 from phi4mm_edge.export.audio_encoder import MAX_CHUNK
 from phi4mm_edge.export.audio_encoder_npu import WINDOW_GRAPH, WINDOW_TOKENS, build_audio_window_encoder
 from phi4mm_edge.export.checkpoint import Checkpoint
-from phi4mm_edge.export.convert import write_graph
+from phi4mm_edge.export.graph_files import write_graph
 from phi4mm_edge.export.graph_blocks import Precision
 from phi4mm_edge.export.onnx_graph import IR_VERSION
 from phi4mm_edge.manifest import read_manifest

@@ -16,7 +16,7 @@ from onnx import TensorProto
 from PIL import Image
 
 from phi4mm_edge.export.checkpoint import Checkpoint
-from phi4mm_edge.export.convert import write_graph
+from phi4mm_edge.export.graph_files import write_graph
 from phi4mm_edge.export.graph_blocks import Precision
 from phi4mm_edge.export.vision_encoder import VisionBuilder, position_ids
 from phi4mm_edge.export.vision_encoder_npu import CROP_GRAPH, build_vision_crop_encoder, static_position_ids

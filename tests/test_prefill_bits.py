@@ -11,6 +11,7 @@ import pytest
 from phi4mm_edge import Phi4MMError
 from phi4mm_edge.benchmarks.int8_weight_bits import exact_int32, onnx_runtime, relative_error
 from phi4mm_edge.export.convert import export
+from phi4mm_edge.export.options import ExportOptions
 from phi4mm_edge.cli import main
 from phi4mm_edge.export.graph_blocks import Precision
 from phi4mm_edge.manifest import read_manifest
@@ -23,7 +24,7 @@ from reference_steps import paired_logits
 @pytest.fixture(scope="module")
 def eight_bit(checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("prefill8") / "int4-prefill8"
-    export(checkpoints["native"], out, Precision(), show_progress=False, prefill="int8", prefill_weight_bits=8)
+    export(checkpoints["native"], out, ExportOptions(Precision(), prefill="int8", prefill_weight_bits=8), show_progress=False)
     return out
 
 
@@ -94,7 +95,7 @@ def test_8_bits_are_refused_where_they_would_saturate(eight_bit, monkeypatch):
     with pytest.raises(Phi4MMError, match="8-bit weights, which need a CPU with VNNI"):
         Phi4MMEdge.load(eight_bit, prefill="int8")
     with pytest.raises(Phi4MMError, match="give 7 or 8, with --prefill int8"):
-        export("unused", "unused", prefill="int4", prefill_weight_bits=8)
+        export("unused", "unused", ExportOptions(prefill="int4", prefill_weight_bits=8))
 
 
 def test_export_auto_takes_8_bits_only_on_a_cpu_whose_int8_products_do_not_saturate(checkpoints, tmp_path, monkeypatch):

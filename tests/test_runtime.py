@@ -151,12 +151,13 @@ def test_adapter_file_from_another_model_is_refused(artifacts, tmp_path):
     import onnxruntime as ort
 
     from phi4mm_edge.export.convert import export
+    from phi4mm_edge.export.options import ExportOptions
     from phi4mm_edge.export.reference_checkpoint import tiny_config, write_reference
 
     config = tiny_config()
     config["intermediate_size"] = 256  # same names, other shapes
-    other = export(write_reference(tmp_path / "ckpt", config=config), tmp_path / "other", adapter_precision="fp32",
-                   show_progress=False)
+    other = export(write_reference(tmp_path / "ckpt", config=config), tmp_path / "other",
+                   ExportOptions(adapter_precision="fp32"), show_progress=False)
     assert other.adapters
     model = Phi4MMEdge.load(artifacts["int4"])
     with pytest.raises(Phi4MMError, match="the adapter is from another model"):

@@ -225,7 +225,7 @@ def plain_attention_features(checkpoint, folder, features: np.ndarray, vision_mo
     import onnxruntime as ort
 
     from phi4mm_edge.export.checkpoint import Checkpoint
-    from phi4mm_edge.export.convert import write_graph
+    from phi4mm_edge.export.graph_files import write_graph
     from phi4mm_edge.export.graph_blocks import Precision
     from phi4mm_edge.export.audio_encoder import build_audio_encoder
 

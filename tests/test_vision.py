@@ -223,7 +223,7 @@ def plain_attention_features(checkpoint, folder, image_input) -> np.ndarray:
     import onnxruntime as ort
 
     from phi4mm_edge.export.checkpoint import Checkpoint
-    from phi4mm_edge.export.convert import write_graph
+    from phi4mm_edge.export.graph_files import write_graph
     from phi4mm_edge.export.graph_blocks import Precision
     from phi4mm_edge.export.vision_encoder import build_vision_encoder
 
@@ -252,9 +252,10 @@ def test_fused_attention_equals_plain_ops(vision_models, checkpoints, tmp_path, 
 
 def test_encoder_precision_must_be_known(checkpoints, tmp_path):
     from phi4mm_edge.export.convert import export
+    from phi4mm_edge.export.options import ExportOptions
 
     with pytest.raises(Phi4MMError, match="encoder precision 'int2' is not one of"):
-        export(checkpoints["native"], tmp_path / "out", encoder_precision="int2", show_progress=False)
+        export(checkpoints["native"], tmp_path / "out", ExportOptions(encoder_precision="int2"), show_progress=False)
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 

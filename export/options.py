@@ -1,0 +1,93 @@
+"""What an export is asked to write, as one checked value: `ExportOptions`. Every check of an
+option against another or against the target's row happens here, before any file is written."""
+
+from dataclasses import dataclass, field, replace
+
+from ..errors import Phi4MMError
+from ..quant import int8
+from .audio_encoder_npu import WINDOW_TOKENS
+from .graph_blocks import Precision
+from .targets import ADAPTER_FILES, IN_GRAPH, ExportTarget, export_target
+
+ENCODER_PRECISIONS = ("auto", "int4", "int8", "fp32")
+NPU_CHUNK = 64  # positions per NPU prompt run: a 545-token photo prompt is 9 runs, a short question pads at most 63
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """`precision`: the base weights. `target`: a row of targets.py. `adapter_precision`: "auto"
+    (the target's choice), int4/int8 (constants in the decoder graph) or fp32/fp16 (.onnx_adapter
+    files). `prefill` "int8" adds decoder_prefill.onnx, the decoder with `prefill_weight_bits`-bit
+    per-channel weights (quant/int8.py): ~2x faster prompts at ~1.9x the decoder's bytes; 8 bits
+    only for CPUs with VNNI, AMX or ARM dotprod (runtime/cpu.py). `encoder_precision`: how
+    vision.onnx and audio.onnx store their linears (see `encoder`). Static-shape targets (the
+    NPU) take `npu_chunk` positions per prompt run, `npu_context` positions of KV cache (None:
+    4096, capped at the model's maximum) and `npu_audio_window` audio tokens per encoder run."""
+
+    precision: Precision = field(default_factory=Precision)
+    target: str = "cpu"
+    adapter_precision: str = "auto"
+    prefill: str = "int4"
+    prefill_weight_bits: int = 7
+    encoder_precision: str = "auto"
+    npu_chunk: int | None = None
+    npu_context: int | None = None
+    npu_audio_window: int = WINDOW_TOKENS
+
+    def __post_init__(self):
+        row = export_target(self.target)
+        if not row.static_shapes:
+            # Silently ignored shapes would leave a user believing the artifact has them.
+            for option, value in (("--npu-context", self.npu_context), ("--npu-chunk", self.npu_chunk)):
+                if value is not None:
+                    raise Phi4MMError(f"{option} sizes the NPU graphs: add --target npu, or leave {option} out")
+        elif self.npu_chunk is None:
+            object.__setattr__(self, "npu_chunk", NPU_CHUNK)
+        if not row.int8_linears:
+            if self.prefill != "int4":
+                raise Phi4MMError(f"--prefill int8 is a CPU graph (MLAS's int8 GEMM): {row.where} runs prompts "
+                                  f"through its own decoder")
+            if self.encoder_precision == "int8":
+                raise Phi4MMError(f"--encoder-precision int8 is a CPU kernel (MLAS's int8 GEMM): give int4 or fp32 "
+                                  f"for {row.where}")
+            if self.adapter_precision not in ("auto", *row.adapter_precisions):
+                raise Phi4MMError(f"--adapter-precision {self.adapter_precision}: {row.where}'s adapters are files "
+                                  f"bound as the decoder's inputs; give {' or '.join(row.adapter_precisions)}")
+        if self.prefill not in ("int4", "int8"):
+            raise Phi4MMError(f"prefill {self.prefill!r} is not int4 or int8")
+        if self.prefill_weight_bits not in int8.WEIGHT_BITS or (self.prefill_weight_bits != 7 and self.prefill != "int8"):
+            raise Phi4MMError(f"--prefill-weight-bits {self.prefill_weight_bits}: give 7 or 8, with --prefill int8")
+        if self.prefill == "int8" and not self.precision.is_int4:
+            raise Phi4MMError("--prefill int8 pairs with an int4 decoder: an fp32 export already runs prompts in fp32")
+        if self.adapters not in (*IN_GRAPH, *sorted(ADAPTER_FILES)):
+            raise Phi4MMError(f"adapter precision {self.adapter_precision!r} is not one of "
+                              f"{[*IN_GRAPH, *sorted(ADAPTER_FILES)]}")
+        if self.precision.weights not in ("int4", "fp32"):
+            raise Phi4MMError(f"precision {self.precision.weights!r} is not int4 or fp32")
+        if self.encoder_precision not in ENCODER_PRECISIONS:
+            raise Phi4MMError(f"encoder precision {self.encoder_precision!r} is not one of {list(ENCODER_PRECISIONS)}")
+
+    @property
+    def row(self) -> ExportTarget:
+        return export_target(self.target)
+
+    @property
+    def adapters(self) -> str:
+        """The adapters' precision, "auto" decided by the target's row."""
+        return self.row.auto_adapters(self.precision) if self.adapter_precision == "auto" else self.adapter_precision
+
+    @property
+    def encoder(self) -> Precision:
+        """How the vision and audio encoders store their linears. "auto" is int8 with an int4 base
+        (where the target has the int8 kernel; else the base's int4) and fp32 with an fp32 one
+        (exactness is what an fp32 export is for). Why int8: an encoder multiplies crops x 1024
+        patch rows (or every audio frame) at once, so its linears are compute-bound, where MLAS's
+        uint8 x int8 GEMM runs ~1.7x MatMulNBits on AVX2 (an encoder ~1.5x overall:
+        benchmarks/RESULTS.md, "Encoder latency"); its 7-bit per-channel weights come from the
+        checkpoint and are ~5x closer to it than int4 blocks (quant/int8.py). Its cost:
+        activations are rounded per row (row_scaled_int8_matmul), not per block of 32, and the
+        encoders take ~1.6x the int4 bytes (0.87 vs 0.55 GB at full size)."""
+        choice = self.encoder_precision
+        if choice == "auto":
+            choice = "int8" if self.precision.is_int4 and self.row.int8_linears else self.precision.weights
+        return replace(self.precision, weights=choice)
