@@ -10,7 +10,7 @@ as the reference does.
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, ClassVar
+from typing import Callable
 
 import numpy as np
 from onnx import TensorProto
@@ -18,7 +18,7 @@ from onnx import TensorProto
 from .architecture import AUDIO_EMBED
 from .checkpoint import Checkpoint, Weights
 from .checkpoint_config import AudioConfig
-from .graph_blocks import Builder, Precision, fused_attention, gelu, initializer, layer_norm, linear, multi_head_attention, swish
+from .graph_blocks import EncoderBuilder, Precision, gelu, initializer, layer_norm, linear, self_attention, swish
 from .onnx_graph import Graph
 
 MAX_CHUNK = 500  # the reference's "maximum position for absolute positional encoding"
@@ -39,13 +39,10 @@ class AudioKernels:
 
 
 @dataclass(frozen=True)
-class AudioBuilder(Builder):
-    """The audio graph being built, its precision, the encoder's sizes, and how attention runs:
-    ONNX Runtime's fused kernel (the default) or plain ops (kept to measure and test against)."""
+class AudioBuilder(EncoderBuilder):
+    """The audio graph being built, its precision, the encoder's sizes, and how attention runs."""
 
     config: AudioConfig
-    fused_attention: bool = True
-    linear_bias: ClassVar[bool] = True
 
 
 def normalize(audio: AudioBuilder, features: str, weights: Weights) -> str:
@@ -104,17 +101,6 @@ def feed_forward(audio: AudioBuilder, x: str, weights: Weights) -> str:
     return linear(audio, graph.mul(up, swish(graph, gate)), weights.scope("down_proj."))
 
 
-def attention(audio: AudioBuilder, x: str, bias: str, weights: Weights) -> str:
-    """[chunks, chunk, hidden] -> the same: self-attention within each chunk, plus the relative bias."""
-    graph, config = audio.graph, audio.config
-    q, k, v = (linear(audio, x, weights.scope(projection)) for projection in ("q_proj.", "k_proj.", "v_proj."))
-    if audio.fused_attention:
-        context = fused_attention(graph, q, k, v, config.num_heads, bias=bias)
-    else:
-        context = multi_head_attention(graph, q, k, v, bias, config.num_heads, config.hidden_size // config.num_heads)
-    return linear(audio, context, weights.scope("o_proj."))
-
-
 def convolution_module(audio: AudioBuilder, x: str, weights: Weights) -> str:
     """GLU pointwise conv, causal depthwise conv over time, swish, pointwise conv."""
     graph, kernel = audio.graph, audio.config.kernel_size
@@ -134,7 +120,8 @@ def conformer_block(audio: AudioBuilder, x: str, bias: str, weights: Weights) ->
     graph = audio.graph
     half = graph.constant("half", np.float32(0.5))
     x = graph.add(x, graph.mul(half, feed_forward(audio, x, weights.scope("feed_forward_in."))))
-    x = graph.add(x, attention(audio, layer_norm(graph, x, weights.scope("layer_norm_att."), LAYER_NORM_EPS), bias, weights.scope("self_attn.")))
+    x = graph.add(x, self_attention(audio, layer_norm(graph, x, weights.scope("layer_norm_att."), LAYER_NORM_EPS),
+                                   weights.scope("self_attn."), "o_proj.", bias=bias))
     x = graph.add(x, convolution_module(audio, x, weights.scope("conv.")))
     x = graph.add(x, graph.mul(half, feed_forward(audio, x, weights.scope("feed_forward_out."))))
     return layer_norm(graph, x, weights.scope("layer_norm."), LAYER_NORM_EPS)

@@ -54,6 +54,17 @@ class Builder:
     linear_bias: ClassVar[bool] = False  # the part's linears store a bias (a missing one is an error)
 
 
+@dataclass(frozen=True)
+class EncoderBuilder(Builder):
+    """An encoder's graph (vision, audio): its sizes (`config`, with num_heads and hidden_size) and
+    how attention runs: ONNX Runtime's fused kernel (the default) or plain ops (kept to measure
+    and test against, and for the NPU)."""
+
+    config: object
+    fused_attention: bool = True
+    linear_bias: ClassVar[bool] = True
+
+
 def initializer(graph: Graph, weights: Weights, name: str, shape=None) -> str:
     """Tensor `name` of the module `weights` as an initializer named after it (reshaped to
     `shape` when given); returns the initializer's name."""
@@ -178,6 +189,21 @@ def fused_attention(graph: Graph, q: str, k: str, v: str, num_heads: int, key_pa
     while not inputs[-1]:
         inputs.pop()
     return graph.op("MultiHeadAttention", inputs, domain=MS_DOMAIN, num_heads=num_heads, mask_filter_value=float(MASKED_SCORE))
+
+
+def self_attention(encoder: EncoderBuilder, x: str, weights: Weights, out_projection: str, key_padding: str | None = None,
+                   bias: str | None = None) -> str:
+    """An encoder layer's bidirectional self-attention: the q/k/v projections, attention (fused or
+    plain ops), then `out_projection`. `key_padding` hides padding keys: an int32 [batch, seq]
+    mask for the fused kernel, an additive bias for plain ops; `bias` is added to the scores."""
+    graph, config = encoder.graph, encoder.config
+    q, k, v = (linear(encoder, x, weights.scope(projection)) for projection in ("q_proj.", "k_proj.", "v_proj."))
+    if encoder.fused_attention:
+        context = fused_attention(graph, q, k, v, config.num_heads, key_padding_mask=key_padding, bias=bias)
+    else:
+        context = multi_head_attention(graph, q, k, v, key_padding or bias, config.num_heads,
+                                       config.hidden_size // config.num_heads)
+    return linear(encoder, context, weights.scope(out_projection))
 
 
 def gelu(graph: Graph, x: str, approximate: str = "none") -> str:

@@ -9,7 +9,6 @@ encoder runs on the first crop alone (distinct_crops).
 """
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 from onnx import TensorProto
@@ -17,8 +16,8 @@ from onnx import TensorProto
 from .architecture import IMAGE_EMBED
 from .checkpoint import Checkpoint, Weights
 from .checkpoint_config import VisionConfig
-from .graph_blocks import (MASKED_SCORE, Builder, Precision, fused_attention, gelu, initializer, layer_norm, linear,
-                           multi_head_attention)
+from .graph_blocks import (MASKED_SCORE, EncoderBuilder, Precision, gelu, initializer, layer_norm, linear,
+                           self_attention)
 from .onnx_graph import Graph
 
 GLOBAL_VIEW = 0  # crop 0 is the whole image; crops 1.. are the tiles, row-major
@@ -28,13 +27,10 @@ BELOW_ONE = np.float32(1.0 - 1e-6)  # keeps the last real patch's fraction insid
 
 
 @dataclass(frozen=True)
-class VisionBuilder(Builder):
-    """The vision graph being built, its precision, the encoder's sizes, and how attention runs:
-    ONNX Runtime's fused kernel (the default) or plain ops (kept to measure and test against)."""
+class VisionBuilder(EncoderBuilder):
+    """The vision graph being built, its precision, the encoder's sizes, and how attention runs."""
 
     config: VisionConfig
-    fused_attention: bool = True
-    linear_bias: ClassVar[bool] = True
 
 
 def patch_embeddings(vision: VisionBuilder, pixels: str, weights: Weights) -> str:
@@ -83,17 +79,6 @@ def key_padding_of(vision: VisionBuilder, mask: str) -> str:
     return graph.mul(is_padding, graph.constant("masked", MASKED_SCORE))
 
 
-def attention(vision: VisionBuilder, x: str, key_padding: str, weights: Weights) -> str:
-    """[crops, patches^2, hidden] -> the same: self-attention, padding patches hidden as keys."""
-    graph, config = vision.graph, vision.config
-    q, k, v = (linear(vision, x, weights.scope(projection)) for projection in ("q_proj.", "k_proj.", "v_proj."))
-    if vision.fused_attention:
-        context = fused_attention(graph, q, k, v, config.num_heads, key_padding_mask=key_padding)
-    else:
-        context = multi_head_attention(graph, q, k, v, key_padding, config.num_heads, config.hidden_size // config.num_heads)
-    return linear(vision, context, weights.scope("out_proj."))
-
-
 def mlp(vision: VisionBuilder, x: str, weights: Weights) -> str:
     """fc2(gelu_tanh(fc1(x)))."""
     return linear(vision, gelu(vision.graph, linear(vision, x, weights.scope("fc1.")), "tanh"), weights.scope("fc2."))
@@ -102,7 +87,8 @@ def mlp(vision: VisionBuilder, x: str, weights: Weights) -> str:
 def encoder_layer(vision: VisionBuilder, x: str, key_padding: str, weights: Weights) -> str:
     """x + attention(layer_norm1(x)), then + mlp(layer_norm2(x))."""
     graph, eps = vision.graph, vision.config.layer_norm_eps
-    x = graph.add(x, attention(vision, layer_norm(graph, x, weights.scope("layer_norm1."), eps), key_padding, weights.scope("self_attn.")))
+    x = graph.add(x, self_attention(vision, layer_norm(graph, x, weights.scope("layer_norm1."), eps), weights.scope("self_attn."),
+                                    "out_proj.", key_padding=key_padding))
     return graph.add(x, mlp(vision, layer_norm(graph, x, weights.scope("layer_norm2."), eps), weights.scope("mlp.")))
 
 

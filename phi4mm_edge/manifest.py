@@ -18,7 +18,11 @@ from .errors import Phi4MMError
 FORMAT_NAME = "phi4mm-edge-artifact"
 FORMAT_VERSION = 5  # 3: typed manifest, audio.onnx; 4: adapters as int4 constants in the decoder graph; 5: targets (npu)
 READABLE_VERSIONS = (4, 5)  # 5 only added fields whose defaults describe a version-4 (CPU) artifact
-TARGETS = ("cpu", "npu", "dml")  # what the graphs were built for: ONNX Runtime's CPU EP, Qualcomm's QNN HTP, or DirectML
+# What the graphs were built for (ONNX Runtime's CPU EP, Qualcomm's QNN HTP, or DirectML), and
+# whether they are compiled for fixed shapes: then the manifest holds those shapes (`npu`) and a
+# prompt graph. Each target is a row in export/targets.py and in runtime/targets.py.
+STATIC_SHAPES = {"cpu": False, "npu": True, "dml": False}
+TARGETS = tuple(STATIC_SHAPES)
 MANIFEST = "manifest.json"
 
 
@@ -272,7 +276,8 @@ def manifest_from_json(data) -> Manifest:
             f"{FORMAT_VERSION}: re-export the artifact with this version of phi4mm-edge"
         )
     manifest = _parse(Manifest, data, "")
-    if manifest.target not in TARGETS or (manifest.target == "npu") != (manifest.npu is not None and manifest.graphs.prompt is not None):
+    if manifest.target not in TARGETS or \
+            STATIC_SHAPES[manifest.target] != (manifest.npu is not None and manifest.graphs.prompt is not None):
         _fail("target", f"{manifest.target!r} does not match its graphs (targets: {', '.join(TARGETS)})")
     text = manifest.model
     if text.num_heads % text.num_kv_heads or text.rotary_dim > text.head_dim:

@@ -1,7 +1,9 @@
 """Export writes a complete, self-describing artifact, and refuses bad checkpoints clearly."""
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +140,18 @@ def test_adapter_folder_from_another_model(broken_copy, tmp_path):
 def test_bad_options(checkpoints, tmp_path):
     with pytest.raises(Phi4MMError, match="adapter precision"):
         export(checkpoints["native"], tmp_path / "out", ExportOptions(adapter_precision="int3"), show_progress=False)
+
+
+def test_every_target_is_one_export_row_that_agrees_with_the_manifest():
+    """A target is a row (export/targets.py): one per name the manifest knows, its static shapes
+    as the manifest records them, and no target names compared anywhere else in export/."""
+    from phi4mm_edge.export.targets import EXPORT_TARGETS
+    from phi4mm_edge.manifest import STATIC_SHAPES, TARGETS
+
+    assert tuple(EXPORT_TARGETS) == TARGETS
+    assert {name: row.static_shapes for name, row in EXPORT_TARGETS.items()} == STATIC_SHAPES
+    export_folder = Path(__file__).resolve().parents[1] / "export"
+    comparisons = [f"{path.name}:{number}" for path in sorted(export_folder.glob("*.py")) if path.name != "targets.py"
+                   for number, line in enumerate(path.read_text().splitlines(), 1)
+                   if re.search(r"target\s*[!=]=|[!=]=\s*\"(cpu|npu|dml)\"", line)]
+    assert comparisons == []
