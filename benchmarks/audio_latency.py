@@ -16,8 +16,6 @@ export (int4, plain). `--profile` adds the per-operator profile of the after var
 three-block graph.
 """
 
-import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,9 @@ from ..runtime import Phi4MMEdge
 from ..runtime.cpu import physical_cores
 from ..runtime.audio import SAMPLE_RATE, log_mel_spectrogram
 from ..export.reference_checkpoint import tiny_config
-from .encoder_variants import AFTER, VARIANTS, cpu_description, measure_variants, profile, variant_lines
+from ..export.audio_encoder import build_audio_encoder
+from .encoder_variants import (AFTER, cpu_description, export_variants, main as encoder_benchmark, measure_variants,
+                               profile, variant_lines)
 from .timing import median_seconds
 
 FULL_SIZE_BLOCKS = 24
@@ -45,30 +45,15 @@ def real_time_factor(model: Phi4MMEdge, seconds: float, repeats: int = 5) -> flo
     return median_seconds(lambda: model.audio.features(clip), repeats) / seconds
 
 
-def export_variants(folder: Path, blocks: int) -> dict:
-    """A full-width checkpoint whose audio encoder has `blocks` conformer blocks, then audio.onnx per variant."""
-    from ..export.audio_encoder import build_audio_encoder
-    from ..export.checkpoint import Checkpoint
-    from ..export.graph_files import write_graph
-    from ..export.reference_checkpoint import write_reference
-
-    config = tiny_config()
+def full_width(config: dict, blocks: int) -> None:
     config["audio_config"].update(FULL_WIDTH, num_blocks=blocks)
-    checkpoint = Checkpoint(write_reference(folder / f"checkpoint{blocks}", config=config))
-    graphs = {}
-    for index, variant in enumerate(VARIANTS):
-        name = f"audio{blocks}_{index}.onnx"
-        write_graph(folder, name, lambda graph: build_audio_encoder(checkpoint, graph, variant.precision(),
-                                                                     fused_attention=variant.fused_attention))
-        graphs[variant, blocks] = folder / name
-    return graphs
 
 
 def full_size_block(folder: Path, rounds: int, with_profile: bool, threads: int | None = None, baseline: Path | None = None) -> list[str]:
     feeds = {"input_features": log_mel_spectrogram(noise(SECONDS), tiny_config()["audio_config"]["input_size"])[None],
              "vision_mode": np.array(False)}
     variants, graphs, factors, outputs, estimates = measure_variants(
-        lambda blocks: export_variants(folder, blocks), baseline, "audio{}.onnx", feeds, rounds, threads,
+        lambda blocks: export_variants(folder, "audio", blocks, full_width, build_audio_encoder), baseline, "audio{}.onnx", feeds, rounds, threads,
         (FEW, MORE, FULL_SIZE_BLOCKS), scale=1 / SECONDS)
     lines = [f"full-width conformer blocks (1024/1536/16 heads), {SECONDS:.0f} s of audio, {rounds} interleaved rounds, "
              f"{threads or physical_cores()} threads; {cpu_description()}",
@@ -82,23 +67,13 @@ def full_size_block(folder: Path, rounds: int, with_profile: bool, threads: int 
     return lines
 
 
+def on_artifact(model: Phi4MMEdge, artifact) -> list[str]:
+    return [f"{artifact}: audio encoder real-time factor {real_time_factor(model, seconds):.4f} for {seconds:.0f} s"
+            for seconds in (10.0, 30.0)]
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("artifact", nargs="?")
-    parser.add_argument("--full-size-block", action="store_true")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, help="intra-op threads (default: one per physical core, as the runtime)")
-    parser.add_argument("--baseline", type=Path, help="a folder with audio1.onnx and audio3.onnx built by another "
-                                                      "version of the code for the same checkpoints: timed too, and the ratios are to it")
-    parser.add_argument("--profile", action="store_true", help="with --full-size-block: profile the after variant")
-    args = parser.parse_args(argv)
-    if args.artifact:
-        model = Phi4MMEdge.load(args.artifact)
-        for seconds in (10.0, 30.0):
-            print(f"{args.artifact}: audio encoder real-time factor {real_time_factor(model, seconds):.4f} for {seconds:.0f} s")
-    if args.full_size_block:
-        with tempfile.TemporaryDirectory() as folder:
-            print("\n".join(full_size_block(Path(folder), args.rounds, args.profile, args.threads, args.baseline)))
+    encoder_benchmark(argv, __doc__, "audio", "block", on_artifact, full_size_block)
 
 
 if __name__ == "__main__":

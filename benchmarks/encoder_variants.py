@@ -1,13 +1,17 @@
-"""What the encoder benchmarks share: the variants of an encoder graph they compare (how linears
-are stored, how attention runs), interleaved timing, ONNX Runtime's per-operator profile, and the
-CPU they ran on."""
+"""What the encoder benchmarks (vision_latency.py, audio_latency.py) share: the variants of an
+encoder graph they compare (how linears are stored, how attention runs), the full-width
+checkpoints each variant is built from, interleaved timing, ONNX Runtime's per-operator
+profile, the CPU they ran on, and their command line."""
 
+import argparse
 import json
+import tempfile
 import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -142,3 +146,44 @@ def measure_variants(export_variants, baseline: Path | None, baseline_file: str,
     estimates = {variant: per_layer(samples[variant, few], samples[variant, more], few, more, full) for variant in variants}
     return variants, graphs, samples, outputs, estimates
 
+
+def export_variants(folder: Path, part: str, count: int, configure: Callable[[dict, int], None], build) -> dict:
+    """A checkpoint whose `part` encoder `configure(config, count)` sizes (full width, `count`
+    layers or blocks), then `<part><count>_<i>.onnx` per variant, built by
+    `build(checkpoint, graph, precision, fused_attention=...)`; returns {(variant, count): path}."""
+    from ..export.checkpoint import Checkpoint
+    from ..export.graph_files import write_graph
+    from ..export.reference_checkpoint import tiny_config, write_reference
+
+    config = tiny_config()
+    configure(config, count)
+    checkpoint = Checkpoint(write_reference(folder / f"checkpoint{count}", config=config))
+    graphs = {}
+    for index, variant in enumerate(VARIANTS):
+        name = f"{part}{count}_{index}.onnx"
+        write_graph(folder, name, lambda graph: build(checkpoint, graph, variant.precision(),
+                                                      fused_attention=variant.fused_attention))
+        graphs[variant, count] = folder / name
+    return graphs
+
+
+def main(argv, description: str, part: str, unit: str, on_artifact: Callable, full_size: Callable) -> None:
+    """An encoder benchmark's command line: ARTIFACT runs `on_artifact(model, folder)` (lines to
+    print); --full-size-<unit> runs `full_size(folder, rounds, profile, threads, baseline)`."""
+    from ..runtime import Phi4MMEdge
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifact", nargs="?")
+    parser.add_argument(f"--full-size-{unit}", dest="full_size", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: one per physical core, as the runtime)")
+    parser.add_argument("--baseline", type=Path, help=f"a folder with {part}1.onnx and {part}3.onnx built by another "
+                                                      "version of the code for the same checkpoints: timed too, and the "
+                                                      "ratios are to it")
+    parser.add_argument("--profile", action="store_true", help=f"with --full-size-{unit}: profile the after variant")
+    args = parser.parse_args(argv)
+    if args.artifact:
+        print("\n".join(on_artifact(Phi4MMEdge.load(args.artifact), args.artifact)))
+    if args.full_size:
+        with tempfile.TemporaryDirectory() as folder:
+            print("\n".join(full_size(Path(folder), args.rounds, args.profile, args.threads, args.baseline)))

@@ -16,8 +16,6 @@ plain), so a busy machine slows both sides of each ratio alike. `--profile` adds
 per-operator profile of the after variant's three-layer graph (time share by operator type).
 """
 
-import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +25,9 @@ from ..runtime import Phi4MMEdge
 from ..runtime.cpu import physical_cores
 from ..manifest import VisionEntry
 from ..runtime.image import preprocess
-from ..export.reference_checkpoint import tiny_config
-from .encoder_variants import AFTER, VARIANTS, cpu_description, measure_variants, profile, variant_lines
+from ..export.vision_encoder import build_vision_encoder
+from .encoder_variants import (AFTER, cpu_description, export_variants, main as encoder_benchmark, measure_variants,
+                               profile, variant_lines)
 from .timing import median_seconds
 
 FRAME_SIZES = ((1920, 1080), (1280, 720), (448, 448), (4032, 3024))
@@ -58,23 +57,8 @@ def frame_table(geometry: VisionEntry) -> list[str]:
     return lines
 
 
-def export_variants(folder: Path, layers: int) -> dict:
-    """A full-width checkpoint whose vision encoder runs `layers` layers, then vision.onnx per variant."""
-    from ..export.checkpoint import Checkpoint
-    from ..export.graph_files import write_graph
-    from ..export.reference_checkpoint import write_reference
-    from ..export.vision_encoder import build_vision_encoder
-
-    config = tiny_config()
+def full_width(config: dict, layers: int) -> None:
     config["vision_config"].update(FULL_WIDTH, num_hidden_layers=layers + 1)  # features come from layer -2
-    checkpoint = Checkpoint(write_reference(folder / f"checkpoint{layers}", config=config))
-    graphs = {}
-    for index, variant in enumerate(VARIANTS):
-        name = f"vision{layers}_{index}.onnx"
-        write_graph(folder, name, lambda graph: build_vision_encoder(checkpoint, graph, variant.precision(),
-                                                                      fused_attention=variant.fused_attention))
-        graphs[variant, layers] = folder / name
-    return graphs
 
 
 def crop_inputs(width: int, height: int) -> dict:
@@ -90,7 +74,7 @@ def full_size_layer(folder: Path, rounds: int, with_profile: bool, threads: int 
     feeds = crop_inputs(2 * GEOMETRY.crop_size, GEOMETRY.crop_size)  # three distinct crops (see per_crop_ms)
     crops = feeds["pixel_values"].shape[0]
     variants, graphs, ms, features, estimates = measure_variants(
-        lambda layers: export_variants(folder, layers), baseline, "vision{}.onnx", feeds, rounds, threads,
+        lambda layers: export_variants(folder, "vision", layers, full_width, build_vision_encoder), baseline, "vision{}.onnx", feeds, rounds, threads,
         (FEW, MORE, FULL_SIZE_LAYERS), scale=1000 / crops)
     lines = [f"full-width SigLIP layers (1152/4304/16 heads, 1024 patches a crop), {crops} crops, {rounds} interleaved rounds, "
              f"{threads or physical_cores()} threads; {cpu_description()}",
@@ -104,23 +88,12 @@ def full_size_layer(folder: Path, rounds: int, with_profile: bool, threads: int 
     return lines
 
 
+def on_artifact(model: Phi4MMEdge, artifact) -> list[str]:
+    return [f"{artifact}: vision encoder {per_crop_ms(model):.1f} ms per crop", *frame_table(model.vision.geometry)]
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("artifact", nargs="?")
-    parser.add_argument("--full-size-layer", action="store_true")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, help="intra-op threads (default: one per physical core, as the runtime)")
-    parser.add_argument("--baseline", type=Path, help="a folder with vision1.onnx and vision3.onnx built by another "
-                                                      "version of the code for the same checkpoints: timed too, and the ratios are to it")
-    parser.add_argument("--profile", action="store_true", help="with --full-size-layer: profile the after variant")
-    args = parser.parse_args(argv)
-    if args.artifact:
-        model = Phi4MMEdge.load(args.artifact)
-        print(f"{args.artifact}: vision encoder {per_crop_ms(model):.1f} ms per crop")
-        print("\n".join(frame_table(model.vision.geometry)))
-    if args.full_size_layer:
-        with tempfile.TemporaryDirectory() as folder:
-            print("\n".join(full_size_layer(Path(folder), args.rounds, args.profile, args.threads, args.baseline)))
+    encoder_benchmark(argv, __doc__, "vision", "layer", on_artifact, full_size_layer)
 
 
 if __name__ == "__main__":
