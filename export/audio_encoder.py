@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 from onnx import TensorProto
 
+from ..artifact import AUDIO_FEATURES, INPUT_FEATURES, VISION_MODE
 from .architecture import AUDIO_EMBED
 from .checkpoint import Checkpoint, Weights
 from .checkpoint_config import AudioConfig
@@ -162,7 +163,7 @@ def projection_by_if(audio: AudioBuilder, x: str, vision_mode: str, weights: Wei
         down = mode_projection(replace(audio, graph=branch_graph), x, mode, weights)
         return graph.subgraph(branch_graph, [branch_graph.op("Identity", [down], outputs=[f"{mode}_features"])])
 
-    return graph.op("If", [vision_mode], outputs=["audio_features"], name="projection",
+    return graph.op("If", [vision_mode], outputs=[AUDIO_FEATURES], name="projection",
                     then_branch=branch("vision_speech"), else_branch=branch("speech"))
 
 
@@ -179,8 +180,8 @@ def build_audio_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precisi
     audio = AudioBuilder(graph, precision, config, fused_attention)
     weights = checkpoint.weights(AUDIO_EMBED, graph_prefix="audio.")
     encoder = weights.scope("encoder.")
-    features = graph.input("input_features", TensorProto.FLOAT, [1, "frames", config.input_size])
-    vision_mode = graph.input("vision_mode", TensorProto.BOOL, [])
+    features = graph.input(INPUT_FEATURES, TensorProto.FLOAT, [1, "frames", config.input_size])
+    vision_mode = graph.input(VISION_MODE, TensorProto.BOOL, [])
 
     x = subsample(audio, normalize(audio, features, encoder.scope("encoder_embedding.")), encoder.scope("embed."))
     length = graph.squeeze(graph.slice(graph.op("Shape", [x]), [TIME], [TIME + 1], axes=[0]), [0])
@@ -190,5 +191,5 @@ def build_audio_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precisi
     for index in range(config.num_blocks):
         x = conformer_block(audio, x, bias, encoder.scope(f"encoders.{index}."))
     kernels.choose_projection(audio, unchunk(audio, x, length), vision_mode, weights)
-    graph.output("audio_features", TensorProto.FLOAT, ["audio_tokens", checkpoint.text.hidden_size])
+    graph.output(AUDIO_FEATURES, TensorProto.FLOAT, ["audio_tokens", checkpoint.text.hidden_size])
     return config

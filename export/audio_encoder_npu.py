@@ -34,6 +34,7 @@ import numpy as np
 from onnx import TensorProto
 
 from .. import artifact
+from ..artifact import FRAME_MASK, INPUT_FEATURES, KEY_MASK, SPEECH_FEATURES, VISION_SPEECH_FEATURES
 from ..errors import Phi4MMError
 from .architecture import AUDIO_EMBED
 from .audio_encoder import MAX_CHUNK, STRIDE, AudioBuilder, conformer_block, mode_projection, normalize, subsample
@@ -44,7 +45,7 @@ from .onnx_graph import Graph
 
 WINDOW_GRAPH = artifact.NPU_AUDIO_GRAPH
 WINDOW_TOKENS = MAX_CHUNK  # one reference chunk: 500 tokens, 4000 frames, 40 s at 16 kHz
-MODES = ("speech", "vision_speech")  # the outputs are f"{mode}_features"
+MODES = {"speech": SPEECH_FEATURES, "vision_speech": VISION_SPEECH_FEATURES}  # projection -> output name
 # A hidden key's score offset: finite in the HTP's fp16 (the CPU graphs' float32 minimum is -inf
 # there, and (1 - mask) * -inf is NaN on the visible keys), and exp() of it is exactly 0.
 HIDDEN_KEY_SCORE = np.float32(artifact.NPU_MASKED_SCORE)
@@ -91,9 +92,9 @@ def build_audio_window_encoder(checkpoint: Checkpoint, graph: Graph, precision: 
         raise Phi4MMError(f"audio subsampling kernel {encoder.shape('embed.conv.0.weight')[-1]}: the NPU window's left "
                           f"context is worked out for {SUBSAMPLING_KERNEL}; export this checkpoint for the CPU")
     context, frames, rows = config.time_reduction, window_tokens * config.time_reduction, window_tokens
-    features = graph.input("input_features", TensorProto.FLOAT, [1, context + frames, config.input_size])
-    frame_mask = graph.input("frame_mask", TensorProto.FLOAT, [1, context + frames])
-    key_mask = graph.input("key_mask", TensorProto.FLOAT, [1, rows])
+    features = graph.input(INPUT_FEATURES, TensorProto.FLOAT, [1, context + frames, config.input_size])
+    frame_mask = graph.input(FRAME_MASK, TensorProto.FLOAT, [1, context + frames])
+    key_mask = graph.input(KEY_MASK, TensorProto.FLOAT, [1, rows])
 
     x = graph.mul(normalize(audio, features, encoder.scope("encoder_embedding.")), graph.unsqueeze(frame_mask, [2]))
     masks = stage_masks(audio, frame_mask)
@@ -104,8 +105,8 @@ def build_audio_window_encoder(checkpoint: Checkpoint, graph: Graph, precision: 
     bias = attention_bias(audio, window_position_bias(audio, rows, encoder.scope("relative_attention_bias_layer.")), key_mask)
     for index in range(config.num_blocks):
         x = conformer_block(audio, x, bias, encoder.scope(f"encoders.{index}."))
-    for mode in MODES:  # projected at [1, rows, hidden]: the HTP's MatMulNBits rejects a 2-D input
+    for mode, output in MODES.items():  # projected at [1, rows, hidden]: the HTP's MatMulNBits rejects a 2-D input
         graph.op("Reshape", [mode_projection(audio, x, mode, weights), graph.ints([rows, checkpoint.text.hidden_size])],
-                 outputs=[f"{mode}_features"], name=f"{mode}_features")
-        graph.output(f"{mode}_features", TensorProto.FLOAT, [window_tokens, checkpoint.text.hidden_size])
+                 outputs=[output], name=output)
+        graph.output(output, TensorProto.FLOAT, [window_tokens, checkpoint.text.hidden_size])
     return config

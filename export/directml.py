@@ -14,6 +14,7 @@ target's row (targets.py). What is left is a node-for-node respelling that compu
 
 from onnx import helper
 
+from ..artifact import AUDIO_FEATURES
 from .audio_encoder import AudioBuilder, AudioKernels, mode_projection
 from .checkpoint import TextConfig, Weights
 from .fp16 import to_fp16
@@ -55,7 +56,7 @@ def projection_by_where(audio: AudioBuilder, x: str, vision_mode: str, weights: 
     """Both projections run and Where picks one: DirectML registers no If at opset 21 (the spare
     projection is ~3% of the encoder's multiply-adds at full size)."""
     speech, vision_speech = (mode_projection(audio, x, mode, weights) for mode in ("speech", "vision_speech"))
-    return audio.graph.op("Where", [vision_mode, vision_speech, speech], outputs=["audio_features"], name="projection")
+    return audio.graph.op("Where", [vision_mode, vision_speech, speech], outputs=[AUDIO_FEATURES], name="projection")
 
 
 def bias_per_chunk(graph: Graph, bias: str, chunks: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto
 
+from ..artifact import AUDIO_FEATURES, IMAGE_FEATURES, INPUTS_EMBEDS, INPUT_IDS
 from ..quant import int4
 from .checkpoint import Checkpoint, TextConfig
 from .graph_blocks import Builder, Precision, int4_initializers, linear, matmul_nbits
@@ -114,13 +115,13 @@ def _merge_features(graph: Graph, flat_ids: str, embeds: str, features: str, tok
 
 
 def build_embedding(graph: Graph, text: TextConfig, table: TokenTable) -> None:
-    ids = graph.input("input_ids", TensorProto.INT64, ["batch", "sequence"])
-    image = graph.input("image_features", TensorProto.FLOAT, ["image_tokens", text.hidden_size])
-    audio = graph.input("audio_features", TensorProto.FLOAT, ["audio_tokens", text.hidden_size])
+    ids = graph.input(INPUT_IDS, TensorProto.INT64, ["batch", "sequence"])
+    image = graph.input(IMAGE_FEATURES, TensorProto.FLOAT, ["image_tokens", text.hidden_size])
+    audio = graph.input(AUDIO_FEATURES, TensorProto.FLOAT, ["audio_tokens", text.hidden_size])
     flat_ids = graph.reshape(ids, [-1])
     embeds = lookup(graph, flat_ids, table)
     embeds = _merge_features(graph, flat_ids, embeds, image, text.image_token_id, text.hidden_size, "image")
     embeds = _merge_features(graph, flat_ids, embeds, audio, text.audio_token_id, text.hidden_size, "audio")
     out_shape = graph.concat([graph.op("Shape", [ids]), [text.hidden_size]])
-    graph.op("Reshape", [embeds, out_shape], outputs=["inputs_embeds"], name="inputs_embeds")
-    graph.output("inputs_embeds", TensorProto.FLOAT, ["batch", "sequence", text.hidden_size])
+    graph.op("Reshape", [embeds, out_shape], outputs=[INPUTS_EMBEDS], name=INPUTS_EMBEDS)
+    graph.output(INPUTS_EMBEDS, TensorProto.FLOAT, ["batch", "sequence", text.hidden_size])

@@ -30,7 +30,8 @@ The graph protos are built in genai_graphs.py; this module writes them and the J
 import json
 from pathlib import Path
 
-from ..artifact import SPEECH_ADAPTER, VISION_ADAPTER
+from ..artifact import (ATTENTION_MASK, AUDIO_FEATURES, IMAGE_FEATURES, INPUT_IDS, INPUTS_EMBEDS, LOGITS, PIXEL_VALUES,
+                        SPEECH_ADAPTER, VISION_ADAPTER)
 from ..manifest import AudioEntry, Manifest, VisionEntry
 from .genai_graphs import audio_graph, index_adapters, pipeline_decoder, save_proto, text_graph, vision_graph
 from .targets import EXPORT_TARGETS
@@ -111,9 +112,9 @@ def genai_config(manifest: Manifest, multimodal: bool = True) -> dict:
         "session_options": {"log_id": "onnxruntime-genai", "provider_options": [], "intra_op_num_threads": 0},
         "head_size": model.head_dim, "hidden_size": model.hidden_size, "num_attention_heads": model.num_heads,
         "num_hidden_layers": model.num_layers, "num_key_value_heads": model.num_kv_heads,
-        "inputs": {"inputs_embeds": "inputs_embeds", "attention_mask": "attention_mask",
+        "inputs": {"inputs_embeds": INPUTS_EMBEDS, "attention_mask": ATTENTION_MASK,
                    "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
-        "outputs": {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
+        "outputs": {"logits": LOGITS, "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
     }
     config = {"type": "phi4mm", "bos_token_id": model.bos_token_id, "eos_token_id": list(model.eos_token_ids),
               "pad_token_id": model.pad_token_id, "vocab_size": model.vocab_size,
@@ -121,17 +122,17 @@ def genai_config(manifest: Manifest, multimodal: bool = True) -> dict:
     if multimodal:
         config["embedding"] = {
             "filename": manifest.graphs.embedding,
-            "inputs": {"input_ids": "input_ids", "image_features": "image_features", "audio_features": "audio_features"},
-            "outputs": {"inputs_embeds": "inputs_embeds"}}
+            "inputs": {"input_ids": INPUT_IDS, "image_features": IMAGE_FEATURES, "audio_features": AUDIO_FEATURES},
+            "outputs": {"inputs_embeds": INPUTS_EMBEDS}}
         config["vision"] = {
             "filename": VISION, "config_filename": VISION_PROCESSOR,
-            "inputs": {"pixel_values": "pixel_values", "image_sizes": "image_sizes", "attention_mask": "image_attention_mask"},
-            "outputs": {"image_features": "image_features"}}
+            "inputs": {"pixel_values": PIXEL_VALUES, "image_sizes": "image_sizes", "attention_mask": "image_attention_mask"},
+            "outputs": {"image_features": IMAGE_FEATURES}}
         config["speech"] = {
             "filename": AUDIO, "config_filename": SPEECH_PROCESSOR,
             "inputs": {"audio_embeds": "audio_embeds", "attention_mask": "audio_attention_mask", "audio_sizes": "audio_sizes",
                        "audio_projection_mode": "audio_projection_mode"},
-            "outputs": {"audio_features": "audio_features"}}
+            "outputs": {"audio_features": AUDIO_FEATURES}}
     search = {"do_sample": False, "num_beams": 1, "past_present_share_buffer": True,
               "max_length": min(MAX_LENGTH, model.max_position_embeddings)}
     return {"model": config, "search": search}

@@ -19,13 +19,13 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from ..artifact import LORA_INPUT_PREFIX
+from ..artifact import (ADAPTER_INDEX, ATTENTION_MASK, AUDIO_FEATURES, CROP_GRID, IMAGE_FEATURES, INPUT_FEATURES, INPUT_IDS,
+                        INPUTS_EMBEDS, LOGITS, LOGITS_TO_KEEP, LORA_INPUT_PREFIX, PIXEL_VALUES, VISION_MODE)
 from ..manifest import AudioEntry, Manifest, VisionEntry
 from .adapter_format import adapter_tensors
 from .onnx_graph import every_graph
 
 INDEX_ADAPTER_SUFFIX = ".genai_adapter"
-ADAPTER_INDEX = "adapter_index"
 # genai's audio_projection_mode values: 0 text, 1 vision, 2 speech, 3 vision + speech. Our audio
 # graph's vision_mode (the projection for audio beside an image) is mode 3.
 VISION_AND_SPEECH = 3
@@ -65,10 +65,10 @@ def text_graph(out: Path, manifest: Manifest) -> onnx.ModelProto:
     embedding = load_proto(out, manifest.graphs.embedding)
     model = load_proto(out, manifest.graphs.decoder)
     graph = model.graph
-    joined = {"input_ids", "image_features", "audio_features", "inputs_embeds"}
+    joined = {INPUT_IDS, IMAGE_FEATURES, AUDIO_FEATURES, INPUTS_EMBEDS}
     _prefix_names(embedding.graph, "embedding/", keep=joined)
     nodes = list(embedding.graph.node)
-    defaults = {name: np.zeros((0, manifest.model.hidden_size), np.float32) for name in ("image_features", "audio_features")}
+    defaults = {name: np.zeros((0, manifest.model.hidden_size), np.float32) for name in (IMAGE_FEATURES, AUDIO_FEATURES)}
     inputs = [value for value in embedding.graph.input]
     if _has_input(graph, ADAPTER_INDEX):
         defaults.update(_adapter_index_as_vector(graph, 0))
@@ -78,7 +78,7 @@ def text_graph(out: Path, manifest: Manifest) -> onnx.ModelProto:
     for value in graph.input:
         if value.name.startswith(LORA_INPUT_PREFIX):
             defaults[value.name] = np.zeros(_rank_zero_dims(value), _numpy_type(value))
-    inputs += [value for value in graph.input if value.name != "inputs_embeds"]
+    inputs += [value for value in graph.input if value.name != INPUTS_EMBEDS]
     nodes += list(graph.node)
     del graph.node[:], graph.input[:]
     graph.node.extend(nodes)
@@ -95,12 +95,12 @@ def _last_logits_everywhere(graph: onnx.GraphProto, vocab_size: int) -> dict:
     (logits_to_keep [1]: lm_head over a 500-token prompt is ~0.3 T multiply-adds at full size) and
     Expand repeats it into every row genai allocated, so any row genai reads holds the last
     position's logits, which is what our runtime samples from. Returns the initializers to add."""
-    _rename_uses(graph, {"logits": "genai/last_logits"})
+    _rename_uses(graph, {LOGITS: "genai/last_logits"})
     graph.node.extend([
-        helper.make_node("Shape", ["inputs_embeds"], ["genai/batch_and_positions"], start=0, end=2),
+        helper.make_node("Shape", [INPUTS_EMBEDS], ["genai/batch_and_positions"], start=0, end=2),
         helper.make_node("Concat", ["genai/batch_and_positions", "genai/vocab"], ["genai/logits_shape"], axis=0),
-        helper.make_node("Expand", ["genai/last_logits", "genai/logits_shape"], ["logits"], name="genai/logits")])
-    return {"logits_to_keep": np.array([1], np.int64), "genai/vocab": np.array([vocab_size], np.int64)}
+        helper.make_node("Expand", ["genai/last_logits", "genai/logits_shape"], [LOGITS], name="genai/logits")])
+    return {LOGITS_TO_KEEP: np.array([1], np.int64), "genai/vocab": np.array([vocab_size], np.int64)}
 
 
 def _adapter_index_as_vector(graph: onnx.GraphProto, default: int) -> dict:
@@ -138,7 +138,7 @@ def vision_graph(out: Path, vision: VisionEntry, hidden_size: int) -> onnx.Model
     [images, 2] (the HD image's height and width in pixels). A Loop runs vision.onnx once per
     image on its own 1 + rows x cols crops, crop_grid = image_sizes // crop_size."""
     patches = vision.patches_per_side
-    inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["images", "crops", 3, vision.crop_size, vision.crop_size]),
+    inputs = [helper.make_tensor_value_info(PIXEL_VALUES, TensorProto.FLOAT, ["images", "crops", 3, vision.crop_size, vision.crop_size]),
               helper.make_tensor_value_info("image_attention_mask", TensorProto.FLOAT, ["images", "crops", patches, patches]),
               helper.make_tensor_value_info("image_sizes", TensorProto.INT64, ["images", 2])]
     per_item = [
@@ -146,13 +146,13 @@ def vision_graph(out: Path, vision: VisionEntry, hidden_size: int) -> onnx.Model
         helper.make_node("Div", ["genai/size", "genai/crop_size"], ["genai/crop_grid"]),
         helper.make_node("ReduceProd", ["genai/crop_grid"], ["genai/tiles"], keepdims=1),
         helper.make_node("Add", ["genai/tiles", "genai/one"], ["genai/crops"]),  # the global view + the tiles
-        *_slice_item("pixel_values", "genai/crops", "genai/pixel_values"),
+        *_slice_item(PIXEL_VALUES, "genai/crops", "genai/pixel_values"),
         *_slice_item("image_attention_mask", "genai/crops", "genai/attention_mask"),
     ]
     constants = {"genai/crop_size": np.array(vision.crop_size, np.int64), "genai/one": np.array([1], np.int64)}
-    renamed = {"pixel_values": "genai/pixel_values", "attention_mask": "genai/attention_mask", "crop_grid": "genai/crop_grid"}
-    return _loop_over_items(load_proto(out, vision.graph), inputs, "pixel_values", per_item, constants, renamed,
-                            "image_features", hidden_size)
+    renamed = {PIXEL_VALUES: "genai/pixel_values", ATTENTION_MASK: "genai/attention_mask", CROP_GRID: "genai/crop_grid"}
+    return _loop_over_items(load_proto(out, vision.graph), inputs, PIXEL_VALUES, per_item, constants, renamed,
+                            IMAGE_FEATURES, hidden_size)
 
 
 def audio_graph(out: Path, audio: AudioEntry, hidden_size: int) -> onnx.ModelProto:
@@ -176,9 +176,9 @@ def audio_graph(out: Path, audio: AudioEntry, hidden_size: int) -> onnx.ModelPro
     before = [helper.make_node("Equal", ["audio_projection_mode", "genai/vision_and_speech"], ["genai/is_vision_mode"]),
               helper.make_node("Squeeze", ["genai/is_vision_mode", "genai/zero"], ["genai/vision_mode"])]
     constants = {"genai/vision_and_speech": np.array([VISION_AND_SPEECH], np.int64)}
-    renamed = {"input_features": "genai/input_features", "vision_mode": "genai/vision_mode"}
+    renamed = {INPUT_FEATURES: "genai/input_features", VISION_MODE: "genai/vision_mode"}
     return _loop_over_items(load_proto(out, audio.graph), inputs, "audio_embeds", per_item, constants, renamed,
-                            "audio_features", hidden_size, before)
+                            AUDIO_FEATURES, hidden_size, before)
 
 
 def _slice_item(batch: str, count: str, result: str) -> list:

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from onnx import TensorProto
 
-from ..artifact import lora_input_name, past_key_name, past_value_name, present_key_name, present_value_name
+from ..artifact import ADAPTER_INDEX, ATTENTION_MASK, INPUTS_EMBEDS, LOGITS, LOGITS_TO_KEEP, lora_input_name, past_key_name, past_value_name, present_key_name, present_value_name
 from .checkpoint import Checkpoint, TextConfig, Weights
 from .graph_adapters import InGraphAdapter
 from .graph_blocks import Builder, Precision, linear, lora_branch, matmul_nbits, rms_norm, row_scaled_int8_matmul, swish
@@ -196,12 +196,12 @@ def build_decoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, lm
     text = checkpoint.text
     conditions = ()
     if adapters:
-        index = graph.input("adapter_index", TensorProto.INT64, [])
+        index = graph.input(ADAPTER_INDEX, TensorProto.INT64, [])
         conditions = (graph.op("Greater", [index, graph.ints(0)], name="adapter_is_built_in"),
                       *(graph.op("Equal", [index, graph.ints(a.index)], name=f"adapter_is_{a.name}") for a in adapters))
     decoder = DecoderBuilder(graph, precision, text, tuple(adapters), conditions, rotary=rotary)
-    x = graph.input("inputs_embeds", TensorProto.FLOAT, ["batch", "sequence", text.hidden_size])
-    mask = graph.input("attention_mask", TensorProto.INT64, ["batch", "total_sequence"])
+    x = graph.input(INPUTS_EMBEDS, TensorProto.FLOAT, ["batch", "sequence", text.hidden_size])
+    mask = graph.input(ATTENTION_MASK, TensorProto.INT64, ["batch", "total_sequence"])
     # GroupQueryAttention wants per-row (valid length - 1) and the padded total length, int32.
     seqlens_k = graph.op("Cast", [graph.sub(graph.reduce_sum(mask, [1]), graph.ints(1))], to=TensorProto.INT32, name="seqlens_k")
     total_length = graph.op("Squeeze", [graph.gather(graph.op("Shape", [mask]), [1], axis=0)], name="total_length")
@@ -214,7 +214,7 @@ def build_decoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, lm
     x = rms_norm(graph, x, checkpoint.weights("model.norm.", graph_prefix="norm."), text.rms_norm_eps)
     # Only the last `logits_to_keep` positions reach lm_head: generation needs one row, and at
     # vocab 200064 all rows of a long prompt would cost ~0.8 MB each, all thrown away.
-    keep = graph.input("logits_to_keep", TensorProto.INT64, [1])
+    keep = graph.input(LOGITS_TO_KEEP, TensorProto.INT64, [1])
     x = graph.op("Slice", [x, graph.op("Neg", [keep]), graph.ints([LAST_POSITION]), graph.ints([1])], name="last_positions")
-    graph.op("Identity", [lm_head(graph, x)], outputs=["logits"], name="logits")
-    graph.output("logits", TensorProto.FLOAT, ["batch", "kept_positions", text.vocab_size])
+    graph.op("Identity", [lm_head(graph, x)], outputs=[LOGITS], name=LOGITS)
+    graph.output(LOGITS, TensorProto.FLOAT, ["batch", "kept_positions", text.vocab_size])

@@ -27,13 +27,12 @@ HTP has no GatherBlockQuantized); image and audio rows are placed by the runtime
 import numpy as np
 from onnx import TensorProto
 
-from ..artifact import past_key_name, past_value_name, present_key_name, present_value_name
+from ..artifact import (ATTENTION_BIAS, INPUT_IDS, INPUTS_EMBEDS, LOGITS, LOGITS_INDEX, ROTARY_COS, ROTARY_SIN, past_key_name,
+                        past_value_name, present_key_name, present_value_name)
 from .checkpoint import Checkpoint, Weights
 from .graph_blocks import Precision, rms_norm
 from .onnx_graph import Graph
 from .text_decoder import DecoderBuilder, lora_linear, mlp, rotate
-
-ATTENTION_BIAS, COS, SIN, LOGITS_INDEX = "attention_bias", "cos", "sin", "logits_index"
 
 
 def attention(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, positions: int, context: int) -> str:
@@ -50,8 +49,8 @@ def attention(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, pos
     def per_head(t: str, count: int) -> str:  # [1, S, count * head_dim] -> [1, count, S, head_dim]
         return graph.transpose(graph.reshape(t, [1, positions, count, head_dim]), [0, 2, 1, 3])
 
-    q = rotate(graph, per_head(q, heads), COS, SIN, text)
-    k = graph.op("Identity", [rotate(graph, per_head(k, kv_heads), COS, SIN, text)], outputs=[present_key_name(layer)])
+    q = rotate(graph, per_head(q, heads), ROTARY_COS, ROTARY_SIN, text)
+    k = graph.op("Identity", [rotate(graph, per_head(k, kv_heads), ROTARY_COS, ROTARY_SIN, text)], outputs=[present_key_name(layer)])
     v = graph.op("Identity", [per_head(v, kv_heads)], outputs=[present_value_name(layer)])
     graph.output(present_key_name(layer), TensorProto.FLOAT, [1, kv_heads, positions, head_dim])
     graph.output(present_value_name(layer), TensorProto.FLOAT, [1, kv_heads, positions, head_dim])
@@ -81,10 +80,10 @@ def build_npu_decoder(checkpoint: Checkpoint, graph: Graph, precision: Precision
     text = checkpoint.text
     group = text.num_heads // text.num_kv_heads
     decoder = DecoderBuilder(graph, precision, text, lora_rank=lora_rank)
-    x = graph.input("inputs_embeds", TensorProto.FLOAT, [1, positions, text.hidden_size])
+    x = graph.input(INPUTS_EMBEDS, TensorProto.FLOAT, [1, positions, text.hidden_size])
     graph.input(ATTENTION_BIAS, TensorProto.FLOAT, [1, 1, group * positions, context + positions])
-    graph.input(COS, TensorProto.FLOAT, [positions, text.rotary_dim // 2])
-    graph.input(SIN, TensorProto.FLOAT, [positions, text.rotary_dim // 2])
+    graph.input(ROTARY_COS, TensorProto.FLOAT, [positions, text.rotary_dim // 2])
+    graph.input(ROTARY_SIN, TensorProto.FLOAT, [positions, text.rotary_dim // 2])
     index = graph.input(LOGITS_INDEX, TensorProto.INT32, [1])
     for layer in range(text.num_layers):
         x = decoder_layer(decoder, x, layer, checkpoint.weights(f"model.layers.{layer}.", graph_prefix=f"layers.{layer}."),
@@ -93,15 +92,15 @@ def build_npu_decoder(checkpoint: Checkpoint, graph: Graph, precision: Precision
             progress(f"NPU decoder layer {layer}")
     x = graph.gather(x, index, axis=1)  # the one position whose logits are wanted, [1, 1, hidden]
     x = rms_norm(graph, x, checkpoint.weights("model.norm.", graph_prefix="norm."), text.rms_norm_eps)
-    graph.op("Identity", [lm_head(graph, x)], outputs=["logits"], name="logits")
-    graph.output("logits", TensorProto.FLOAT, [1, 1, text.vocab_size])
+    graph.op("Identity", [lm_head(graph, x)], outputs=[LOGITS], name=LOGITS)
+    graph.output(LOGITS, TensorProto.FLOAT, [1, 1, text.vocab_size])
 
 
 def build_npu_embedding(checkpoint: Checkpoint, graph: Graph, positions: int) -> None:
     """input_ids [1, positions] int32 -> inputs_embeds [1, positions, hidden], from an fp16 table."""
     text = checkpoint.text
     table = graph.weight("embed_tokens.fp16", checkpoint.tensor("model.embed_tokens.weight").astype(np.float16))
-    ids = graph.input("input_ids", TensorProto.INT32, [1, positions])
+    ids = graph.input(INPUT_IDS, TensorProto.INT32, [1, positions])
     rows = graph.op("Gather", [table, ids], axis=0)
-    graph.op("Cast", [rows], outputs=["inputs_embeds"], to=TensorProto.FLOAT, name="inputs_embeds")
-    graph.output("inputs_embeds", TensorProto.FLOAT, [1, positions, text.hidden_size])
+    graph.op("Cast", [rows], outputs=[INPUTS_EMBEDS], to=TensorProto.FLOAT, name=INPUTS_EMBEDS)
+    graph.output(INPUTS_EMBEDS, TensorProto.FLOAT, [1, positions, text.hidden_size])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto
 
+from ..artifact import ATTENTION_MASK, CROP_GRID, IMAGE_FEATURES, PIXEL_VALUES
 from .architecture import IMAGE_EMBED
 from .checkpoint import Checkpoint, Weights
 from .checkpoint_config import VisionConfig
@@ -180,9 +181,9 @@ def build_vision_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precis
     weights = checkpoint.weights(IMAGE_EMBED, graph_prefix="vision.")
     encoder = weights.scope("img_processor.")
     side = config.patches_per_side
-    pixels = graph.input("pixel_values", TensorProto.FLOAT, ["crops", 3, config.crop_size, config.crop_size])
-    mask = graph.input("attention_mask", TensorProto.FLOAT, ["crops", side, side])
-    crop_grid = graph.input("crop_grid", TensorProto.INT64, [2])
+    pixels = graph.input(PIXEL_VALUES, TensorProto.FLOAT, ["crops", 3, config.crop_size, config.crop_size])
+    mask = graph.input(ATTENTION_MASK, TensorProto.FLOAT, ["crops", side, side])
+    crop_grid = graph.input(CROP_GRID, TensorProto.INT64, [2])
 
     encoded_pixels, encoded_mask, crops = distinct_crops(graph, pixels, mask)
     positions = graph.gather(initializer(graph, encoder, "embeddings.position_embedding.weight"), position_ids(vision, encoded_mask), axis=0)
@@ -194,6 +195,6 @@ def build_vision_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precis
             progress(f"vision layer {layer}")
     pooled = graph.op("Expand", [pool_2x2(vision, x), graph.concat([crops, [1, 1, 1]])])  # one crop encoded: its copies
     tokens = hd_transform(vision, pooled, mask, crop_grid, weights)
-    graph.op("Identity", [projection(vision, tokens, weights)], outputs=["image_features"], name="image_features")
-    graph.output("image_features", TensorProto.FLOAT, ["image_tokens", checkpoint.text.hidden_size])
+    graph.op("Identity", [projection(vision, tokens, weights)], outputs=[IMAGE_FEATURES], name=IMAGE_FEATURES)
+    graph.output(IMAGE_FEATURES, TensorProto.FLOAT, ["image_tokens", checkpoint.text.hidden_size])
     return config

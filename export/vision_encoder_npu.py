@@ -18,6 +18,7 @@ from dataclasses import replace
 import numpy as np
 from onnx import TensorProto
 
+from ..artifact import ATTENTION_MASK, CROP_FEATURES, PIXEL_VALUES, SEPARATORS
 from .. import artifact
 from .architecture import IMAGE_EMBED
 from .checkpoint import Checkpoint, Weights
@@ -27,7 +28,7 @@ from .onnx_graph import Graph
 from .vision_encoder import BELOW_ONE, VisionBuilder, encoder_layer, key_padding_of, patch_embeddings, pool_2x2, projection
 
 CROP_GRAPH = artifact.NPU_VISION_GRAPH
-SEPARATORS = ("sub_img_feature_extensor", "global_img_feature_extensor")  # after each row; between tiles and global view
+SEPARATOR_WEIGHTS = ("sub_img_feature_extensor", "global_img_feature_extensor")  # after each row; between tiles and global view
 
 
 def stretched_bucket_table(config: VisionConfig) -> np.ndarray:
@@ -60,7 +61,7 @@ def static_position_ids(vision: VisionBuilder, mask: str) -> str:
 
 def separator_rows(graph: Graph, weights: Weights) -> str:
     """[1, 2, hidden]: the row separator and the global/sub separator, projected with the crop's tokens."""
-    return graph.concat([initializer(graph, weights, name, shape=[1, 1, -1]) for name in SEPARATORS], axis=1)
+    return graph.concat([initializer(graph, weights, name, shape=[1, 1, -1]) for name in SEPARATOR_WEIGHTS], axis=1)
 
 
 def build_vision_crop_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, progress=None) -> VisionConfig:
@@ -72,8 +73,8 @@ def build_vision_crop_encoder(checkpoint: Checkpoint, graph: Graph, precision: P
     encoder = weights.scope("img_processor.")
     side, pooled_side = config.patches_per_side, (config.patches_per_side + 1) // 2
     text_hidden = checkpoint.text.hidden_size
-    pixels = graph.input("pixel_values", TensorProto.FLOAT, [1, 3, config.crop_size, config.crop_size])
-    mask = graph.input("attention_mask", TensorProto.FLOAT, [1, side, side])
+    pixels = graph.input(PIXEL_VALUES, TensorProto.FLOAT, [1, 3, config.crop_size, config.crop_size])
+    mask = graph.input(ATTENTION_MASK, TensorProto.FLOAT, [1, side, side])
 
     positions = graph.gather(initializer(graph, encoder, "embeddings.position_embedding.weight"), static_position_ids(vision, mask), axis=0)
     x = graph.add(patch_embeddings(vision, pixels, encoder.scope("embeddings.patch_embedding.")), positions)
@@ -84,10 +85,10 @@ def build_vision_crop_encoder(checkpoint: Checkpoint, graph: Graph, precision: P
             progress(f"vision layer {layer}")
     tokens = graph.reshape(pool_2x2(vision, x), [1, pooled_side * pooled_side, config.hidden_size])
     projected = projection(vision, graph.concat([tokens, separator_rows(graph, weights)], axis=1), weights)
-    crop_tokens, separators = pooled_side * pooled_side, len(SEPARATORS)
-    graph.op("Identity", [graph.slice(projected, [0], [crop_tokens], axes=[1])], outputs=["crop_features"], name="crop_features")
+    crop_tokens, separators = pooled_side * pooled_side, len(SEPARATOR_WEIGHTS)
+    graph.op("Identity", [graph.slice(projected, [0], [crop_tokens], axes=[1])], outputs=[CROP_FEATURES], name=CROP_FEATURES)
     separator_tokens = graph.slice(projected, [crop_tokens], [crop_tokens + separators], axes=[1])
-    graph.op("Reshape", [separator_tokens, graph.ints([separators, text_hidden])], outputs=["separators"], name="separators")
-    graph.output("crop_features", TensorProto.FLOAT, [1, crop_tokens, text_hidden])
-    graph.output("separators", TensorProto.FLOAT, [separators, text_hidden])
+    graph.op("Reshape", [separator_tokens, graph.ints([separators, text_hidden])], outputs=[SEPARATORS], name=SEPARATORS)
+    graph.output(CROP_FEATURES, TensorProto.FLOAT, [1, crop_tokens, text_hidden])
+    graph.output(SEPARATORS, TensorProto.FLOAT, [separators, text_hidden])
     return config

@@ -2,10 +2,12 @@
 
 An artifact folder holds one ONNX graph per model part, the LoRA adapter files, the tokenizer
 files and `manifest.json` (typed in manifest.py). Here: the files' names, the graphs' input
-and output names, and the adapter names.
+and output names, the adapter names and the audio sample rate. A graph that export writes uses
+no input or output name this module does not know (`is_graph_name`; tests/test_export.py).
 """
 
 import hashlib
+import re
 from pathlib import Path
 
 EMBEDDING_GRAPH = "embedding.onnx"
@@ -36,6 +38,34 @@ TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG, "generation_config.json")
 # Files the runtime opens by name rather than through the manifest: each present one must be
 # listed in the manifest (and so verified), or the artifact is refused.
 READ_BY_NAME = (TOKENIZER_JSON, TOKENIZER_CONFIG, CHAT_TEMPLATE)
+SAMPLE_RATE = 16000  # Hz: the audio encoder's log-mel features are made from audio at this rate
+
+# -- graph inputs and outputs ------------------------------------------------------------------
+# The text model: embedding.onnx (token ids and media features in, embeddings out), decoder.onnx.
+INPUT_IDS = "input_ids"
+IMAGE_FEATURES = "image_features"  # also vision.onnx's output: rows for the image placeholders
+AUDIO_FEATURES = "audio_features"  # also audio.onnx's output: rows for the audio placeholders
+INPUTS_EMBEDS = "inputs_embeds"
+ATTENTION_MASK = "attention_mask"  # decoder: 1 per visible position; vision: 1 per real patch
+LOGITS_TO_KEEP = "logits_to_keep"  # how many of the last positions get logits
+ADAPTER_INDEX = "adapter_index"  # which built-in adapter runs (0: the ones bound as LoRA inputs)
+LOGITS = "logits"
+# The NPU's static decoders take what the CPU graphs compute inside themselves.
+ATTENTION_BIAS = "attention_bias"
+ROTARY_COS, ROTARY_SIN = "cos", "sin"
+LOGITS_INDEX = "logits_index"  # which of the run's positions gets logits
+# vision.onnx (crops in, image_features out) and the NPU's one-crop graph.
+PIXEL_VALUES = "pixel_values"
+CROP_GRID = "crop_grid"
+CROP_FEATURES = "crop_features"
+SEPARATORS = "separators"
+# audio.onnx (log-mel in, audio_features out) and the NPU's one-window graph.
+INPUT_FEATURES = "input_features"
+VISION_MODE = "vision_mode"  # the audio projection for a prompt that also has an image
+FRAME_MASK = "frame_mask"
+KEY_MASK = "key_mask"
+SPEECH_FEATURES, VISION_SPEECH_FEATURES = "speech_features", "vision_speech_features"  # by vision_mode
+
 # Decoder graph input names: the runtime binds adapter tensors to these names.
 LORA_INPUT_PREFIX = "lora."
 NO_ADAPTER = "none"  # the adapter choice that runs the base model alone
@@ -64,6 +94,19 @@ def present_key_name(layer: int) -> str:
 
 def present_value_name(layer: int) -> str:
     return f"present.{layer}.value"
+
+
+GRAPH_NAMES = frozenset({INPUT_IDS, IMAGE_FEATURES, AUDIO_FEATURES, INPUTS_EMBEDS, ATTENTION_MASK, LOGITS_TO_KEEP,
+                         ADAPTER_INDEX, LOGITS, ATTENTION_BIAS, ROTARY_COS, ROTARY_SIN, LOGITS_INDEX, PIXEL_VALUES,
+                         CROP_GRID, CROP_FEATURES, SEPARATORS, INPUT_FEATURES, VISION_MODE, FRAME_MASK, KEY_MASK,
+                         SPEECH_FEATURES, VISION_SPEECH_FEATURES})
+PER_LAYER_NAMES = re.compile(r"(past_key_values|present)\.\d+\.(key|value)|"
+                             + re.escape(LORA_INPUT_PREFIX) + r"layers\.\d+\.\w+\.[AB]")
+
+
+def is_graph_name(name: str) -> bool:
+    """True for every input and output name of the graphs export writes for the runtime."""
+    return name in GRAPH_NAMES or PER_LAYER_NAMES.fullmatch(name) is not None
 
 
 

@@ -155,3 +155,19 @@ def test_every_target_is_one_export_row_that_agrees_with_the_manifest():
                    for number, line in enumerate(path.read_text().splitlines(), 1)
                    if re.search(r"target\s*[!=]=|[!=]=\s*\"(cpu|npu|dml)\"", line)]
     assert comparisons == []
+
+
+@pytest.mark.parametrize("options", [ExportOptions(prefill="int8"), ExportOptions(target="npu"),
+                                     ExportOptions(target="dml")], ids=["cpu", "npu", "dml"])
+def test_every_graph_input_and_output_name_is_one_artifact_py_knows(checkpoints, tmp_path, options):
+    """artifact.py is the one home of the graphs' names: export writes no other, so the runtime,
+    which binds by those names, cannot drift from it."""
+    import onnx
+
+    from phi4mm_edge import artifact
+
+    manifest = export(checkpoints["native"], tmp_path / "out", options, show_progress=False)
+    for graph_file in manifest.graph_files():
+        graph = onnx.load(str(tmp_path / "out" / graph_file), load_external_data=False).graph
+        unknown = [value.name for value in [*graph.input, *graph.output] if not artifact.is_graph_name(value.name)]
+        assert unknown == [], graph_file
