@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..artifact import ADAPTERS, NO_ADAPTER
+from ..artifact import ADAPTERS, NO_ADAPTER, SAMPLE_RATE
 from ..manifest import read_manifest
 from ..errors import Phi4MMError
 from ..runtime import Phi4MMEdge
@@ -147,7 +147,7 @@ def media_ttft(model: Phi4MMEdge, repeats: int) -> dict:
         photo, clip = Path(folder) / "photo.png", Path(folder) / "speech.wav"
         rng = np.random.default_rng(0)
         Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).resize((448, 448), Image.BICUBIC).save(photo)
-        soundfile.write(clip, 0.1 * rng.standard_normal(30 * 16000).astype(np.float32), 16000)
+        soundfile.write(clip, 0.1 * rng.standard_normal(30 * SAMPLE_RATE).astype(np.float32), SAMPLE_RATE)
 
         def ttft(messages, **media) -> tuple[float, str]:
             generation = model.generate(messages, max_new_tokens=8, **media)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..artifact import SAMPLE_RATE
 from ..runtime import Phi4MMEdge
 from .bench import AUDIO_QUESTION, FOLLOW_UP, PHOTO_QUESTION
 
@@ -32,7 +33,7 @@ def write_inputs(folder: Path) -> dict:
     inputs = {"photo": folder / "photo.png", "clip": folder / "speech.wav", "frame": folder / "frame.png"}
     Image.fromarray(smooth).resize((448, 448), Image.BICUBIC).save(inputs["photo"])
     Image.fromarray(smooth).resize((1920, 1080), Image.BICUBIC).save(inputs["frame"])
-    soundfile.write(inputs["clip"], 0.1 * rng.standard_normal(30 * 16000).astype(np.float32), 16000)
+    soundfile.write(inputs["clip"], 0.1 * rng.standard_normal(30 * SAMPLE_RATE).astype(np.float32), SAMPLE_RATE)
     return inputs
 
 

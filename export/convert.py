@@ -28,7 +28,6 @@ from .text_decoder import LORA_MODULES
 TOKENIZER_FILES = artifact.TOKENIZER_FILES + ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
                                                "chat_template.json", "preprocessor_config.json")
 MAX_CROPS = 36  # the processor's dynamic_hd when preprocessor_config.json does not say
-SAMPLE_RATE = 16000  # the feature extractor's sampling_rate when preprocessor_config.json does not say
 IMAGE_MEAN = IMAGE_STD = 0.5  # the processor normalizes each channel to [-1, 1]
 
 
@@ -39,7 +38,7 @@ def _preprocessor_config(folder: Path) -> dict:
         return {}
     try:
         settings = json.loads(path.read_text())
-        int(settings.get("dynamic_hd", MAX_CROPS)), int(settings.get("sampling_rate", SAMPLE_RATE))
+        int(settings.get("dynamic_hd", MAX_CROPS)), int(settings.get("sampling_rate", artifact.SAMPLE_RATE))
         return settings
     except (json.JSONDecodeError, ValueError, TypeError, AttributeError):
         raise Phi4MMError(f"{path} is not valid: re-download the checkpoint's preprocessor_config.json") from None
@@ -123,7 +122,7 @@ def export(checkpoint_dir, out_dir, options: ExportOptions | None = None, show_p
     audio_entry = None
     if ckpt.audio is not None:
         config = write_graph(out, row.audio_graph, lambda g: row.build_audio(ckpt, g, encoder, options), row.finish)
-        audio_entry = AudioEntry(graph=row.audio_graph, sample_rate=int(processor.get("sampling_rate", SAMPLE_RATE)),
+        audio_entry = AudioEntry(graph=row.audio_graph, sample_rate=int(processor.get("sampling_rate", artifact.SAMPLE_RATE)),
                                  mel_bins=config.input_size, compression_rate=config.time_reduction,
                                  encoder=asdict(config), **row.audio_windows(config, options))
         step("audio")

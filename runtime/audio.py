@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact import SAMPLE_RATE  # the rate the features are defined at (one home for it)
 from ..errors import Phi4MMError
 
-SAMPLE_RATE = 16000
 N_FFT = 512
 WIN_LENGTH = 400  # 25 ms
 HOP_LENGTH = 160  # 10 ms
