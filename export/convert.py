@@ -75,15 +75,72 @@ def prepare_output_folder(out: Path, force: bool) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def write_in_graph_adapters(out: Path, ckpt: Checkpoint, options: ExportOptions, step) -> list:
+    """The adapters as int4/int8 constants in their own data files, when the options say so;
+    written before the graphs: the decode and int8 prompt graphs both name their bytes."""
+    if options.adapters not in IN_GRAPH:
+        return []
+    prompt_bits = options.prefill_weight_bits if options.prefill == "int8" else None
+    written = []
+    for index, name in enumerate(ckpt.adapter_names(), start=1):
+        written.append(write_in_graph_adapter(out, ckpt.lora(name), index, options.precision, LORA_MODULES,
+                                              IN_GRAPH[options.adapters], prompt_bits=prompt_bits))
+        step(f"{name} adapter")
+    return written
+
+
+def write_encoders(out: Path, ckpt: Checkpoint, options: ExportOptions, step) -> tuple[VisionEntry | None, AudioEntry | None]:
+    """The target's vision and audio graphs (those the checkpoint has) and their manifest entries."""
+    row, encoder = options.row, options.encoder
+    processor = _preprocessor_config(ckpt.folder)
+    vision = audio = None
+    if ckpt.vision is not None:
+        config = write_graph(out, row.vision_graph, lambda g: row.build_vision(ckpt, g, encoder), row.finish)
+        vision = VisionEntry(graph=row.vision_graph, crop_size=config.crop_size, patch_size=config.patch_size,
+                             max_crops=int(processor.get("dynamic_hd", MAX_CROPS)), mean=IMAGE_MEAN, std=IMAGE_STD,
+                             encoder=asdict(config))
+        step("vision")
+    if ckpt.audio is not None:
+        config = write_graph(out, row.audio_graph, lambda g: row.build_audio(ckpt, g, encoder, options), row.finish)
+        audio = AudioEntry(graph=row.audio_graph, sample_rate=int(processor.get("sampling_rate", artifact.SAMPLE_RATE)),
+                           mel_bins=config.input_size, compression_rate=config.time_reduction,
+                           encoder=asdict(config), **row.audio_windows(config, options))
+        step("audio")
+    return vision, audio
+
+
+def adapter_entries(out: Path, ckpt: Checkpoint, options: ExportOptions, in_graph: list, step) -> dict:
+    """The manifest's adapters: the built-in ones, or each written now as an .onnx_adapter file."""
+    entries = {a.name: AdapterEntry(file=a.file, rank=a.rank, alpha=a.alpha, scale=a.scale,
+                                    precision=options.adapters, graph_index=a.index) for a in in_graph}
+    for name in ckpt.adapter_names() if not in_graph else []:
+        lora = ckpt.lora(name)
+        file_name = f"{name}{artifact.ADAPTER_SUFFIX}"
+        write_adapter(out / file_name, lora, options.adapters)
+        entries[name] = AdapterEntry(file=file_name, rank=lora.rank, alpha=float(lora.alpha), scale=float(lora.scale),
+                                     precision=options.adapters)
+        step(f"{name} adapter")
+    return entries
+
+
+def copy_tokenizer_files(ckpt: Checkpoint, out: Path) -> list[str]:
+    copied = [name for name in TOKENIZER_FILES if (ckpt.folder / name).is_file()]
+    if artifact.TOKENIZER_JSON not in copied:
+        raise Phi4MMError(f"{ckpt.folder} has no tokenizer.json: copy the model's tokenizer files into the checkpoint folder")
+    for name in copied:
+        shutil.copyfile(ckpt.folder / name, out / name)
+    return copied
+
+
 def export(checkpoint_dir, out_dir, options: ExportOptions | None = None, show_progress: bool = True,
            force: bool = False) -> Manifest:
     """Export a checkpoint to an artifact folder for `options.target` (ExportOptions, checked
     when made; default: an int4 CPU artifact). `force` writes into a non-empty folder that is not
     a previous export. Returns the manifest that was written: it lists exactly the files export
-    wrote. What each target writes is its row in targets.py; the DirectML target refuses to
-    finish if DirectML lacks a kernel for any node."""
+    wrote. What each target writes is its row in targets.py; a target with a graph check (the
+    DirectML target's operator list) refuses to finish when a graph fails it."""
     options = options or ExportOptions()
-    row, precision, encoder = options.row, options.precision, options.encoder
+    row, precision = options.row, options.precision
     started = time.perf_counter()
     ckpt = Checkpoint(checkpoint_dir)
     text = ckpt.text
@@ -91,81 +148,31 @@ def export(checkpoint_dir, out_dir, options: ExportOptions | None = None, show_p
         raise Phi4MMError(f"rotary dims {text.rotary_dim}: GroupQueryAttention needs rotary_dim/2 to be a multiple of 8")
     out = Path(out_dir)
     prepare_output_folder(out, force)
-    adapters = ckpt.adapter_names()
-    int8_prompts = options.prefill == "int8"
-    bar = tqdm(total=2 + text.num_layers * (1 + int8_prompts) + len(adapters) + (ckpt.vision is not None)
-               + (ckpt.audio is not None), desc="export", unit="step", disable=not show_progress)
+    steps = 2 + text.num_layers * (1 + (options.prefill == "int8")) + len(ckpt.adapter_names()) \
+        + (ckpt.vision is not None) + (ckpt.audio is not None)
+    with tqdm(total=steps, desc="export", unit="step", disable=not show_progress) as bar:
+        def step(label):
+            bar.set_postfix_str(label)
+            bar.update(1)
 
-    def step(label):
-        bar.set_postfix_str(label)
-        bar.update(1)
-
-    # Built-in adapters are written first: the decode and int8 prompt graphs both name their bytes.
-    in_graph = []
-    if options.adapters in IN_GRAPH:
-        for index, name in enumerate(adapters, start=1):
-            in_graph.append(write_in_graph_adapter(out, ckpt.lora(name), index, precision, LORA_MODULES,
-                                                   IN_GRAPH[options.adapters],
-                                                   prompt_bits=options.prefill_weight_bits if int8_prompts else None))
-            step(f"{name} adapter")
-    graphs, shapes = row.write_text(out, ckpt, options, in_graph, step)
-
-    processor = _preprocessor_config(ckpt.folder)
-    vision_entry = None
-    if ckpt.vision is not None:
-        config = write_graph(out, row.vision_graph, lambda g: row.build_vision(ckpt, g, encoder), row.finish)
-        vision_entry = VisionEntry(graph=row.vision_graph, crop_size=config.crop_size, patch_size=config.patch_size,
-                                   max_crops=int(processor.get("dynamic_hd", MAX_CROPS)), mean=IMAGE_MEAN, std=IMAGE_STD,
-                                   encoder=asdict(config))
-        step("vision")
-
-    audio_entry = None
-    if ckpt.audio is not None:
-        config = write_graph(out, row.audio_graph, lambda g: row.build_audio(ckpt, g, encoder, options), row.finish)
-        audio_entry = AudioEntry(graph=row.audio_graph, sample_rate=int(processor.get("sampling_rate", artifact.SAMPLE_RATE)),
-                                 mel_bins=config.input_size, compression_rate=config.time_reduction,
-                                 encoder=asdict(config), **row.audio_windows(config, options))
-        step("audio")
-
-    adapter_entries = {a.name: AdapterEntry(file=a.file, rank=a.rank, alpha=a.alpha, scale=a.scale,
-                                            precision=options.adapters, graph_index=a.index) for a in in_graph}
-    for name in adapters if not in_graph else []:
-        lora = ckpt.lora(name)
-        file_name = f"{name}{artifact.ADAPTER_SUFFIX}"
-        write_adapter(out / file_name, lora, options.adapters)
-        adapter_entries[name] = AdapterEntry(file=file_name, rank=lora.rank, alpha=float(lora.alpha),
-                                             scale=float(lora.scale), precision=options.adapters)
-        step(f"{name} adapter")
-    bar.close()
-
-    copied = [name for name in TOKENIZER_FILES if (ckpt.folder / name).is_file()]
-    if "tokenizer.json" not in copied:
-        raise Phi4MMError(f"{ckpt.folder} has no tokenizer.json: copy the model's tokenizer files into the checkpoint folder")
-    for name in copied:
-        shutil.copyfile(ckpt.folder / name, out / name)
-    graph_files = [g for g in (graphs.embedding, graphs.decoder, graphs.prefill_int8, graphs.prompt,
-                               vision_entry and vision_entry.graph, audio_entry and audio_entry.graph) if g]
-    if row.check_graphs:
-        row.check_graphs(out, graph_files)
-    graph_data = {graph: external_data_files(out / graph) for graph in graph_files}
-    written = {*graph_files, *(d for files in graph_data.values() for d in files),
-               *(entry.file for entry in adapter_entries.values()), *copied}
-
+        in_graph = write_in_graph_adapters(out, ckpt, options, step)
+        graphs, shapes = row.write_text(out, ckpt, options, in_graph, step)
+        vision, audio = write_encoders(out, ckpt, options, step)
+        adapters = adapter_entries(out, ckpt, options, in_graph, step)
+    copied = copy_tokenizer_files(ckpt, out)
     manifest = Manifest(
         source=Source(layout=ckpt.layout, config_sha256=ckpt.config_sha256()),
         precision=StoredPrecision(weights=precision.weights if precision.is_int4 else row.float_weights,
                                   block_size=precision.block_size, symmetric=precision.symmetric,
                                   accuracy_level=precision.accuracy_level, adapters=options.adapters),
-        model=text,
-        graphs=graphs,
-        vision=vision_entry,
-        audio=audio_entry,
-        adapters=adapter_entries,
-        graph_data=graph_data,
-        export_seconds=round(time.perf_counter() - started, 2),
-        target=row.name,
-        npu=shapes,
-    )
+        model=text, graphs=graphs, vision=vision, audio=audio, adapters=adapters, export_seconds=0.0, target=row.name,
+        npu=shapes)
+    if row.check_graphs:
+        row.check_graphs(out, manifest.graph_files())
+    manifest.graph_data = {graph: external_data_files(out / graph) for graph in manifest.graph_files()}
+    manifest.export_seconds = round(time.perf_counter() - started, 2)
+    written = {*manifest.graph_files(), *(d for files in manifest.graph_data.values() for d in files),
+               *(entry.file for entry in adapters.values()), *copied}
     written.update(write_genai_files(out, manifest))  # onnxruntime-genai's config and graph protos (genai.py)
     manifest.files = {name: file_entry(out / name) for name in sorted(written)}
     write_manifest(out, manifest)
