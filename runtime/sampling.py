@@ -39,11 +39,15 @@ def choose_token(logits: np.ndarray, temperature: float, top_k: int, top_p: floa
     """Temperature 0 is greedy. top_k 0 and top_p 1 disable those filters."""
     if temperature <= 0:
         return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / temperature
+    # Shifted by the maximum before dividing: every value is <= 0, so a tiny temperature (1e-310)
+    # gives -inf (probability 0) rather than inf - inf = NaN; the best token keeps exactly 0.
+    logits = logits.astype(np.float64)
+    with np.errstate(over="ignore", divide="ignore"):
+        scaled = (logits - logits.max()) / temperature
     if 0 < top_k < scaled.size:
         cutoff = np.partition(scaled, -top_k)[-top_k]
         scaled = np.where(scaled < cutoff, -np.inf, scaled)
-    probs = np.exp(scaled - scaled.max())
+    probs = np.exp(scaled)
     probs /= probs.sum()
     if top_p < 1.0:
         order = np.argsort(-probs)
