@@ -110,7 +110,13 @@ def encode_parts(parts: list[tuple[str, bool]], tokenizer: ChatTokenizer, token_
         encode = tokenizer.encode_text if is_message_text else tokenizer.encode
         position = 0
         for match in PLACEHOLDER.finditer(text):
-            kind, number = match.group(1), int(match.group(2))
+            kind, number = match.group(1), match.group(2)
+            if number is None or not 1 <= int(number) <= len(counts[kind]):
+                # Message text was numbered and checked (place_media): this one was written by the
+                # chat template itself, for media the request does not have.
+                raise Phi4MMError(f"the chat template writes {match.group(0)} but the request has "
+                                  f"{len(counts[kind])} {kind}(s): fix the artifact's chat template")
+            number = int(number)
             ids += encode(text[position:match.start()]) + [token_ids[kind]] * counts[kind][number - 1]
             order[kind].append(number)
             position = match.end()

@@ -9,15 +9,14 @@ ordinary text tokenizes the same either way (the template's control tokens bound
 """
 
 import json
-import operator
 from pathlib import Path
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from ..artifact import CHAT_TEMPLATE, TOKENIZER_CONFIG, TOKENIZER_JSON
 from ..errors import Phi4MMError
+from .chat_template import BoundedSandbox, render
 
 # Phi-4-multimodal's own format, used only when the artifact carries no chat_template.
 FALLBACK_TEMPLATE = (
@@ -25,28 +24,7 @@ FALLBACK_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
 )
 ROLES = ("system", "user", "assistant")
-# A rendered prompt is far below this (131072 tokens is ~0.5 M characters); a template that
-# writes more, or builds a longer string or list, is stopped before it can exhaust memory.
-MAX_RENDERED_CHARS = 4_000_000
 SENTINEL = "\ue000{}\ue001"  # private-use characters: stand in for message texts while rendering
-
-
-class BoundedSandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, with `*`, `**` and `+` refused when their result would be huge."""
-
-    intercepted_binops = frozenset(["*", "**", "+"])
-
-    def call_binop(self, context, op, left, right):
-        if op == "**" and isinstance(right, (int, float)) and abs(right) > 64:
-            raise jinja2.exceptions.SecurityError(f"the template raises to the power {right}")
-        if op == "*":
-            for sequence, count in ((left, right), (right, left)):
-                if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) and len(sequence) * count > MAX_RENDERED_CHARS:
-                    raise jinja2.exceptions.SecurityError("the template repeats a value beyond any prompt's length")
-        if op == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, type(left)) \
-                and len(left) + len(right) > MAX_RENDERED_CHARS:
-            raise jinja2.exceptions.SecurityError("the template builds a value beyond any prompt's length")
-        return {"*": operator.mul, "**": operator.pow, "+": operator.add}[op](left, right)
 
 
 def check_message(message) -> None:
@@ -68,22 +46,45 @@ def _raise(message):
     raise jinja2.exceptions.TemplateError(message)
 
 
-class ChatTokenizer:
-    """Renders messages with the chat template and converts between text and ids."""
-
-    def __init__(self, folder):
-        folder = Path(folder)
-        self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_JSON))
-        config_path = folder / TOKENIZER_CONFIG
+def read_template(folder: Path) -> tuple[dict, str | None]:
+    """tokenizer_config.json (or {}) and the chat template's source: chat_template.jinja when
+    present, else the config's chat_template (a string, or a list of {name, template})."""
+    config_path = folder / TOKENIZER_CONFIG
+    try:
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        if not isinstance(config, dict):
+            raise ValueError("it is not a JSON object")
         template = config.get("chat_template")
         if isinstance(template, list):  # [{name, template}, ...]
             template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
         if (folder / CHAT_TEMPLATE).is_file():
             template = (folder / CHAT_TEMPLATE).read_text()
+        if template is not None and not isinstance(template, str):
+            raise ValueError(f"its chat_template is a {type(template).__name__}, not text")
+    except (ValueError, LookupError, AttributeError, TypeError, RecursionError, UnicodeDecodeError) as error:
+        raise Phi4MMError(f"{config_path} or {CHAT_TEMPLATE} in {folder} is not usable ({type(error).__name__}: "
+                          f"{error}): re-export the artifact from the checkpoint") from None
+    return config, template
+
+
+class ChatTokenizer:
+    """Renders messages with the chat template and converts between text and ids."""
+
+    def __init__(self, folder):
+        folder = Path(folder)
+        try:
+            self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_JSON))
+        except Exception as error:  # the tokenizers library raises its own exception type
+            raise Phi4MMError(f"{folder / TOKENIZER_JSON} cannot be read ({error}): re-export the artifact") from None
+        config, template = read_template(folder)
         environment = BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
         environment.globals["raise_exception"] = _raise
-        self.template = environment.from_string(template or FALLBACK_TEMPLATE)
+        try:
+            self.template = environment.from_string(template or FALLBACK_TEMPLATE)
+        except (jinja2.exceptions.TemplateError, TypeError, ValueError, RecursionError) as error:
+            raise Phi4MMError(f"the artifact's chat template is not a valid Jinja template ({type(error).__name__}: "
+                              f"{error}): fix chat_template.jinja / tokenizer_config.json's chat_template, or re-export "
+                              f"from the checkpoint") from None
         self.special = {"bos_token": _token_text(config.get("bos_token")), "eos_token": _token_text(config.get("eos_token"))}
         self.control_tokens = [t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special]
         self.text_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
@@ -99,16 +100,11 @@ class ChatTokenizer:
 
     def _render(self, messages) -> str:
         try:
-            pieces, size = [], 0
-            for piece in self.template.generate(messages=messages, add_generation_prompt=True, **self.special):
-                size += len(piece)
-                if size > MAX_RENDERED_CHARS:
-                    raise jinja2.exceptions.SecurityError("the template writes more than any prompt holds")
-                pieces.append(piece)
-            return "".join(pieces)
+            return render(self.template, messages=messages, add_generation_prompt=True, **self.special)
         except jinja2.exceptions.TemplateError as error:
             raise Phi4MMError(f"the chat template rejected the messages: {error}") from None
-        except (TypeError, ValueError, OverflowError, MemoryError, RecursionError) as error:
+        except (TypeError, ValueError, OverflowError, MemoryError, RecursionError, LookupError, AttributeError,
+                ArithmeticError) as error:
             raise Phi4MMError(f"the chat template failed ({type(error).__name__}: {error}): check the artifact's "
                               f"chat template") from None
 

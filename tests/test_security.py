@@ -151,13 +151,35 @@ def test_a_chat_template_dropped_into_the_folder_is_refused(artifact):
 def test_a_template_bomb_is_stopped_even_when_listed(artifact):
     from phi4mm_edge.manifest import file_entry
 
-    for bomb in ("{{ 'a' * 10**10 }}", "{{ 'ab' * 100000 * 100000 }}", "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}"):
+    for bomb in ("{{ 'a' * 10**10 }}", "{{ 'ab' * 100000 * 100000 }}", "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}",
+                 "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                 "{{ 'a' | center(1000000000) }}", "{{ '%0999999999d' % 1 }}"):
         (artifact / "chat_template.jinja").write_text(bomb)
         rewrite_manifest(artifact, lambda m: m["files"].update({"chat_template.jinja": json.loads(json.dumps(
             file_entry(artifact / "chat_template.jinja").__dict__))}))
         model = Phi4MMEdge.load(artifact)
         with pytest.raises(Phi4MMError, match="the chat template"):
             model.generate("hi", max_new_tokens=1).text()
+
+
+def list_template(artifact, source: str) -> None:
+    from phi4mm_edge.manifest import file_entry
+
+    (artifact / "chat_template.jinja").write_text(source)
+    rewrite_manifest(artifact, lambda m: m["files"].update({"chat_template.jinja": json.loads(json.dumps(
+        file_entry(artifact / "chat_template.jinja").__dict__))}))
+
+
+def test_a_broken_template_is_a_clear_error_not_a_traceback(artifact):
+    """A template that does not parse is refused at load; one that writes a media placeholder
+    itself, for media the request does not have, is refused per request (was an IndexError)."""
+    list_template(artifact, "{% for m in messages %}{{ m.content }")
+    with pytest.raises(Phi4MMError, match="chat template is not a valid Jinja template"):
+        Phi4MMEdge.load(artifact)
+    list_template(artifact, "<|user|><|image_1|>{{ messages[0].content }}<|end|><|assistant|>")
+    model = Phi4MMEdge.load(artifact)
+    with pytest.raises(Phi4MMError, match=r"the chat template writes <\|image_1\|> but the request has 0 image"):
+        model.generate("hi", max_new_tokens=1).text()
 
 
 @pytest.mark.parametrize("change", [
