@@ -73,6 +73,12 @@ def prepare_output_folder(out: Path, force: bool) -> None:
     # A half-written folder must not look complete: the manifest and the verification stamp go first.
     for name in [MANIFEST, ".verified.json", *(ours or [])]:
         (out / name).unlink(missing_ok=True)
+    # Contexts the runtime compiled from the previous graphs (artifact.COMPILED_CONTEXT_MARK): the
+    # runtime would recompile them anyway (they record what they were compiled from), but they
+    # are the previous export's.
+    for graph in [name for name in ours or [] if name.endswith(".onnx")]:
+        for compiled in out.glob(graph.removesuffix(".onnx") + artifact.COMPILED_CONTEXT_MARK + "*"):
+            compiled.unlink(missing_ok=True)
 
 
 def write_in_graph_adapters(out: Path, ckpt: Checkpoint, options: ExportOptions, step) -> list:

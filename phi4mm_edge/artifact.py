@@ -30,6 +30,10 @@ DML_TOKEN_TABLE_DATA = "embed_tokens_dml.onnx.data"  # the fp16 token table (sha
 # exp() of it is exactly 0 there.
 NPU_MASKED_SCORE = -30000.0
 AUDIO_GRAPH = "audio.onnx"
+# The runtime writes an NPU graph's compiled context beside it on first use (runtime/qnn.py):
+# `<graph stem>.qnn_ctx.onnx`, its binaries and a `.qnn_ctx.json` record. Not listed in the
+# manifest (made on the device that runs it); a new export into the folder removes them.
+COMPILED_CONTEXT_MARK = ".qnn_ctx"
 ADAPTER_SUFFIX = ".onnx_adapter"
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"  # holds the chat template (and the bos/eos strings)

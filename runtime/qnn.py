@@ -10,8 +10,13 @@ time, never a silent run on the CPU. Float graphs run in the HTP's fp16 mode
 
 The compiled graph (an EPContext model plus its QNN context binary) is written next to the
 artifact's graph on the first load and opened instead of compiling on the next. A small JSON
-file beside it records what it was compiled from (the graph's bytes, the plugin's and QNN's
-versions, the SoC), so a re-exported artifact or a new plugin compiles afresh.
+record beside it says what it was compiled from (the graph's bytes, the sha256 of every data file
+the graph reads as the verified manifest lists them, the plugin's and QNN's versions, the SoC)
+and what was written (each compiled file's size and sha256). Before a compiled context is used,
+both must match: a re-export (the NPU embedding graph is byte-identical for every checkpoint;
+only its data differs), a new plugin, or a damaged, truncated, swapped or deleted compiled file
+makes it compile afresh instead of answering from stale or corrupt bytes. The compiled files are
+hashed in full on every load (a size-and-time check would miss bytes rewritten in place).
 """
 
 import hashlib
@@ -21,14 +26,15 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from ..artifact import COMPILED_CONTEXT_MARK
 from ..errors import Phi4MMError
 
 EP_NAME = "QNNExecutionProvider"
 # Snapdragon X Elite (SC8380XP). The plugin's fp16 mode needs a SoC; a phone sets its own with
 # PHI4MM_QNN_SOC_MODEL (e.g. 57 = Snapdragon 8 Gen 3, SM8650; 69 = 8 Elite, SM8750).
 DEFAULT_SOC_MODEL = "60"
-CONTEXT_SUFFIX = ".qnn_ctx.onnx"
-CONTEXT_RECORD_SUFFIX = ".qnn_ctx.json"
+CONTEXT_SUFFIX = COMPILED_CONTEXT_MARK + ".onnx"
+CONTEXT_RECORD_SUFFIX = COMPILED_CONTEXT_MARK + ".json"
 MISSING = "the QNN execution provider is not installed: pip install onnxruntime-qnn (x86_64 runs Qualcomm's HTP simulator)"
 
 _registered = None  # None: not tried; True/False after the first try
@@ -88,12 +94,18 @@ def htp_options(base: ort.SessionOptions, context_file: Path | None = None) -> o
     return base
 
 
-def _fingerprint(graph: Path) -> dict:
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(graph, "rb") as f:  # the .onnx only: its weights' files are covered by the artifact's verification
-        for block in iter(lambda: f.read(1 << 20), b""):
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
-    return {"graph_sha256": digest.hexdigest(), **versions()}
+    return digest.hexdigest()
+
+
+def _fingerprint(graph: Path, reads: dict[str, str]) -> dict:
+    """What a context compiled from `graph` depends on; `reads`: the sha256 of each file the graph
+    reads (its weights), by name."""
+    return {"graph_sha256": _sha256(graph), "reads": dict(sorted(reads.items())), **versions()}
 
 
 def context_paths(graph: Path) -> tuple[Path, Path]:
@@ -101,34 +113,55 @@ def context_paths(graph: Path) -> tuple[Path, Path]:
     return graph.with_name(stem + CONTEXT_SUFFIX), graph.with_name(stem + CONTEXT_RECORD_SUFFIX)
 
 
-def cached_context(graph: Path) -> Path | None:
-    """The compiled context of `graph` if one was written for these exact bytes and versions."""
+def compiled_files(graph: Path) -> list[Path]:
+    """The files a compilation of `graph` wrote: the EPContext model and its binaries (named after
+    it by ONNX Runtime, e.g. `decoder_npu.qnn_ctx_qnn.bin`), the record excluded."""
+    context, record = context_paths(graph)
+    stem = context.name.removesuffix(".onnx")
+    return sorted(p for p in graph.parent.glob(f"{stem}*") if p != record and p.is_file())
+
+
+def cached_context(graph: Path, reads: dict[str, str] | None = None) -> Path | None:
+    """The compiled context of `graph` if one was written from these exact bytes, data and
+    versions, and its files are whole (sizes and sha256 as written)."""
     context, record = context_paths(graph)
     try:
-        if context.is_file() and json.loads(record.read_text()) == _fingerprint(graph):
-            return context
-    except (OSError, ValueError):
-        pass
-    return None
+        saved = json.loads(record.read_text())
+        if not context.is_file() or not isinstance(saved, dict) or saved.get("compiled_from") != _fingerprint(graph, reads or {}):
+            return None
+        written = saved.get("compiled_files")
+        present = {p.name: p for p in compiled_files(graph)}
+        if not isinstance(written, dict) or set(written) != set(present) or context.name not in written:
+            return None
+        for name, entry in written.items():
+            if present[name].stat().st_size != entry.get("size") or _sha256(present[name]) != entry.get("sha256"):
+                return None
+        return context
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
-def open_htp_session(graph: Path, options_factory) -> tuple[ort.InferenceSession, bool]:
-    """An HTP session for `graph`, from its compiled context when one is cached; returns the
-    session and whether it was compiled now. `options_factory()` gives fresh base options."""
+def open_htp_session(graph: Path, options_factory, reads: dict[str, str] | None = None) -> tuple[ort.InferenceSession, bool]:
+    """An HTP session for `graph`, from its compiled context when a whole one is cached for the
+    same inputs; returns the session and whether it was compiled now. `options_factory()` gives
+    fresh base options; `reads` the sha256 of the files the graph reads, by name (the manifest's)."""
     graph = Path(graph)
-    context = cached_context(graph)
+    context = cached_context(graph, reads)
     if context is not None:
-        return _session(context, htp_options(options_factory()), graph), False
+        try:
+            return _session(context, htp_options(options_factory()), graph), False
+        except Phi4MMError:
+            pass  # whole but unusable (e.g. another graph's context copied over it): compiled again below
     context, record = context_paths(graph)
     writable = os.access(graph.parent, os.W_OK)
-    for stale in (context, record):
-        if writable and stale.exists():
-            stale.unlink()
+    for stale in [*compiled_files(graph), record] if writable else []:
+        stale.unlink(missing_ok=True)
     global compilations
     session = _session(graph, htp_options(options_factory(), context if writable else None), graph)
     compilations += 1
     if writable and context.is_file():
-        record.write_text(json.dumps(_fingerprint(graph)))
+        written = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in compiled_files(graph)}
+        record.write_text(json.dumps({"compiled_from": _fingerprint(graph, reads or {}), "compiled_files": written}))
     return session, True
 
 
