@@ -2,7 +2,9 @@
 
 What is checked: every file the runtime will open is listed in the manifest (the graphs, the data
 files each graph reads, the adapters, and the tokenizer and chat-template files it opens by name),
-lies inside the folder (no path or symlink leads out), and has the listed size and sha256.
+lies inside the folder (no path or symlink leads out), and has the listed size and sha256. Which
+data files a graph reads is read from the graph itself (graph_references.py), not taken from the
+manifest: a manifest edited to leave a data file out cannot leave that file unchecked.
 
 Hashing a multi-GB artifact on every load would cost seconds, so a successful check is
 remembered in `.verified.json` (size, mtime and sha256 per file): a later load re-hashes only
@@ -18,7 +20,8 @@ from pathlib import Path
 
 from ..artifact import READ_BY_NAME, sha256_of
 from ..errors import Phi4MMError
-from ..manifest import Manifest, read_manifest
+from ..manifest import Manifest, is_plain_file_name, read_manifest
+from .graph_references import external_data_files
 
 STAMP = ".verified.json"
 FULL_CHECK_DAYS = 7
@@ -26,15 +29,25 @@ VERIFY_MODES = ("cached", "full", "off")
 
 
 def files_read(manifest: Manifest, folder: Path) -> list[str]:
-    """Every file the runtime opens: graphs and their data, adapters, the tokenizer files present."""
-    graphs = manifest.graph_files()
-    missing_data = [g for g in graphs if g not in manifest.graph_data]
-    if missing_data:
-        raise Phi4MMError(f"manifest.json does not say which data files {missing_data[0]} reads: re-export the artifact")
-    data = [name for graph in graphs for name in manifest.graph_data[graph]]
+    """The files the runtime opens by the manifest's word: graphs, adapters, the tokenizer files
+    present (the graphs' data files are checked from the graphs: check_graph_data)."""
     adapters = [entry.file for entry in manifest.adapters.values()]
     by_name = [name for name in READ_BY_NAME if (folder / name).exists() or name == READ_BY_NAME[0]]
-    return list(dict.fromkeys([*graphs, *data, *adapters, *by_name]))
+    return list(dict.fromkeys([*manifest.graph_files(), *adapters, *by_name]))
+
+
+def check_graph_data(manifest: Manifest, folder: Path) -> None:
+    """Every data file a (verified) graph names is listed, so verified, and the manifest's
+    graph_data says the same as the graph."""
+    for graph in manifest.graph_files():
+        reads = external_data_files(folder / graph)
+        for name in sorted(reads):
+            if not is_plain_file_name(name) or name not in manifest.files:
+                raise Phi4MMError(f"{graph} reads {name!r}, which manifest.json does not list (so it cannot be "
+                                  f"verified): the artifact was altered; re-export it")
+        if reads != set(manifest.graph_data.get(graph, ())):
+            raise Phi4MMError(f"manifest.json's graph_data for {graph} does not name the data files the graph reads "
+                              f"({', '.join(sorted(reads)) or 'none'}): the manifest was altered; re-export the artifact")
 
 
 def verify_artifact(folder, mode: str = "cached") -> Manifest:
@@ -81,6 +94,7 @@ def verify_artifact(folder, mode: str = "cached") -> Manifest:
                     f"corrupted; re-export the artifact"
                 )
         fresh[name] = key
+    check_graph_data(manifest, folder)
     if fresh == stamp and not full:
         return manifest  # nothing changed since the last check: no write on every load
     try:

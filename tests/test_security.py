@@ -5,6 +5,7 @@ address-space cap, so "bounded memory" is asserted, not hoped for."""
 import gc
 import io
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -140,6 +141,40 @@ def test_files_the_runtime_reads_must_be_listed(artifact):
     flip_byte(artifact / "decoder.onnx.data")
     with pytest.raises(Phi4MMError, match="is read by the runtime but manifest.json does not list it"):
         Phi4MMEdge.load(artifact)
+
+
+@pytest.mark.parametrize("data_file", ["embed_tokens.onnx.data", "vision.lora.data"])
+def test_a_data_file_left_out_of_the_manifest_is_still_verified(artifacts, tmp_path, data_file):
+    """The probe of issue 32 dropped a data file from the manifest's lists (files and graph_data)
+    and corrupted it: the runtime checked only what the manifest listed and answered garbage.
+    Which files a graph reads now comes from the graph itself."""
+    folder = tmp_path / "artifact"
+    shutil.copytree(artifacts["int4"], folder)
+
+    def drop(manifest):
+        manifest["files"].pop(data_file)
+        for names in manifest["graph_data"].values():
+            if data_file in names:
+                names.remove(data_file)
+
+    rewrite_manifest(folder, drop)
+    flip_byte(folder / data_file)
+    # (vision.lora.data is also the adapter's own file, refused by that name first)
+    with pytest.raises(Phi4MMError, match=rf"{re.escape(data_file)}.*manifest\.json does not list"):
+        Phi4MMEdge.load(folder)
+
+
+def test_the_runtime_reads_a_graphs_data_files_as_onnx_does(artifacts):
+    """runtime/graph_references.py (no onnx package) names the same data files as onnx's own
+    reader (export's external_data_files), If branches included, for every graph of every kind
+    of CPU artifact."""
+    from phi4mm_edge.export.graph_files import external_data_files as by_onnx
+    from phi4mm_edge.manifest import read_manifest
+    from phi4mm_edge.runtime.graph_references import external_data_files as by_runtime
+
+    for name in ("int4", "fp32-native", "int4-exact-lora8"):
+        for graph in read_manifest(artifacts[name]).graph_files():
+            assert by_runtime(artifacts[name] / graph) == set(by_onnx(artifacts[name] / graph)), (name, graph)
 
 
 def test_a_chat_template_dropped_into_the_folder_is_refused(artifact):
