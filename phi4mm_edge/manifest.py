@@ -319,6 +319,6 @@ def read_manifest(folder: Path) -> Manifest:
         raise Phi4MMError(f"{folder} has no {MANIFEST}: it is not a phi4mm-edge artifact; export one with `phi4mm-edge export`")
     try:
         data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise Phi4MMError(f"{path} is not valid JSON ({error}): re-export the artifact") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # RecursionError: nested thousands deep
+        raise Phi4MMError(f"{path} is not valid JSON ({type(error).__name__}: {error}): re-export the artifact") from None
     return manifest_from_json(data)

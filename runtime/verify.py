@@ -71,7 +71,9 @@ def verify_artifact(folder, mode: str = "cached") -> Manifest:
         checked = stamp.pop("full_check_at")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         stamp, checked = {}, 0.0
-    full = mode == "full" or not isinstance(checked, (int, float)) or time.time() - checked > FULL_CHECK_DAYS * 86400
+    age = time.time() - checked if isinstance(checked, (int, float)) else float("nan")
+    # A stamp from the future (a clock set back, or an edited stamp) must not postpone the full check for good.
+    full = mode == "full" or not 0 <= age <= FULL_CHECK_DAYS * 86400
     fresh = {}
     for name, expected in manifest.files.items():
         path = folder / name

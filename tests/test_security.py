@@ -255,6 +255,17 @@ def test_same_size_same_time_corruption_is_caught_by_a_full_check(artifact):
     (artifact / STAMP).write_text(json.dumps(stamp))
     with pytest.raises(Phi4MMError, match="no longer matches the sha256"):
         Phi4MMEdge.load(artifact)
+    # A stamp from the future (issue 32: it turned the weekly full check off for good) counts as stale.
+    stamp["full_check_at"] = time.time() + 365 * 86400
+    (artifact / STAMP).write_text(json.dumps(stamp))
+    with pytest.raises(Phi4MMError, match="no longer matches the sha256"):
+        Phi4MMEdge.load(artifact)
+
+
+def test_a_manifest_nested_thousands_deep_is_a_clear_error(artifact):
+    (artifact / "manifest.json").write_text('{"a": ' * 100000 + "1" + "}" * 100000)
+    with pytest.raises(Phi4MMError, match="manifest.json is not valid JSON"):
+        Phi4MMEdge.load(artifact)
 
 
 # -- 5: message text cannot forge turns -------------------------------------------------------------
