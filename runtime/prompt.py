@@ -63,6 +63,16 @@ def check_fits(prompt_tokens: int, context_length: int, text: TextConfig) -> Non
         )
 
 
+def check_text_fits(messages: list[dict], tokenizer: ChatTokenizer, context_length: int, text: TextConfig) -> None:
+    """Refuse, before any tokenizing of it, message text that cannot fit the context (a 20 MB
+    message once took the server's memory while being tokenized whole)."""
+    content = "".join(message["content"] for message in messages)
+    if tokenizer.text_exceeds(content, context_length):
+        raise Phi4MMError(
+            f"the messages hold {len(content)} characters, more than a context of {context_length} tokens holds: "
+            f"shorten them, or load with a larger context_length (--context, at most {text.max_position_embeddings})")
+
+
 @dataclass(frozen=True)
 class Prompt:
     """A typed value that also unpacks: `ids, image_features, audio_features = prompt`."""
@@ -134,6 +144,7 @@ def build_prompt(messages, images, audios, tokenizer: ChatTokenizer, text: TextC
     already in `media_cache` (same encoder input) are not computed again; `max_crops` caps the
     images' HD tiling."""
     messages = as_messages(messages)
+    check_text_fits(messages, tokenizer, context_length, text)
     images, audios = as_media_list(images, "image"), as_media_list(audios, "audio")
     if images and vision is None:
         raise Phi4MMError("this artifact has no vision.onnx: re-export it from a checkpoint with the vision encoder")

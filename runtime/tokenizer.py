@@ -24,6 +24,9 @@ FALLBACK_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
 )
 ROLES = ("system", "user", "assistant")
+# Text longer than this is counted in pieces of this size before it is tokenized whole (a
+# tokenizer holds ~200 bytes per character of its input: 20 MB of text took ~4 GB).
+COUNT_CHUNK_CHARS = 1 << 18
 SENTINEL = "\ue000{}\ue001"  # private-use characters: stand in for message texts while rendering
 
 
@@ -89,6 +92,9 @@ class ChatTokenizer:
         self.control_tokens = [t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special]
         self.text_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
         self.text_tokenizer.encode_special_tokens = True  # control-token strings in text stay text
+        # No token covers more characters than its vocabulary string has (byte-level BPE: one
+        # character per byte): text longer than context x this cannot fit, whatever it holds.
+        self.max_token_chars = max(map(len, self.tokenizer.get_vocab(with_added_tokens=False)), default=1)
 
     def render(self, messages) -> str:
         """Messages (a string, or a list of {role, content}) -> prompt text ending in the assistant tag."""
@@ -137,6 +143,21 @@ class ChatTokenizer:
     def encode(self, text: str) -> list[int]:
         """Ids of template text: control-token strings become control tokens."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def text_exceeds(self, text: str, tokens: int) -> bool:
+        """True when `text` surely takes more than `tokens` tokens, found without tokenizing more
+        than COUNT_CHUNK_CHARS at once: longer text is counted in pieces (a piece boundary moves a
+        count by a token or two, allowed for), and the count stops once past the limit."""
+        if len(text) > tokens * self.max_token_chars:
+            return True
+        if len(text) <= COUNT_CHUNK_CHARS:
+            return False
+        counted = 0
+        for start in range(0, len(text), COUNT_CHUNK_CHARS):
+            counted += len(self.text_tokenizer.encode(text[start:start + COUNT_CHUNK_CHARS], add_special_tokens=False).ids)
+            if counted > tokens + 2 * (start // COUNT_CHUNK_CHARS + 1):
+                return True
+        return False
 
     def encode_text(self, text: str) -> list[int]:
         """Ids of message text: control-token strings are encoded as ordinary text."""

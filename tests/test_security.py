@@ -262,6 +262,33 @@ def test_same_size_same_time_corruption_is_caught_by_a_full_check(artifact):
         Phi4MMEdge.load(artifact)
 
 
+def test_text_that_cannot_fit_the_context_is_refused_before_it_is_tokenized(artifacts):
+    """Issue 32: a 20 MB message killed the server (the tokenizer holds ~200 bytes per character;
+    10 MB took 1.9 GB and 11.5 s). Now it is refused by its length against the context before any
+    tokenizing: measured in a fresh process, the peak RSS grows by less than 200 MB (the text
+    itself is 20 MB; tokenized it took gigabytes) and the refusal comes in seconds."""
+    script = textwrap.dedent(f"""
+        import resource, time
+        from phi4mm_edge import Phi4MMError
+        from phi4mm_edge.runtime import Phi4MMEdge
+        model = Phi4MMEdge.load({str(artifacts["int4"])!r})
+        model.generate("warm up", max_new_tokens=1).text()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started = time.perf_counter()
+        try:
+            model.generate("lorem ipsum " * 1_700_000, max_new_tokens=1)
+        except Phi4MMError as error:
+            print("refused:", error)
+        print(time.perf_counter() - started, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("refused: the messages hold 20400000 characters, more than a context of 4096 tokens"), out
+    seconds, grown_mb = map(float, lines[1].split())
+    assert seconds < 5 and grown_mb < 200, (seconds, grown_mb)
+
+
 def test_a_manifest_nested_thousands_deep_is_a_clear_error(artifact):
     (artifact / "manifest.json").write_text('{"a": ' * 100000 + "1" + "}" * 100000)
     with pytest.raises(Phi4MMError, match="manifest.json is not valid JSON"):
