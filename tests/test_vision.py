@@ -1,6 +1,9 @@
 """The vision path against transformers' image processor and model (vision adapter set)."""
 
 import io
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -420,3 +423,48 @@ def test_an_image_tiled_1x1_is_encoded_once_and_equals_its_crops_encoded_apart(a
                    "crop_grid": np.array(photo.crop_grid, np.int64)}
     assert conv_batch_sizes(artifacts[weights], photo_feeds, tmp_path) == [1]
     assert conv_batch_sizes(artifacts[weights], feeds, tmp_path) == [3]
+
+
+def test_large_images_decoded_at_once_share_one_pixel_budget(tmp_path):
+    """Issue 32: an 8000x8000 all-zero RGBA PNG is 249 KB on disk and ~3 GB while decoded the old
+    way; three uploads decoding in parallel gave MemoryError. Now a decode takes its share of one
+    process-wide budget of decoded pixels (64 M) before it starts, and gives it back when its image
+    is freed: three threads decode one after the other, and the process's peak grows by about
+    one image's decode (8 bytes a pixel: 0.5 GB; bound 1 GB), not three."""
+    png = tmp_path / "big.png"
+    Image.new("RGBA", (8000, 8000), (0, 0, 0, 0)).save(png)
+    script = textwrap.dedent(f"""
+        import resource, threading
+        from phi4mm_edge.runtime.image import DECODED, load_image
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        sizes = []
+        def decode():
+            image = load_image({str(png)!r})
+            sizes.append(image.size)
+            del image
+        threads = [threading.Thread(target=decode) for _ in range(3)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        print(len(sizes), DECODED.used, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    decoded, still_held, grown_mb = out.stdout.split()
+    assert (int(decoded), int(still_held)) == (3, 0), out
+    assert float(grown_mb) < 1024, grown_mb
+
+
+def test_an_image_that_cannot_get_its_pixels_in_time_is_refused_with_retry(monkeypatch):
+    """While another decoded image holds the budget, a decode waits, then is refused with a
+    message that says to retry (the apps answer 503)."""
+    monkeypatch.setattr(image_module, "DECODE_WAIT_SECONDS", 0.2)
+    held = image_module.load_image(_png_bytes(7000, 7000))  # 49 of the 64 M pixels
+    with pytest.raises(image_module.ImagesBusy, match="retry"):
+        image_module.load_image(_png_bytes(5000, 5000))
+    del held
+    assert image_module.load_image(_png_bytes(5000, 5000)).size == (5000, 5000)  # given back when freed
+
+
+def _png_bytes(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
