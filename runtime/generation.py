@@ -4,6 +4,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from ..errors import Phi4MMError
+
 
 @dataclass(frozen=True)
 class Timings:
@@ -44,12 +46,14 @@ class Outcome:
 
 class Generation:
     """An iterator over streamed text pieces. `.result` is None until the iteration ends; then it
-    holds the GenerationResult. `.text()` runs to the end and returns the whole answer."""
+    holds the GenerationResult. `.text()` runs to the end and returns the whole answer. An error
+    the stream raised (a refusal, say) is raised again by every later use, never an empty answer."""
 
     def __init__(self, pieces: Iterator[str] | None = None, adapter: str | None = None, outcome: Outcome | None = None):
         self._pieces = pieces
         self.adapter = adapter  # the adapter answering (known before the first piece)
         self._outcome = outcome or Outcome()
+        self._error: Phi4MMError | None = None
 
     @property
     def cached_prompt_tokens(self) -> int:
@@ -63,11 +67,20 @@ class Generation:
         return self
 
     def __next__(self) -> str:
-        return next(self._pieces)
+        if self._error is not None:
+            raise self._error
+        try:
+            return next(self._pieces)
+        except Phi4MMError as error:
+            self._error = error
+            raise
 
     def text(self) -> str:
         for _ in self:
             pass
+        if self.result is None:
+            raise Phi4MMError("this generation was closed before it finished, so it has no text: read the pieces "
+                              "it streamed, or generate again")
         return self.result.text
 
     def close(self) -> None:

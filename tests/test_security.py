@@ -406,7 +406,12 @@ def test_interleaved_generations_in_one_thread_are_refused(artifacts):
     second = model.generate("two", max_new_tokens=8)
     with pytest.raises(Phi4MMError, match="another generation of this model is still streaming"):
         next(second)
+    # The refusal stays: the refused generation never later yields nothing or an empty text (issue 32).
+    with pytest.raises(Phi4MMError, match="another generation of this model is still streaming"):
+        second.text()
     first.close()  # given back: the next one runs
+    with pytest.raises(Phi4MMError, match="closed before it finished"):  # was AttributeError
+        first.text()
     assert model.generate("two", max_new_tokens=8).text() == Phi4MMEdge.load(artifacts["int4"]).generate("two", max_new_tokens=8).text()
 
 
