@@ -23,7 +23,7 @@ from ..manifest import Manifest
 from ..errors import Phi4MMError
 from .adapters import AUTO, AdapterSet, choose_adapter
 from .audio import MAX_SECONDS
-from .audio_encoder import AudioEncoder
+from .audio_encoder import AudioEncoder, WholeClip
 from .cpu import choose_prefill_precision
 from .decoder import Decoder
 from .detokenizer import StreamingDetokenizer
@@ -31,9 +31,9 @@ from .feature_cache import DEFAULT_MAX_BYTES, FeatureCache
 from .generation import Generation, Outcome, stream_text
 from .kv_cache import position_keys
 from .prompt import Prompt, build_prompt, check_fits
-from .audio_npu import NpuAudioEncoder
+from .audio_npu import ClipWindows
 from .npu_decoder import NpuDecoder
-from .vision_npu import NpuVisionEncoder
+from .vision_npu import crop_by_crop
 from .device import device_for
 from .providers import choose_provider, open_session, session_options as default_session_options
 from .options import GenerationOptions
@@ -41,7 +41,7 @@ from .sampling import Sampling
 from .token_loop import generate_tokens
 from .tokenizer import ChatTokenizer
 from .verify import verify_artifact
-from .vision_encoder import VisionEncoder
+from .vision_encoder import VisionEncoder, whole_image
 
 DEFAULT_CONTEXT = 4096  # tokens of KV cache allocated at load; --context raises it up to the model's maximum
 
@@ -107,9 +107,10 @@ class Phi4MMEdge:
             if npu:
                 pending["prompt"] = opening(graphs.prompt)
             tokenizer = pool.submit(ChatTokenizer, folder)
-            vision_class, audio_class = (NpuVisionEncoder, NpuAudioEncoder) if npu else (VisionEncoder, AudioEncoder)
-            vision = vision_class(folder, manifest.vision, options, provider) if manifest.vision else None
-            audio = audio_class(folder, manifest.audio, options, provider, max_audio_seconds) if manifest.audio else None
+            image_graph, clip_graph = (crop_by_crop, ClipWindows) if npu else (whole_image, WholeClip)
+            vision = VisionEncoder(folder, manifest.vision, options, provider, image_graph) if manifest.vision else None
+            audio = (AudioEncoder(folder, manifest.audio, options, provider, max_audio_seconds, clip_graph)
+                     if manifest.audio else None)
             encoders = [pool.submit(e.session.open) for e in (vision, audio) if e is not None and preload_encoders]
             sessions = {name: future.result() for name, future in pending.items()}
             tokenizer = tokenizer.result()
