@@ -38,6 +38,7 @@ from .device import device_for
 from .providers import choose_provider, open_session, session_options as default_session_options
 from .options import GenerationOptions
 from .sampling import Sampling
+from .sequence import TextDecoder
 from .token_loop import generate_tokens
 from .tokenizer import ChatTokenizer
 from .verify import verify_artifact
@@ -47,7 +48,7 @@ DEFAULT_CONTEXT = 4096  # tokens of KV cache allocated at load; --context raises
 
 
 class Phi4MMEdge:
-    def __init__(self, folder: Path, manifest: Manifest, decoder: Decoder, tokenizer: ChatTokenizer, load_ms: float,
+    def __init__(self, folder: Path, manifest: Manifest, decoder: TextDecoder, tokenizer: ChatTokenizer, load_ms: float,
                  vision: VisionEncoder | None = None, audio: AudioEncoder | None = None,
                  media_cache_bytes: int = DEFAULT_MAX_BYTES):
         self.folder, self.manifest, self.decoder, self.tokenizer = Path(folder), manifest, decoder, tokenizer

@@ -396,7 +396,8 @@ def test_on_directml_the_cache_adapters_and_step_row_live_on_the_device(dml_arti
     monkeypatch.setattr(model_module, "open_session", on_cpu)
     monkeypatch.setattr(encoder_session, "open_session", on_cpu)
     gpu = Phi4MMEdge.load(dml_artifacts["fp32"], provider="dml", preload_encoders=False)
-    assert device.device_for(gpu.provider) == "dml" and not gpu.decoder.reuse_prefix and gpu.decoder.prefill_chunk is None
+    assert device.device_for(gpu.provider) == "dml"
+    assert not gpu.decoder.sequence.reuse_prefix and gpu.decoder.sequence.prefill_chunk is None
     text = gpu.manifest.model
     cache_shape = (1, text.num_kv_heads, gpu.decoder.cache.capacity, text.head_dim)
     lora_inputs = len(gpu.decoder.adapters.inputs)
