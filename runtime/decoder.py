@@ -18,9 +18,11 @@ from ..errors import Phi4MMError
 from .adapters import AdapterSet
 from .device import on_device
 from .kv_cache import KVCache
+from .providers import CPU, PROVIDERS, ExecutionProvider
 from .sequence import CachedSequence
 from .tensor_types import as_declared, input_types, output_types
 
+DEFAULT_CONTEXT = 4096  # tokens of KV cache allocated at load; --context raises it up to the model's maximum
 # Runs of at least this many positions go through the int8 prompt graph when it is loaded: below
 # it the int4 kernels win (the int8 GEMM reads twice the bytes; measured crossover 32-64 rows).
 INT8_MIN_POSITIONS = 64
@@ -30,19 +32,20 @@ class Decoder:
     """The text model's sessions, bindings and KV cache for one sequence at a time (a TextDecoder)."""
 
     def __init__(self, text: TextConfig, embedding: ort.InferenceSession, decoder: ort.InferenceSession,
-                 adapters: AdapterSet, context_length: int, prompt_int8: ort.InferenceSession | None = None,
-                 prefill_chunk: int | None = None, device: str = "cpu"):
+                 adapters: AdapterSet, context_length: int | None = None,
+                 prompt_int8: ort.InferenceSession | None = None, prefill_chunk: int | None = None,
+                 provider: ExecutionProvider = PROVIDERS[CPU]):
+        """`context_length`: positions of KV cache (None: DEFAULT_CONTEXT, at most the model's maximum).
+        `provider`: the sessions' row in providers.PROVIDERS (where the tensors live, whether prompts run whole)."""
         if prefill_chunk is not None and prefill_chunk < 1:
             raise Phi4MMError(f"prefill chunk {prefill_chunk}: give at least 1 token (or none for whole prompts)")
-        # DirectML's GroupQueryAttention treats the past as empty when given more than one new
-        # position (read in its 1.24.4 source; never run here): there prompts run whole from
-        # position 0, so no prefix of an earlier turn is reused and no prompt is chunked.
-        whole_prompts = device == "dml"
-        if whole_prompts and prefill_chunk is not None:
-            raise Phi4MMError("DirectML runs every prompt whole (its attention kernel takes no past with several new "
-                              "positions): load without --prefill-chunk")
+        if provider.whole_prompts and prefill_chunk is not None:
+            raise Phi4MMError(f"{provider.whole_prompts}: load without --prefill-chunk")
+        if context_length is None:
+            context_length = min(DEFAULT_CONTEXT, text.max_position_embeddings)
         self.text, self.adapters = text, adapters
         self.embedding, self.decoder, self.prompt_int8 = embedding, decoder, prompt_int8
+        device = provider.device
         # The graphs' element types: fp32, or fp16 activations and KV cache (a DirectML artifact).
         declared = input_types(decoder)
         self.embeds_type, self.logits_type = declared["inputs_embeds"], output_types(decoder)["logits"]
@@ -70,7 +73,7 @@ class Decoder:
         if self._int8_binding is not None:
             self.cache.bind(self._int8_binding)
         bindings = [b for b in (self._binding, self._int8_binding) if b is not None]
-        self.sequence = CachedSequence(text, self.cache, adapters, bindings, reuse_prefix=not whole_prompts,
+        self.sequence = CachedSequence(text, self.cache, adapters, bindings, reuse_prefix=not provider.whole_prompts,
                                        prefill_chunk=prefill_chunk)
 
     @property
