@@ -16,8 +16,8 @@ import onnxruntime as ort
 
 from ..errors import Phi4MMError
 from ..manifest import AudioEntry
-from .audio import HOP_LENGTH, MAX_SECONDS, SAMPLE_RATE, token_count
-from .audio_encoder import AudioEncoder, AudioInput
+from .audio import HOP_LENGTH, SAMPLE_RATE, token_count
+from .audio_encoder import AudioInput
 from .encoder_session import LazySession
 
 OUTPUTS = {False: "speech_features", True: "vision_speech_features"}  # by vision_mode
@@ -57,41 +57,31 @@ def window_feeds(features: np.ndarray, window_frames: int, context: int, chunk_f
     return feeds
 
 
-class NpuAudioEncoder(AudioEncoder):
-    """AudioEncoder's interface over the window graph. `provider` "qnn" runs it on the HTP (CPU
-    fallback disabled, the compiled context cached beside the graph), "cpu" on ONNX Runtime's
-    CPU EP (providers.open_session). The graph's file and window length come from the artifact's
-    audio entry (`graph`, `window_frames`, `chunk_frames`)."""
+class ClipWindows:
+    """How AudioEncoder feeds the NPU's window graph (AudioEncoder(..., graph=ClipWindows)). `provider`
+    "qnn" runs it on the HTP (CPU fallback disabled, the compiled context cached beside the graph),
+    "cpu" on ONNX Runtime's CPU EP (providers.open_session). The window length comes from the
+    artifact's audio entry (`window_frames`, `chunk_frames`)."""
 
-    def __init__(self, folder, entry: AudioEntry, options, provider: str, max_seconds: float = MAX_SECONDS):
-        if entry.sample_rate != SAMPLE_RATE:
-            raise Phi4MMError(f"the artifact's audio encoder takes {entry.sample_rate} Hz features; this runtime computes "
-                              f"them at {SAMPLE_RATE} Hz only: re-export from a {SAMPLE_RATE} Hz checkpoint")
+    def __init__(self, entry: AudioEntry, provider: str):
         if provider not in ("qnn", "cpu"):
             raise Phi4MMError(f"provider {provider!r}: the NPU audio graph runs on 'qnn' (the HTP) or 'cpu'")
-        self.entry, self.max_seconds = entry, max_seconds
         self.context = entry.compression_rate  # one token's frames before each window
         if entry.window_frames is None or entry.chunk_frames is None:
             raise Phi4MMError(f"the artifact's audio entry names no window ({entry.graph} is not an NPU window graph): "
                               f"re-export with --target npu")
         self.window_frames, self.chunk_frames = entry.window_frames, entry.chunk_frames
-        self.session = LazySession(folder / entry.graph, options, provider)
 
-    def _window(self, session: ort.InferenceSession) -> int:
+    def _window(self, graph: ort.InferenceSession, name: str) -> int:
         """The graph's window in frames, checked against the entry's."""
-        frames = session.get_inputs()[0].shape[1] - self.context
+        frames = graph.get_inputs()[0].shape[1] - self.context
         if frames != self.window_frames or frames % self.context:
-            raise Phi4MMError(f"{self.session.path.name} takes windows of {frames} frames, the manifest says "
+            raise Phi4MMError(f"{name} takes windows of {frames} frames, the manifest says "
                               f"{self.window_frames}: re-export the artifact")
         return frames
 
-    def features(self, audio: AudioInput, vision_mode: bool = False) -> np.ndarray:
-        """audio_features [num_tokens, hidden]; `vision_mode` picks the projection used with images."""
-        session = self.session.open()
-        output = OUTPUTS[bool(vision_mode)]
-        feeds = window_feeds(audio.features, self._window(session), self.context, self.chunk_frames)
-        features = np.concatenate([session.run([output], feed.inputs)[0][:feed.rows] for feed in feeds])
-        if features.shape[0] != audio.num_tokens:
-            raise Phi4MMError(f"{self.session.path.name} gave {features.shape[0]} tokens for audio that needs "
-                              f"{audio.num_tokens}: re-export the artifact")
-        return features
+    def features(self, session: LazySession, audio: AudioInput, vision_mode: bool) -> np.ndarray:
+        """The clip's rows, window by window, from the projection `vision_mode` picks."""
+        graph, output = session.open(), OUTPUTS[bool(vision_mode)]
+        feeds = window_feeds(audio.features, self._window(graph, session.path.name), self.context, self.chunk_frames)
+        return np.concatenate([graph.run([output], feed.inputs)[0][:feed.rows] for feed in feeds])

@@ -8,17 +8,11 @@ and every LoRA tensor of the active adapter (0.74-0.92 GB of fp16 at full size).
 allocated once on the device (OrtValue on "dml") and bound by IOBinding: the KV buffer is both the
 past input and the present output, the embedding graph writes the step row where the decoder reads
 it, and only token ids, the attention mask and the logits cross to and from the host.
+Which device a provider's sessions compute on is its row in providers.PROVIDERS (`device`).
 """
 
 import numpy as np
 import onnxruntime as ort
-
-# The ONNX Runtime device each provider's sessions compute on (OrtDevice names).
-DEVICES = {"cpu": "cpu", "qnn": "cpu", "dml": "dml"}
-
-
-def device_for(provider: str) -> str:
-    return DEVICES[provider]
 
 
 def on_device(array: np.ndarray, device: str) -> ort.OrtValue:

@@ -24,30 +24,24 @@ from ..errors import Phi4MMError
 from .adapters import AUTO, AdapterSet, choose_adapter
 from .audio import MAX_SECONDS
 from .audio_encoder import AudioEncoder
-from .cpu import choose_prefill_precision
-from .decoder import Decoder
 from .detokenizer import StreamingDetokenizer
 from .feature_cache import DEFAULT_MAX_BYTES, FeatureCache
 from .generation import Generation, Outcome, stream_text
 from .kv_cache import position_keys
 from .prompt import Prompt, build_prompt, check_fits
-from .audio_npu import NpuAudioEncoder
-from .npu_decoder import NpuDecoder
-from .vision_npu import NpuVisionEncoder
-from .device import device_for
-from .providers import choose_provider, open_session, session_options as default_session_options
+from .providers import PROVIDERS, choose_provider, open_session, session_options as default_session_options
 from .options import GenerationOptions
 from .sampling import Sampling
+from .sequence import TextDecoder
+from .targets import RUNTIME_TARGETS, TextSessions
 from .token_loop import generate_tokens
 from .tokenizer import ChatTokenizer
 from .verify import verify_artifact
 from .vision_encoder import VisionEncoder
 
-DEFAULT_CONTEXT = 4096  # tokens of KV cache allocated at load; --context raises it up to the model's maximum
-
 
 class Phi4MMEdge:
-    def __init__(self, folder: Path, manifest: Manifest, decoder: Decoder, tokenizer: ChatTokenizer, load_ms: float,
+    def __init__(self, folder: Path, manifest: Manifest, decoder: TextDecoder, tokenizer: ChatTokenizer, load_ms: float,
                  vision: VisionEncoder | None = None, audio: AudioEncoder | None = None,
                  media_cache_bytes: int = DEFAULT_MAX_BYTES):
         self.folder, self.manifest, self.decoder, self.tokenizer = Path(folder), manifest, decoder, tokenizer
@@ -85,45 +79,33 @@ class Phi4MMEdge:
         folder = Path(folder)
         manifest = verify_artifact(folder, {True: "cached", False: "off"}.get(verify, verify))
         maximum = manifest.model.max_position_embeddings
-        explicit_context = context_length
-        context_length = min(DEFAULT_CONTEXT, maximum) if context_length is None else context_length
-        if isinstance(context_length, bool) or not isinstance(context_length, int) or not 0 < context_length <= maximum:
+        if context_length is not None and (isinstance(context_length, bool) or not isinstance(context_length, int)
+                                           or not 0 < context_length <= maximum):
             raise Phi4MMError(f"context length {context_length!r} is outside 1..{maximum}, the model's maximum")
         options = session_options or default_session_options(threads)
-        provider, provider_note = choose_provider(provider, manifest)
-        graphs = manifest.graphs
-        npu = manifest.target == "npu"
-        precision = "npu" if npu else choose_prefill_precision(prefill, graphs.prefill_int8 is not None,
-                                                                int8_weight_bits=graphs.prefill_int8_weight_bits)
+        target = RUNTIME_TARGETS[manifest.target]
+        provider, provider_note = choose_provider(provider, target)
+        graphs = {"decoder": manifest.graphs.decoder, "embedding": manifest.graphs.embedding,
+                  "prompt": target.prompt_graph(prefill, manifest.graphs)}
         # The sessions are created side by side: ONNX Runtime releases the GIL while it reads and
         # prepacks, and the decoder's prepacking (seconds at full size) keeps one core busy alone.
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="phi4mm-load") as pool:
-            def opening(graph):
-                return pool.submit(open_session, folder / graph, options, provider)
-
-            pending = {"decoder": opening(graphs.decoder), "embedding": opening(graphs.embedding)}
-            if precision == "int8":
-                pending["prompt_int8"] = opening(graphs.prefill_int8)
-            if npu:
-                pending["prompt"] = opening(graphs.prompt)
+            pending = {name: pool.submit(open_session, folder / graph, options, provider)
+                       for name, graph in graphs.items() if graph is not None}
             tokenizer = pool.submit(ChatTokenizer, folder)
-            vision_class, audio_class = (NpuVisionEncoder, NpuAudioEncoder) if npu else (VisionEncoder, AudioEncoder)
-            vision = vision_class(folder, manifest.vision, options, provider) if manifest.vision else None
-            audio = audio_class(folder, manifest.audio, options, provider, max_audio_seconds) if manifest.audio else None
+            vision = (VisionEncoder(folder, manifest.vision, options, provider, target.image_graph)
+                      if manifest.vision else None)
+            audio = (AudioEncoder(folder, manifest.audio, options, provider, max_audio_seconds, target.clip_graph)
+                     if manifest.audio else None)
             encoders = [pool.submit(e.session.open) for e in (vision, audio) if e is not None and preload_encoders]
-            sessions = {name: future.result() for name, future in pending.items()}
+            opened = {name: future.result() for name, future in pending.items()}
             tokenizer = tokenizer.result()
             for future in encoders:
                 future.result()
-        device = device_for(provider)
-        adapters = AdapterSet(folder, manifest.adapters, sessions["decoder"], device)
-        if npu:
-            decoder = NpuDecoder(manifest.model, sessions["embedding"], sessions["decoder"], sessions["prompt"], adapters,
-                                 manifest.npu, explicit_context)
-        else:
-            decoder = Decoder(manifest.model, embedding=sessions["embedding"], decoder=sessions["decoder"], adapters=adapters,
-                              context_length=context_length, prompt_int8=sessions.get("prompt_int8"), prefill_chunk=prefill_chunk,
-                              device=device)
+        sessions = TextSessions(opened["embedding"], opened["decoder"], opened.get("prompt"))
+        execution = PROVIDERS[provider]
+        adapters = AdapterSet(folder, manifest.adapters, sessions.decoder, execution.device)
+        decoder = target.decoder(manifest, sessions, adapters, context_length, prefill_chunk, execution)
         load_ms = (time.perf_counter() - started) * 1000
         model = cls(folder, manifest, decoder, tokenizer, load_ms, vision, audio, int(media_cache_mb * 2**20))
         model.provider, model.provider_note = provider, provider_note

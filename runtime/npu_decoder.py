@@ -8,8 +8,8 @@ Per run of S positions (S = the prompt chunk, or 1 for a decode step) starting a
 - cos/sin of positions p..p+S-1 with the LongRoPE factors the whole sequence uses;
 - the logits of the last real row; the new keys and values come back for the S rows, and the
   real ones are written into the cache here.
-Everything else (the prefix cache, LongRoPE's recompute at the switch, the adapters) is the CPU
-Decoder's logic, inherited.
+Everything else (the prefix cache, LongRoPE's recompute at the switch, the adapters) is the
+sequence's bookkeeping, sequence.py's CachedSequence, which the CPU Decoder holds too.
 """
 
 import numpy as np
@@ -19,8 +19,8 @@ from ..artifact import NPU_MASKED_SCORE, past_key_name, past_value_name, present
 from ..errors import Phi4MMError
 from ..manifest import NpuShapes, TextConfig
 from .adapters import AdapterSet
-from .decoder import Decoder
 from .kv_cache import KVCache
+from .sequence import CachedSequence
 
 MASKED = np.float32(NPU_MASKED_SCORE)
 
@@ -34,13 +34,16 @@ def rotary_tables(text: TextConfig, shapes: NpuShapes, positions: np.ndarray, lo
     return np.cos(angles) * factor, np.sin(angles) * factor
 
 
-class NpuDecoder(Decoder):
+class NpuDecoder:
+    """The NPU artifact's text graphs over one KV cache in host memory, one sequence at a time (a TextDecoder)."""
+
     def __init__(self, text: TextConfig, embedding: ort.InferenceSession, decode: ort.InferenceSession,
                  prompt: ort.InferenceSession, adapters: AdapterSet, shapes: NpuShapes, context_length: int | None):
+        """`context_length`: the positions requests may use, at most the graphs' (None: all of them)."""
         if context_length is not None and context_length > shapes.context:
             raise Phi4MMError(f"context {context_length}: this NPU artifact's graphs hold {shapes.context} positions "
                               f"(re-export with --npu-context {context_length} for more)")
-        self.text, self.adapters, self.shapes, self.prefill_chunk = text, adapters, shapes, None
+        self.text, self.adapters, self.shapes = text, adapters, shapes
         self.embedding, self.decode, self.prompt = embedding, decode, prompt
         self.cache = KVCache(text.num_layers, text.num_kv_heads, text.head_dim, shapes.context)
         self.cache.capacity = context_length or shapes.context  # a smaller context only limits requests
@@ -48,21 +51,29 @@ class NpuDecoder(Decoder):
         self.group = text.num_heads // text.num_kv_heads
         self._sessions = {1: decode, shapes.chunk: prompt}  # by positions per run (one graph when chunk is 1)
         self._bindings = {positions: session.io_binding() for positions, session in self._sessions.items()}
-        self.reuse_prefix = True
-        self.active_adapter = None
-        self.activate(adapters.none)
+        # Both graphs take the adapters' A/B tensors (zeros for 'none'): a swap is a rebind, no recompile.
+        self.sequence = CachedSequence(text, self.cache, adapters, self._bindings.values())
 
     @property
     def prefill_precision(self) -> str:
         return "npu"
 
+    @property
+    def active_adapter(self) -> str | None:
+        return self.sequence.active_adapter
+
+    @active_adapter.setter
+    def active_adapter(self, adapter: str | None) -> None:
+        self.sequence.active_adapter = adapter
+
     def activate(self, adapter: str) -> None:
         """Bind an adapter's A/B tensors (zeros for 'none') to both graphs: a rebind, no recompile."""
-        if adapter != self.active_adapter:
-            self.cache.forget()
-            for binding in self._bindings.values():
-                self.adapters.bind(binding, adapter)
-            self.active_adapter = adapter
+        self.sequence.activate(adapter)
+
+    def reusable_prefix(self, keys: np.ndarray) -> int:
+        """How many leading positions of a prompt with position `keys` (kv_cache.position_keys) the
+        cache holds as a fresh prefill would compute them (CachedSequence.reusable_prefix)."""
+        return self.sequence.reusable_prefix(keys)
 
     def embed(self, input_ids: np.ndarray, image_features=None, audio_features=None) -> np.ndarray:
         """inputs_embeds [1, n, hidden]: the token table's rows through the embedding graph, chunk by
@@ -83,17 +94,29 @@ class NpuDecoder(Decoder):
                 embeds[0, where] = features
         return embeds
 
-    def _run(self, embeds: np.ndarray, start: int, keep: int, keys: np.ndarray | None) -> np.ndarray:
-        if keep != 1:
+    def prefill(self, embeds: np.ndarray, start: int = 0, keep: int | None = None,
+                keys: np.ndarray | None = None) -> np.ndarray:
+        """Run inputs_embeds [1, n, hidden] at positions start..start+n-1 over the cached prefix;
+        return the logits of the last position, [1, 1, vocab] (`keep` must be 1, or None for n = 1).
+        `keys` (n of them) say what the positions are computed from (Decoder.prefill)."""
+        if (embeds.shape[1] if keep is None else keep) != 1:
             raise Phi4MMError("the NPU graphs give the logits of one position per run: ask for the last one (keep=1)")
+        return self.sequence.prefill(embeds, start, 1, keys, self._run)
+
+    def step(self, token_id: int) -> np.ndarray:
+        """Logits [vocab] after appending one token (a fresh array)."""
+        return self.sequence.step(token_id, self._run_step)
+
+    def _run(self, embeds: np.ndarray, start: int, keep: int) -> np.ndarray:
+        """Positions start..start+n-1 through the prompt graph chunk by chunk (the decode graph for one)."""
         count = embeds.shape[1]
-        self._will_write(start, start + count)
         chunk = self.shapes.chunk if count > 1 else 1
         for offset in range(0, count, chunk):
             logits = self._run_static(embeds[:, offset:offset + chunk], start + offset, chunk)
-        self.cache.length = start + count
-        self.cache.record(start, keys)
         return logits
+
+    def _run_step(self, token_id: int, position: int) -> np.ndarray:
+        return self._run_static(self.embed(np.array([[token_id]])), position, 1)[0, -1]
 
     def _run_static(self, embeds: np.ndarray, start: int, positions: int) -> np.ndarray:
         """One run of the `positions`-row graph over `embeds` (n <= positions rows) at `start`."""
@@ -125,12 +148,3 @@ class NpuDecoder(Decoder):
             buffers[2 * layer][:, :, start:start + n] = outputs[present_key_name(layer)][:, :, :n]
             buffers[2 * layer + 1][:, :, start:start + n] = outputs[present_value_name(layer)][:, :, :n]
         return outputs["logits"]
-
-    def step(self, token_id: int) -> np.ndarray:
-        """Logits [vocab] after appending one token (a fresh array)."""
-        start = self.cache.length
-        self._will_write(start, start + 1)
-        logits = self._run_static(self.embed(np.array([[token_id]])), start, 1)
-        self.cache.length = start + 1
-        self.cache.record(start, np.array([token_id], np.int64))
-        return logits[0, -1]

@@ -4,13 +4,13 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from .decoder import Decoder, crosses_longrope_switch
+from .sequence import TextDecoder, crosses_longrope_switch
 
 
-def generate_tokens(decoder: Decoder, prompt_embeds: np.ndarray, prompt_keys: np.ndarray, reused: int,
+def generate_tokens(decoder: TextDecoder, prompt_embeds: np.ndarray, prompt_keys: np.ndarray, reused: int,
                     choose: Callable[[np.ndarray], int], max_new_tokens: int, stop_ids: set[int]) -> Iterator[int]:
     """Yield token ids for a prompt's embeddings [1, n, hidden] whose first `reused` positions the
-    KV cache already holds (Decoder.reusable_prefix): each chosen by `choose(logits)`, the last
+    KV cache already holds (TextDecoder.reusable_prefix): each chosen by `choose(logits)`, the last
     one a stop id, or the one that reaches `max_new_tokens` or fills the context."""
     prompt_length = prompt_embeds.shape[1]
     logits = decoder.prefill(prompt_embeds[:, reused:], start=reused, keep=1, keys=prompt_keys[reused:])[0, -1]

@@ -1,6 +1,11 @@
 """The vision encoder of an artifact: an image -> image_features rows for the prompt. Its ONNX
-Runtime session opens on first use (see encoder_session.py)."""
+Runtime session opens on first use (see encoder_session.py).
 
+The image's crops and masks and the check of the rows are the same for every artifact; how its
+graph is fed is the encoder's `graph`: whole_image (vision.onnx, an image per run) or
+vision_npu.crop_by_crop (the NPU's one-crop graph, the crops laid out in numpy)."""
+
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -17,9 +22,23 @@ def check_max_crops(max_crops, limit: int) -> None:
                           f"every image also gets one global view)")
 
 
+# How a vision graph is fed: (its session, a prepared image) -> the image's rows [tokens, hidden].
+ImageGraph = Callable[[LazySession, ImageInput], np.ndarray]
+
+
+def whole_image(session: LazySession, image: ImageInput) -> np.ndarray:
+    """vision.onnx: all of an image's crops in one run, laid out by the graph."""
+    return session.run(["image_features"], {
+        "pixel_values": image.pixel_values,
+        "attention_mask": image.attention_mask,
+        "crop_grid": np.array(image.crop_grid, np.int64),
+    })[0]
+
+
 class VisionEncoder:
-    def __init__(self, folder, entry: VisionEntry, options, provider: str):
-        self.geometry = entry
+    def __init__(self, folder, entry: VisionEntry, options, provider: str, graph: ImageGraph = whole_image):
+        """`graph`: how the artifact's vision graph is fed (whole_image, or vision_npu.crop_by_crop)."""
+        self.geometry, self.graph = entry, graph
         self.session = LazySession(folder / entry.graph, options, provider)
 
     def prepare(self, source, max_crops: int | None = None) -> ImageInput:
@@ -33,11 +52,8 @@ class VisionEncoder:
 
     def features(self, image: ImageInput) -> np.ndarray:
         """image_features [num_tokens, hidden] for one image."""
-        features = self.session.run(["image_features"], {
-            "pixel_values": image.pixel_values,
-            "attention_mask": image.attention_mask,
-            "crop_grid": np.array(image.crop_grid, np.int64),
-        })[0]
+        features = self.graph(self.session, image)
         if features.shape[0] != image.num_tokens:
-            raise Phi4MMError(f"{self.geometry.graph} gave {features.shape[0]} tokens for an image that needs {image.num_tokens}: re-export the artifact")
+            raise Phi4MMError(f"{self.geometry.graph} gave {features.shape[0]} tokens for an image that needs "
+                              f"{image.num_tokens}: re-export the artifact")
         return features

@@ -1,14 +1,14 @@
 """The vision encoder of an NPU artifact: vision_crop.onnx runs once per crop (the HTP compiles
 static shapes only), and the HD transform, which only moves rows, lays the crops' projected
-tokens out here in numpy: the same rows vision.onnx returns for the whole image."""
+tokens out here in numpy: the same rows vision.onnx returns for the whole image.
+VisionEncoder(..., graph=crop_by_crop) feeds it."""
 
 import math
 
 import numpy as np
 
-from ..errors import Phi4MMError
+from .encoder_session import LazySession
 from .image import ImageInput
-from .vision_encoder import VisionEncoder
 
 GLOBAL_VIEW = 0  # crop 0 is the whole image; crops 1.. are the tiles, row-major
 ROW_SEPARATOR, GLOBAL_SEPARATOR = 0, 1  # the rows of the graph's `separators` output
@@ -51,29 +51,23 @@ def crop_features_to_image_features(crop_features: np.ndarray, separators: np.nd
     ])
 
 
-class NpuVisionEncoder(VisionEncoder):
-    """VisionEncoder's interface over the one-crop graph (an NPU artifact's vision entry names it).
-    Its session opens on first use: on the "qnn" provider an HTP session with CPU fallback off,
-    from the compiled context cached beside the graph when there is one (providers.open_session,
-    qnn.py); on "cpu" the same static graph on the CPU."""
-
-    def features(self, image: ImageInput) -> np.ndarray:
-        """image_features [num_tokens, hidden] for one image: the crop graph once per crop, except
-        for a crop equal to the first (an image tiled 1x1: its tile is its global view), which
-        takes the first crop's features, as vision.onnx does (export/vision_encoder.distinct_crops)."""
-        session = self.session.open()
-        crop_features, separators = [], None
-        for crop in range(image.pixel_values.shape[0]):
-            if crop and np.array_equal(image.pixel_values[crop], image.pixel_values[0]) \
-                    and np.array_equal(image.attention_mask[crop], image.attention_mask[0]):
-                crop_features.append(crop_features[0])
-                continue
-            features, separators = session.run(["crop_features", "separators"], {
-                "pixel_values": image.pixel_values[crop:crop + 1],
-                "attention_mask": image.attention_mask[crop:crop + 1],
-            })
-            crop_features.append(features[0])
-        rows = crop_features_to_image_features(np.stack(crop_features), separators, image.attention_mask, image.crop_grid)
-        if rows.shape[0] != image.num_tokens:
-            raise Phi4MMError(f"{self.geometry.graph} gave {rows.shape[0]} tokens for an image that needs {image.num_tokens}: re-export the artifact")
-        return rows
+def crop_by_crop(session: LazySession, image: ImageInput) -> np.ndarray:
+    """image_features [num_tokens, hidden] for one image through the one-crop graph (an NPU
+    artifact's vision entry names it): the graph once per crop, except for a crop equal to the
+    first (an image tiled 1x1: its tile is its global view), which takes the first crop's features,
+    as vision.onnx does (export/vision_encoder.distinct_crops). The session opens on first use: on
+    the "qnn" provider an HTP session with CPU fallback off, from the compiled context cached beside
+    the graph when there is one (providers.open_session, qnn.py); on "cpu" the same static graph on the CPU."""
+    graph = session.open()
+    crop_features, separators = [], None
+    for crop in range(image.pixel_values.shape[0]):
+        if crop and np.array_equal(image.pixel_values[crop], image.pixel_values[0]) \
+                and np.array_equal(image.attention_mask[crop], image.attention_mask[0]):
+            crop_features.append(crop_features[0])
+            continue
+        features, separators = graph.run(["crop_features", "separators"], {
+            "pixel_values": image.pixel_values[crop:crop + 1],
+            "attention_mask": image.attention_mask[crop:crop + 1],
+        })
+        crop_features.append(features[0])
+    return crop_features_to_image_features(np.stack(crop_features), separators, image.attention_mask, image.crop_grid)

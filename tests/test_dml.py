@@ -393,12 +393,13 @@ def test_on_directml_the_cache_adapters_and_step_row_live_on_the_device(dml_arti
     host = Phi4MMEdge.load(dml_artifacts["fp32"], provider="cpu")
     fake = FakeDevice()
     monkeypatch.setattr(device, "ort", fake)
-    monkeypatch.setattr(model_module, "choose_provider", lambda requested, manifest: ("dml", "DirectML (faked)"))
+    monkeypatch.setattr(model_module, "choose_provider", lambda requested, target: ("dml", "DirectML (faked)"))
     on_cpu = lambda path, options, provider: providers.open_session(path, options, "cpu")  # noqa: E731
     monkeypatch.setattr(model_module, "open_session", on_cpu)
     monkeypatch.setattr(encoder_session, "open_session", on_cpu)
     gpu = Phi4MMEdge.load(dml_artifacts["fp32"], provider="dml", preload_encoders=False)
-    assert device.device_for(gpu.provider) == "dml" and not gpu.decoder.reuse_prefix and gpu.decoder.prefill_chunk is None
+    assert providers.PROVIDERS[gpu.provider].device == "dml"
+    assert not gpu.decoder.sequence.reuse_prefix and gpu.decoder.sequence.prefill_chunk is None
     text = gpu.manifest.model
     cache_shape = (1, text.num_kv_heads, gpu.decoder.cache.capacity, text.head_dim)
     lora_inputs = len(gpu.decoder.adapters.inputs)

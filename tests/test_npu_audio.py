@@ -19,7 +19,7 @@ from phi4mm_edge.manifest import read_manifest
 from phi4mm_edge.runtime import qnn
 from phi4mm_edge.runtime.audio import SAMPLE_RATE, load_audio
 from phi4mm_edge.runtime.audio_encoder import AudioEncoder
-from phi4mm_edge.runtime.audio_npu import NpuAudioEncoder
+from phi4mm_edge.runtime.audio_npu import ClipWindows
 from phi4mm_edge.runtime.providers import session_options
 from test_speech import espeak
 from reference_steps import relative_l2
@@ -66,7 +66,7 @@ def encoder(folder, entry, provider):
     frames = onnx.load(str(folder / WINDOW_GRAPH), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[1].dim_value
     entry = replace(entry, graph=WINDOW_GRAPH, window_frames=frames - entry.compression_rate,
                     chunk_frames=MAX_CHUNK * entry.compression_rate)
-    return NpuAudioEncoder(folder, entry, session_options(), provider)
+    return AudioEncoder(folder, entry, session_options(), provider, graph=ClipWindows)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from phi4mm_edge.manifest import read_manifest
 from phi4mm_edge.runtime import qnn
 from phi4mm_edge.runtime.providers import open_session, session_options
 from phi4mm_edge.runtime.vision_encoder import VisionEncoder
-from phi4mm_edge.runtime.vision_npu import NpuVisionEncoder
+from phi4mm_edge.runtime.vision_npu import crop_by_crop
 from reference_steps import relative_l2
 
 INT4_EXACT = Precision(weights="int4", block_size=32, accuracy_level=0)  # the CPU runs it with fp32 activations
@@ -88,7 +88,8 @@ def htp_run(small_crop, fp32_entry):
     image, its features, and the compile and run seconds."""
     needs_qnn()
     graphs, vision = small_crop
-    encoder = NpuVisionEncoder(graphs["int4"], small_entry(fp32_entry, vision), session_options(), "qnn")
+    entry = small_entry(fp32_entry, vision)
+    encoder = VisionEncoder(graphs["int4"], entry, session_options(), "qnn", graph=crop_by_crop)
     image = encoder.prepare(HTP_IMAGE)
     started = time.perf_counter()
     encoder.session.open()
@@ -118,7 +119,7 @@ def test_crop_graph_and_numpy_arrangement_equal_vision_onnx(crop_graphs, artifac
     # roundings; a misplaced row or separator would be O(1). Measured 0: ONNX Runtime's CPU
     # kernels happen to sum in the same order here, which another CPU or version need not do.
     whole = VisionEncoder(artifacts["fp32-native"], replace(fp32_entry, graph="vision.onnx"), session_options(), "cpu")
-    per_crop = NpuVisionEncoder(crop_graphs["fp32"], fp32_entry, session_options(), "cpu")
+    per_crop = VisionEncoder(crop_graphs["fp32"], fp32_entry, session_options(), "cpu", graph=crop_by_crop)
     image = whole.prepare(noise_image(*size, seed=size[0]))
     assert (image.attention_mask.min() == 0) == padded
     expected = whole.features(image)
@@ -149,10 +150,10 @@ def test_htp_fp16_features_stay_close_to_the_cpu(small_crop, fp32_entry, htp_run
     if precision == "int4":
         encoder, image, htp, _, _ = htp_run
     else:
-        encoder = NpuVisionEncoder(graphs[precision], entry, session_options(), "qnn")
+        encoder = VisionEncoder(graphs[precision], entry, session_options(), "qnn", graph=crop_by_crop)
         image = encoder.prepare(HTP_IMAGE)
         htp = encoder.features(image)
-    cpu = NpuVisionEncoder(graphs[precision], entry, session_options(), "cpu").features(image)
+    cpu = VisionEncoder(graphs[precision], entry, session_options(), "cpu", graph=crop_by_crop).features(image)
     error = relative_l2(htp, cpu)
     print(f"{precision}: HTP fp16 vs CPU fp32 relative L2 {error:.2e}")
     assert error < 1e-2
@@ -165,7 +166,7 @@ def test_cached_context_gives_identical_features(htp_run):
     context = qnn.cached_context(encoder.session.path)
     assert context is not None
     written = context.stat().st_mtime_ns
-    again = NpuVisionEncoder(encoder.session.path.parent, encoder.geometry, session_options(), "qnn")
+    again = VisionEncoder(encoder.session.path.parent, encoder.geometry, session_options(), "qnn", graph=crop_by_crop)
     started = time.perf_counter()
     again.session.open()
     print(f"HTP load from the cached context {time.perf_counter() - started:.2f} s")
