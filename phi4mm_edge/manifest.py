@@ -168,6 +168,10 @@ class Manifest:
         return [g for g in (self.graphs.embedding, self.graphs.decoder, self.graphs.prefill_int8, self.graphs.prompt,
                             self.vision and self.vision.graph, self.audio and self.audio.graph) if g]
 
+    def data_hashes(self, graph: str) -> dict[str, str]:
+        """The sha256 of each data file `graph` reads, by name (verified at load: runtime/verify.py)."""
+        return {name: self.files[name].sha256 for name in self.graph_data.get(graph, ()) if name in self.files}
+
     def file_names(self) -> list[str]:
         """Every file name the manifest mentions (each must be a plain name inside the folder)."""
         return [*self.files, *self.graph_files(), *(a.file for a in self.adapters.values()),

@@ -11,8 +11,8 @@ from .tensor_types import input_types, run_as_declared
 
 
 class LazySession:
-    def __init__(self, path, options: ort.SessionOptions, provider: str):
-        self.path, self._options, self._provider = path, options, provider
+    def __init__(self, path, options: ort.SessionOptions, provider: str, reads: dict | None = None):
+        self.path, self._options, self._provider, self._reads = path, options, provider, reads
         self._session = None
         self._opening = threading.Lock()
         self._declared = None
@@ -21,7 +21,7 @@ class LazySession:
         """The session, opened now if it was not yet (once, whichever thread asks first)."""
         with self._opening:
             if self._session is None:
-                self._session = open_session(self.path, self._options, self._provider)
+                self._session = open_session(self.path, self._options, self._provider, self._reads)
         return self._session
 
     @property

@@ -90,13 +90,13 @@ class Phi4MMEdge:
         # The sessions are created side by side: ONNX Runtime releases the GIL while it reads and
         # prepacks, and the decoder's prepacking (seconds at full size) keeps one core busy alone.
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="phi4mm-load") as pool:
-            pending = {name: pool.submit(open_session, folder / graph, options, provider)
+            pending = {name: pool.submit(open_session, folder / graph, options, provider, manifest.data_hashes(graph))
                        for name, graph in graphs.items() if graph is not None}
             tokenizer = pool.submit(ChatTokenizer, folder)
-            vision = (VisionEncoder(folder, manifest.vision, options, provider, target.image_graph)
-                      if manifest.vision else None)
-            audio = (AudioEncoder(folder, manifest.audio, options, provider, max_audio_seconds, target.clip_graph)
-                     if manifest.audio else None)
+            vision = (VisionEncoder(folder, manifest.vision, options, provider, target.image_graph,
+                                    manifest.data_hashes(manifest.vision.graph)) if manifest.vision else None)
+            audio = (AudioEncoder(folder, manifest.audio, options, provider, max_audio_seconds, target.clip_graph,
+                                  manifest.data_hashes(manifest.audio.graph)) if manifest.audio else None)
             encoders = [pool.submit(e.session.open) for e in (vision, audio) if e is not None and preload_encoders]
             opened = {name: future.result() for name, future in pending.items()}
             tokenizer = tokenizer.result()

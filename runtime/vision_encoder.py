@@ -36,10 +36,12 @@ def whole_image(session: LazySession, image: ImageInput) -> np.ndarray:
 
 
 class VisionEncoder:
-    def __init__(self, folder, entry: VisionEntry, options, provider: str, graph: ImageGraph = whole_image):
-        """`graph`: how the artifact's vision graph is fed (whole_image, or vision_npu.crop_by_crop)."""
+    def __init__(self, folder, entry: VisionEntry, options, provider: str, graph: ImageGraph = whole_image,
+                 reads: dict | None = None):
+        """`graph`: how the artifact's vision graph is fed (whole_image, or vision_npu.crop_by_crop);
+        `reads`: its data files' sha256 (Manifest.data_hashes)."""
         self.geometry, self.graph = entry, graph
-        self.session = LazySession(folder / entry.graph, options, provider)
+        self.session = LazySession(folder / entry.graph, options, provider, reads)
 
     def prepare(self, source, max_crops: int | None = None) -> ImageInput:
         """Any accepted image input -> crops, masks and its token count. `max_crops` lowers the
