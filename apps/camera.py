@@ -21,7 +21,7 @@ import textwrap
 from dataclasses import asdict
 
 from ..errors import Phi4MMError
-from ..runtime.camera import import_cv2, open_video
+from .capture.camera import import_cv2, open_video
 from .startup import load_model, positive_number, restore_ctrl_c, sampling_options
 
 WINDOW = "phi4mm-edge camera"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from ..errors import Phi4MMError
 from ..runtime.audio import SAMPLE_RATE, load_audio
-from ..runtime.camera import grab_frame
 from ..runtime.image import load_image
-from ..runtime.microphone import check_microphone, record
+from .capture.camera import grab_frame
+from .capture.microphone import check_microphone, record
 from .startup import load_model, restore_ctrl_c, sampling_options
 
 PROMPT = "you> "

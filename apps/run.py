@@ -4,8 +4,8 @@ import json
 import sys
 
 from ..runtime import Phi4MMEdge
-from ..runtime.camera import grab_frame
-from ..runtime.microphone import record
+from .capture.camera import grab_frame
+from .capture.microphone import record
 from .startup import RANDOM_WEIGHTS_NOTE
 
 

@@ -1,7 +1,7 @@
 """`phi4mm-edge transcribe [ARTIFACT]`: live transcription (or translation) of the microphone,
 or of a recording with --input.
 
-An energy gate (runtime/segments.py) cuts the audio into speech segments; each segment is
+An energy gate (apps/capture/segments.py) cuts the audio into speech segments; each segment is
 transcribed on its own with the speech adapter, printed with its start and end time, and
 appended to --output as one line. Ctrl-C (or --duration) stops listening; the speech in
 progress is still transcribed (a second Ctrl-C stops at once).
@@ -12,8 +12,8 @@ import contextlib
 from ..artifact import SPEECH_ADAPTER
 from ..errors import Phi4MMError
 from ..runtime.audio import SAMPLE_RATE, load_audio
-from ..runtime.microphone import check_microphone, listen
-from ..runtime.segments import SpeechGate, split_segments
+from .capture.microphone import check_microphone, listen
+from .capture.segments import SpeechGate, split_segments
 from .startup import load_model, restore_ctrl_c, sampling_options
 
 # Phi-4-multimodal's own task prompts for speech recognition and speech translation.
