@@ -21,8 +21,9 @@ import textwrap
 from dataclasses import asdict
 
 from ..errors import Phi4MMError
+from ..runtime import GenerationOptions
 from .capture.camera import import_cv2, open_video
-from .startup import load_model, positive_number, restore_ctrl_c, sampling_options
+from .startup import generation_options, load_model, positive_number, restore_ctrl_c
 
 WINDOW = "phi4mm-edge camera"
 DESCRIBE_KEYS = (13, 10, 32)  # Enter (CR or LF, by platform) and Space in the window
@@ -97,9 +98,9 @@ def frames(capture, fps: float | None, paced: bool):
         index += 1
 
 
-def describe(model, frame, prompt: str, options: dict, index: int, seconds: float, as_json: bool) -> str:
+def describe(model, frame, prompt: str, options: GenerationOptions, index: int, seconds: float, as_json: bool) -> str:
     """Answer `prompt` about one frame, streamed to stdout (or one JSON line); return the text."""
-    generation = model.generate(prompt, images=[frame], **options)
+    generation = model.generate(prompt, images=[frame], options=options)
     if as_json:
         text = generation.text()
         result = generation.result
@@ -124,7 +125,7 @@ def camera(args) -> None:
     fps = (capture.get(cv2.CAP_PROP_FPS) or FALLBACK_FPS) if args.input else None
     status = sys.stderr if args.json else sys.stdout  # --json keeps stdout to the JSON lines
     model = load_model(args, status)
-    options = sampling_options(args)
+    options = generation_options(args)
     keys = TerminalKeys()
     how = f"every {args.interval:g} s" if args.interval else "on Enter" + ("" if args.headless else " or Space in the window")
     print(f"describing {args.input or f'camera {args.camera}'} {how}; q + Enter quits", file=status, flush=True)

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Phi4MMError
+from ..runtime import GenerationOptions
 from ..runtime.audio import SAMPLE_RATE, load_audio
 from ..runtime.image import load_image
 from .capture.camera import grab_frame
 from .capture.microphone import check_microphone, record
-from .startup import load_model, restore_ctrl_c, sampling_options
+from .startup import generation_options, load_model, restore_ctrl_c
 
 PROMPT = "you> "
 ANSWER = "phi4mm> "
@@ -62,12 +63,12 @@ class Conversation:
         self.pending_images, self.pending_audios = [], []
 
 
-def take_turn(model, conversation: Conversation, text: str, options: dict) -> None:
+def take_turn(model, conversation: Conversation, text: str, options: GenerationOptions) -> None:
     """Stream the answer to `text`; Ctrl-C stops it and keeps what was shown."""
     messages, images, audios = conversation.next_turn(text)
     shown, generation = [], None
     try:
-        generation = model.generate(messages, images=images, audios=audios, **options)
+        generation = model.generate(messages, images=images, audios=audios, options=options)
         print(ANSWER, end="", flush=True)
         for piece in generation:
             shown.append(piece)
@@ -117,7 +118,7 @@ def chat(args) -> None:
     except ImportError:
         pass
     model = load_model(args)
-    options = sampling_options(args)
+    options = generation_options(args)
     conversation = Conversation()
     print("type a message, or /help")
     while True:

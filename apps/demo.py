@@ -6,7 +6,7 @@ answers one prompt with no adapter, the vision adapter and the speech adapter.
 
 from ..artifact import ADAPTERS, NO_ADAPTER
 from ..runtime import Phi4MMEdge
-from .startup import RANDOM_WEIGHTS_NOTE
+from .startup import RANDOM_WEIGHTS_NOTE, generation_options
 
 
 def demo(args) -> None:
@@ -14,8 +14,9 @@ def demo(args) -> None:
     print(f"\nloaded {args.artifact} in {model.load_ms:.0f} ms")
     print(RANDOM_WEIGHTS_NOTE + "\n")
     print(f"prompt: {args.prompt}\n")
+    options = generation_options(args)
     for adapter in (NO_ADAPTER, *ADAPTERS):
-        generation = model.generate(args.prompt, max_new_tokens=args.max_new_tokens, adapter=adapter)
+        generation = model.generate(args.prompt, options=options.but(adapter=adapter))
         print(f"[adapter: {adapter}] ", end="", flush=True)
         for piece in generation:
             print(piece, end="", flush=True)

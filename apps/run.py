@@ -6,7 +6,7 @@ import sys
 from ..runtime import Phi4MMEdge
 from .capture.camera import grab_frame
 from .capture.microphone import record
-from .startup import RANDOM_WEIGHTS_NOTE
+from .startup import RANDOM_WEIGHTS_NOTE, generation_options
 
 
 def run(args):
@@ -22,9 +22,7 @@ def run(args):
                             max_audio_seconds=args.max_audio_seconds, prefill=args.prefill, prefill_chunk=args.prefill_chunk,
                             verify=args.verify)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
-    generation = model.generate(messages, images=images, audios=audios, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_p=args.top_p, top_k=args.top_k, seed=args.seed, adapter=args.adapter,
-                                max_crops=args.max_crops)
+    generation = model.generate(messages, images=images, audios=audios, options=generation_options(args))
     if args.json:
         generation.text()
         result = generation.result

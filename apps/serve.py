@@ -18,7 +18,7 @@ import secrets
 import socket
 
 from ..errors import Phi4MMError
-from .startup import load_model, positive_number, restore_ctrl_c, sampling_options
+from .startup import generation_options, load_model, positive_number, restore_ctrl_c
 
 DEFAULT_PORT = 8000
 WILDCARD_HOSTS = ("0.0.0.0", "::")
@@ -134,7 +134,7 @@ def serve(args) -> None:
             raise Phi4MMError("no local network address found: connect to a network, or give --host ADDRESS")
         ssl_context, fingerprint = self_signed_context([shown_host, "localhost", "127.0.0.1"])
     settings = ServeSettings(max_image_bytes=int(args.max_image_mb * 1e6), max_record_seconds=args.max_record_seconds,
-                             sampling=sampling_options(args), token=token, tls=args.lan,
+                             options=generation_options(args), token=token, tls=args.lan,
                              model_name=model.folder.name, random_weights=args.random_weights,
                              max_queue=args.max_queue)
     address = f"[{shown_host}]" if ":" in shown_host else shown_host

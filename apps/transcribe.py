@@ -14,7 +14,7 @@ from ..errors import Phi4MMError
 from ..runtime.audio import SAMPLE_RATE, load_audio
 from .capture.microphone import check_microphone, listen
 from .capture.segments import SpeechGate, split_segments
-from .startup import load_model, restore_ctrl_c, sampling_options
+from .startup import generation_options, load_model, restore_ctrl_c
 
 # Phi-4-multimodal's own task prompts for speech recognition and speech translation.
 TRANSCRIBE_PROMPT = "<|audio_1|>Transcribe the audio clip into text."
@@ -69,7 +69,7 @@ def transcribe(args) -> None:
     if not args.input:
         check_microphone()  # a missing sounddevice or device is said before the model loads
     model = load_model(args)
-    prompt = task_prompt(args.translate)
+    prompt, options = task_prompt(args.translate), generation_options(args).but(adapter=SPEECH_ADAPTER)
     try:
         output = open(args.output, "a", encoding="utf-8")
     except OSError as error:
@@ -80,8 +80,7 @@ def transcribe(args) -> None:
     with output:
         try:
             for segment in recording_segments(args.input) if args.input else live_segments(args.duration):
-                generation = model.generate(prompt, audios=[(segment.samples, segment.sample_rate)], adapter=SPEECH_ADAPTER,
-                                            **sampling_options(args))
+                generation = model.generate(prompt, audios=[(segment.samples, segment.sample_rate)], options=options)
                 line = transcript_line(segment, generation.text())
                 print(line, flush=True)
                 output.write(line + "\n")
