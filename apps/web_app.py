@@ -45,7 +45,7 @@ READ_CHUNK = 64 * 1024
 LOOPBACK_NAMES = {"localhost"}  # besides loopback IP addresses, the one name that always means this machine
 
 
-@dataclass
+@dataclass(frozen=True)
 class Question:
     """The page's form, read: the prompt, the photo's and the recording's bytes (None: not sent)."""
 
@@ -162,6 +162,27 @@ def _megabytes(count: int) -> str:
     return f"{count / 1e6:.3g} MB"
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A file field of the form: what the page calls it, its byte limit, the refusal of a larger one."""
+
+    what: str
+    limit: int
+    too_large: str
+
+
+def _uploads(settings: ServeSettings) -> dict[str, Upload]:
+    """The form's file fields by name, each read the same way: at most one, within its limit."""
+    return {
+        "image": Upload("photo", settings.max_image_bytes,
+                        f"the photo is larger than {_megabytes(settings.max_image_bytes)}, "
+                        f"this server's limit: send a smaller one (serve --max-image-mb)"),
+        "audio": Upload("recording", settings.max_audio_bytes,
+                        f"the recording is larger than {_megabytes(settings.max_audio_bytes)}: "
+                        f"longer than the {settings.max_record_seconds:g} s this server takes"),
+    }
+
+
 async def read_question(request, settings: ServeSettings) -> Question:
     """The multipart form (prompt, image, audio, max_new_tokens) as a Question.
     A body aiohttp cannot parse (no boundary, truncated, nested, oversized headers) is a 400."""
@@ -177,34 +198,28 @@ async def read_question(request, settings: ServeSettings) -> Question:
 
 
 async def _read_form(request, settings: ServeSettings) -> Question:
-    most = settings.options.max_new_tokens
-    question = Question(prompt="", image=None, audio=None, options=settings.options)
+    most, uploads = settings.options.max_new_tokens, _uploads(settings)
+    prompt, files, options = "", {}, settings.options
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
             raise Refusal(400, "nested multipart bodies are not taken: send one flat form")
-        if part.name == "image":
-            if question.image is not None:
-                raise Refusal(400, "one photo per question")
-            question.image = await _read_part(part, settings.max_image_bytes,
-                                              f"the photo is larger than {_megabytes(settings.max_image_bytes)}, "
-                                              f"this server's limit: send a smaller one (serve --max-image-mb)")
-        elif part.name == "audio":
-            if question.audio is not None:
-                raise Refusal(400, "one recording per question")
-            question.audio = await _read_part(part, settings.max_audio_bytes,
-                                              f"the recording is larger than {_megabytes(settings.max_audio_bytes)}: "
-                                              f"longer than the {settings.max_record_seconds:g} s this server takes")
+        if part.name in uploads:
+            upload = uploads[part.name]
+            if part.name in files:
+                raise Refusal(400, f"one {upload.what} per question")
+            files[part.name] = await _read_part(part, upload.limit, upload.too_large)
         elif part.name in ("prompt", "max_new_tokens"):
             text = (await _read_part(part, MAX_PROMPT_BYTES, "the question is too long")).decode("utf-8", "replace")
             if part.name == "prompt":
-                question.prompt = text
+                prompt = text
             elif not re.fullmatch(r"[0-9]{1,9}", text.strip()) or not 1 <= int(text) <= most:  # ASCII digits only
                 raise Refusal(400, f"max_new_tokens must be a whole number in 1..{most}")
             else:
-                question.options = settings.options.but(max_new_tokens=int(text))
+                options = settings.options.but(max_new_tokens=int(text))
         else:
             await _read_part(part, MAX_PROMPT_BYTES, f"unknown field {part.name!r}")
+    question = Question(prompt, files.get("image"), files.get("audio"), options)
     if not question.prompt.strip() and question.image is None and question.audio is None:
         raise Refusal(400, "type a question, or add a photo or a recording")
     return question
