@@ -22,6 +22,7 @@ from dataclasses import asdict
 
 from ..errors import Phi4MMError
 from ..runtime import GenerationOptions
+from .arguments import FAST_MAX_CROPS, FAST_MAX_CROPS_WHY, add_max_crops_argument, add_model_arguments
 from .capture.camera import import_cv2, open_video
 from .startup import generation_options, load_model, positive_number, restore_ctrl_c
 
@@ -114,7 +115,21 @@ def describe(model, frame, prompt: str, options: GenerationOptions, index: int, 
     return generation.result.text
 
 
-def camera(args) -> None:
+def add_arguments(parser) -> None:
+    add_model_arguments(parser, max_new_tokens=64)
+    add_max_crops_argument(parser, FAST_MAX_CROPS, FAST_MAX_CROPS_WHY)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--camera", default="0", metavar="INDEX", help="camera index (default 0)")
+    source.add_argument("--input", metavar="VIDEO", help="read a video file instead of a camera")
+    parser.add_argument("--interval", type=float, metavar="SECONDS",
+                        help="describe every SECONDS (video time for --input) instead of on Enter")
+    parser.add_argument("--headless", action="store_true", help="no window; Enter in the terminal describes")
+    parser.add_argument("--prompt", default="Describe what you see.")
+    parser.add_argument("--count", type=int, metavar="N", help="stop after N descriptions")
+    parser.add_argument("--json", action="store_true", help="one JSON object per description instead of text")
+
+
+def main(args) -> None:
     restore_ctrl_c()
     if args.interval is not None:
         positive_number(args.interval, "--interval")

@@ -21,6 +21,7 @@ from ..errors import Phi4MMError
 from ..runtime import GenerationOptions
 from ..runtime.audio import SAMPLE_RATE, load_audio
 from ..runtime.image import load_image
+from .arguments import add_max_crops_argument, add_model_arguments
 from .capture.camera import grab_frame
 from .capture.microphone import check_microphone, record
 from .startup import generation_options, load_model, restore_ctrl_c
@@ -111,7 +112,14 @@ def attach(conversation: Conversation, command: str, argument: str, camera: str)
     return f"attached audio {len(conversation.audios) + len(conversation.pending_audios)} to your next message"
 
 
-def chat(args) -> None:
+def add_arguments(parser) -> None:
+    add_model_arguments(parser)
+    add_max_crops_argument(parser)
+    parser.add_argument("--camera", default="0", metavar="INDEX|VIDEO",
+                        help="what /snap reads: a camera index or a video file (default 0)")
+
+
+def main(args) -> None:
     restore_ctrl_c()  # Ctrl-C stops an answer even when started as a background job's child
     try:
         import readline  # noqa: F401  line editing and history for input(), where the platform has it

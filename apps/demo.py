@@ -9,7 +9,14 @@ from ..runtime import Phi4MMEdge
 from .startup import RANDOM_WEIGHTS_NOTE, generation_options
 
 
-def demo(args) -> None:
+def add_arguments(parser) -> None:
+    parser.add_argument("--cache-dir",
+                        help="where the reference checkpoint and artifact go (default ~/.cache/phi4mm-edge)")
+    parser.add_argument("--prompt", default="Describe what an on-device assistant can do.")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+
+
+def main(args) -> None:
     model = Phi4MMEdge.load(args.artifact)
     print(f"\nloaded {args.artifact} in {model.load_ms:.0f} ms")
     print(RANDOM_WEIGHTS_NOTE + "\n")

@@ -18,6 +18,7 @@ import secrets
 import socket
 
 from ..errors import Phi4MMError
+from .arguments import FAST_MAX_CROPS, FAST_MAX_CROPS_WHY, add_max_crops_argument, add_model_arguments
 from .startup import generation_options, load_model, positive_number, restore_ctrl_c
 
 DEFAULT_PORT = 8000
@@ -25,7 +26,9 @@ WILDCARD_HOSTS = ("0.0.0.0", "::")
 
 
 def add_arguments(parser) -> None:
-    """serve's own options (the CLI adds the model options every app takes)."""
+    """The model options every app takes, --max-crops (fast by default: phone photos), then serve's own."""
+    add_model_arguments(parser)
+    add_max_crops_argument(parser, FAST_MAX_CROPS, FAST_MAX_CROPS_WHY)
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; with --lan, all addresses)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 = any free port")
     parser.add_argument("--lan", action="store_true",
@@ -99,7 +102,7 @@ async def _serve_forever(model, settings, sock, ssl_context) -> None:
         await runner.cleanup()
 
 
-def serve(args) -> None:
+def main(args) -> None:
     try:
         import aiohttp  # noqa: F401
     except ImportError:

@@ -12,6 +12,7 @@ import contextlib
 from ..artifact import SPEECH_ADAPTER
 from ..errors import Phi4MMError
 from ..runtime.audio import SAMPLE_RATE, load_audio
+from .arguments import add_model_arguments
 from .capture.microphone import check_microphone, listen
 from .capture.segments import SpeechGate, split_segments
 from .startup import generation_options, load_model, restore_ctrl_c
@@ -62,7 +63,17 @@ def live_segments(duration: float | None = None):
     yield from gate.flush()
 
 
-def transcribe(args) -> None:
+def add_arguments(parser) -> None:
+    add_model_arguments(parser, max_new_tokens=128)
+    parser.add_argument("--input", metavar="FILE", help="transcribe a recording instead of the microphone")
+    parser.add_argument("--translate", metavar="LANGUAGE", help="translate into LANGUAGE instead of transcribing")
+    parser.add_argument("--output", default="transcript.txt", metavar="FILE",
+                        help="each segment is appended here (default transcript.txt)")
+    parser.add_argument("--duration", type=float, metavar="SECONDS",
+                        help="stop listening after SECONDS (default: at Ctrl-C)")
+
+
+def main(args) -> None:
     restore_ctrl_c()  # Ctrl-C flushes, even if started with SIGINT ignored
     if args.duration is not None and (args.duration <= 0 or args.input):
         raise Phi4MMError("--duration is a positive number of seconds of microphone audio (not used with --input)")

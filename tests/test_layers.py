@@ -14,7 +14,7 @@ PACKAGE = "phi4mm_edge"
 # The package root holds the shared contract (core) and the command line (cli), the one place
 # where export and runtime meet.
 CORE = {f"{PACKAGE}", f"{PACKAGE}.errors", f"{PACKAGE}.artifact", f"{PACKAGE}.manifest"}
-CLI = {f"{PACKAGE}.cli", f"{PACKAGE}.bundled_model"}
+CLI = {f"{PACKAGE}.cli", f"{PACKAGE}.export_command", f"{PACKAGE}.bundled_model"}
 ALLOWED = {  # layer -> the project layers it may import (itself included)
     "core": {"core"},
     "quant": {"core", "quant"},
