@@ -1,14 +1,17 @@
 """`phi4mm-edge chat [ARTIFACT]`: a terminal chat with history and streamed answers.
 
-Every turn renders the whole conversation and prefills it from position 0: the model keeps no
-state between requests, so a stopped answer (Ctrl-C) leaves nothing to repair.
+Every turn renders the whole conversation; the model keeps the KV cache of its last request, so
+a follow-up that starts with the same history (and the same adapter) prefills only what is new
+(runtime/model.py, generate). The cache is matched against the prompt's own tokens, so a stopped
+answer (Ctrl-C) leaves nothing to repair: what the next prompt does not share is run again.
 
 Media (/image, /audio, /snap, /rec) attach to the next message and stay with their turn: the
 history keeps every image and clip, numbered <|image_1|>, <|image_2|>, ... in the order they
 were attached, so the prompt always shows the model what was actually said and a later
-question may refer to an earlier picture. The cost: each turn encodes all media of the
-conversation again, and once an image is in the conversation every later turn runs with the
-vision adapter (audio alone: the speech adapter), as the model was trained. /reset starts over.
+question may refer to an earlier picture (the model's feature cache spares encoding them again
+while it holds them). The cost: their tokens stay in every later prompt, and once an image is in
+the conversation every later turn runs with the vision adapter (audio alone: the speech
+adapter), as the model was trained. /reset starts over.
 
 A stopped answer stays in the history as far as it was shown; a turn that fails (an error
 before the answer starts, or Ctrl-C before its first word) is dropped with its media.
