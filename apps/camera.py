@@ -21,8 +21,10 @@ import textwrap
 from dataclasses import asdict
 
 from ..errors import Phi4MMError
-from ..runtime.camera import import_cv2, open_video
-from .startup import load_model, positive_number, restore_ctrl_c, sampling_options
+from ..runtime import GenerationOptions
+from .arguments import FAST_MAX_CROPS, FAST_MAX_CROPS_WHY, add_max_crops_argument, add_model_arguments
+from .capture.camera import import_cv2, open_video
+from .startup import generation_options, load_model, positive_number, restore_ctrl_c
 
 WINDOW = "phi4mm-edge camera"
 DESCRIBE_KEYS = (13, 10, 32)  # Enter (CR or LF, by platform) and Space in the window
@@ -97,9 +99,9 @@ def frames(capture, fps: float | None, paced: bool):
         index += 1
 
 
-def describe(model, frame, prompt: str, options: dict, index: int, seconds: float, as_json: bool) -> str:
+def describe(model, frame, prompt: str, options: GenerationOptions, index: int, seconds: float, as_json: bool) -> str:
     """Answer `prompt` about one frame, streamed to stdout (or one JSON line); return the text."""
-    generation = model.generate(prompt, images=[frame], **options)
+    generation = model.generate(prompt, images=[frame], options=options)
     if as_json:
         text = generation.text()
         result = generation.result
@@ -113,7 +115,21 @@ def describe(model, frame, prompt: str, options: dict, index: int, seconds: floa
     return generation.result.text
 
 
-def camera(args) -> None:
+def add_arguments(parser) -> None:
+    add_model_arguments(parser, max_new_tokens=64)
+    add_max_crops_argument(parser, FAST_MAX_CROPS, FAST_MAX_CROPS_WHY)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--camera", default="0", metavar="INDEX", help="camera index (default 0)")
+    source.add_argument("--input", metavar="VIDEO", help="read a video file instead of a camera")
+    parser.add_argument("--interval", type=float, metavar="SECONDS",
+                        help="describe every SECONDS (video time for --input) instead of on Enter")
+    parser.add_argument("--headless", action="store_true", help="no window; Enter in the terminal describes")
+    parser.add_argument("--prompt", default="Describe what you see.")
+    parser.add_argument("--count", type=int, metavar="N", help="stop after N descriptions")
+    parser.add_argument("--json", action="store_true", help="one JSON object per description instead of text")
+
+
+def main(args) -> None:
     restore_ctrl_c()
     if args.interval is not None:
         positive_number(args.interval, "--interval")
@@ -124,7 +140,7 @@ def camera(args) -> None:
     fps = (capture.get(cv2.CAP_PROP_FPS) or FALLBACK_FPS) if args.input else None
     status = sys.stderr if args.json else sys.stdout  # --json keeps stdout to the JSON lines
     model = load_model(args, status)
-    options = sampling_options(args)
+    options = generation_options(args)
     keys = TerminalKeys()
     how = f"every {args.interval:g} s" if args.interval else "on Enter" + ("" if args.headless else " or Space in the window")
     print(f"describing {args.input or f'camera {args.camera}'} {how}; q + Enter quits", file=status, flush=True)

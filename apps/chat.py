@@ -1,14 +1,17 @@
 """`phi4mm-edge chat [ARTIFACT]`: a terminal chat with history and streamed answers.
 
-Every turn renders the whole conversation and prefills it from position 0: the model keeps no
-state between requests, so a stopped answer (Ctrl-C) leaves nothing to repair.
+Every turn renders the whole conversation; the model keeps the KV cache of its last request, so
+a follow-up that starts with the same history (and the same adapter) prefills only what is new
+(runtime/model.py, generate). The cache is matched against the prompt's own tokens, so a stopped
+answer (Ctrl-C) leaves nothing to repair: what the next prompt does not share is run again.
 
 Media (/image, /audio, /snap, /rec) attach to the next message and stay with their turn: the
 history keeps every image and clip, numbered <|image_1|>, <|image_2|>, ... in the order they
 were attached, so the prompt always shows the model what was actually said and a later
-question may refer to an earlier picture. The cost: each turn encodes all media of the
-conversation again, and once an image is in the conversation every later turn runs with the
-vision adapter (audio alone: the speech adapter), as the model was trained. /reset starts over.
+question may refer to an earlier picture (the model's feature cache spares encoding them again
+while it holds them). The cost: their tokens stay in every later prompt, and once an image is in
+the conversation every later turn runs with the vision adapter (audio alone: the speech
+adapter), as the model was trained. /reset starts over.
 
 A stopped answer stays in the history as far as it was shown; a turn that fails (an error
 before the answer starts, or Ctrl-C before its first word) is dropped with its media.
@@ -18,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Phi4MMError
+from ..runtime import GenerationOptions
 from ..runtime.audio import SAMPLE_RATE, load_audio
-from ..runtime.camera import grab_frame
 from ..runtime.image import load_image
-from ..runtime.microphone import check_microphone, record
-from .startup import load_model, restore_ctrl_c, sampling_options
+from .arguments import add_max_crops_argument, add_model_arguments
+from .capture.camera import grab_frame
+from .capture.microphone import check_microphone, record
+from .startup import generation_options, load_model, restore_ctrl_c
 
 PROMPT = "you> "
 ANSWER = "phi4mm> "
@@ -62,12 +67,12 @@ class Conversation:
         self.pending_images, self.pending_audios = [], []
 
 
-def take_turn(model, conversation: Conversation, text: str, options: dict) -> None:
+def take_turn(model, conversation: Conversation, text: str, options: GenerationOptions) -> None:
     """Stream the answer to `text`; Ctrl-C stops it and keeps what was shown."""
     messages, images, audios = conversation.next_turn(text)
     shown, generation = [], None
     try:
-        generation = model.generate(messages, images=images, audios=audios, **options)
+        generation = model.generate(messages, images=images, audios=audios, options=options)
         print(ANSWER, end="", flush=True)
         for piece in generation:
             shown.append(piece)
@@ -110,14 +115,21 @@ def attach(conversation: Conversation, command: str, argument: str, camera: str)
     return f"attached audio {len(conversation.audios) + len(conversation.pending_audios)} to your next message"
 
 
-def chat(args) -> None:
+def add_arguments(parser) -> None:
+    add_model_arguments(parser)
+    add_max_crops_argument(parser)
+    parser.add_argument("--camera", default="0", metavar="INDEX|VIDEO",
+                        help="what /snap reads: a camera index or a video file (default 0)")
+
+
+def main(args) -> None:
     restore_ctrl_c()  # Ctrl-C stops an answer even when started as a background job's child
     try:
         import readline  # noqa: F401  line editing and history for input(), where the platform has it
     except ImportError:
         pass
     model = load_model(args)
-    options = sampling_options(args)
+    options = generation_options(args)
     conversation = Conversation()
     print("type a message, or /help")
     while True:

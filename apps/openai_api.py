@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..errors import Phi4MMError
+from ..runtime import GenerationOptions
 from ..runtime.audio import AudioTooLong, load_audio
 from ..runtime.image import load_image
 from .request_queue import QueueFull
@@ -56,7 +57,7 @@ class ChatRequest:
     messages: list  # {role, content} with <|image_N|> / <|audio_N|> where the parts were
     images: list = field(default_factory=list)  # decoded later, off the event loop
     audios: list = field(default_factory=list)
-    options: dict = field(default_factory=dict)  # generate() keywords
+    options: GenerationOptions = field(default_factory=GenerationOptions)  # serve's, changed by the request's fields
     stream: bool = False
     include_usage: bool = False
     stop: list = field(default_factory=list)
@@ -129,8 +130,9 @@ def _content(content, role: str, request: ChatRequest, limits) -> str:
     return "".join(text)
 
 
-def parse_request(body, limits, most_new_tokens: int) -> ChatRequest:
-    """The JSON body of a chat-completions request -> a ChatRequest; ApiError(400/413) otherwise."""
+def parse_request(body, limits, defaults: GenerationOptions) -> ChatRequest:
+    """The JSON body of a chat-completions request -> a ChatRequest whose options are `defaults` (serve's)
+    changed by the request's fields; ApiError(400/413) otherwise."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     for name in UNSUPPORTED:
@@ -157,22 +159,23 @@ def parse_request(body, limits, most_new_tokens: int) -> ChatRequest:
             raise ApiError(400, f"message role {role!r} is not supported: use system, user or assistant", param="messages")
         request.messages.append({"role": role, "content": _content(message.get("content"), role, request, limits)})
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    changes = {}  # GenerationOptions fields the request sets; serve's defaults stand for the rest
     if max_tokens is not None:
-        _number({"max_tokens": max_tokens}, "max_tokens", 1, most_new_tokens, whole=True)
-    options = {"max_new_tokens": max_tokens or most_new_tokens}
+        most = defaults.max_new_tokens
+        changes["max_new_tokens"] = _number({"max_tokens": max_tokens}, "max_tokens", 1, most, whole=True)
     for name, low, high, whole in (("temperature", 0, 2, False), ("top_p", 0, 1, False), ("seed", 0, 2**63 - 1, True)):
         value = _number(body, name, low, high, whole)
         if value is not None:
-            options[name] = value
-    if options.get("top_p") == 0:
+            changes[name] = value
+    if changes.get("top_p") == 0:
         raise ApiError(400, "top_p must be above 0", param="top_p")
     adapter = body.get("adapter", "auto")
     if not isinstance(adapter, str):
         raise ApiError(400, "adapter must be a string: auto, none, or an adapter of the model", param="adapter")
-    options["adapter"] = adapter
+    changes["adapter"] = adapter
     max_crops = _number(body, "max_crops", 1, 1024, whole=True)  # an extra field, like adapter; the model checks its limit
     if max_crops is not None:
-        options["max_crops"] = max_crops
+        changes["max_crops"] = max_crops
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or len(stop) > MAX_STOP_SEQUENCES or not all(isinstance(s, str) and s for s in stop):
@@ -180,7 +183,11 @@ def parse_request(body, limits, most_new_tokens: int) -> ChatRequest:
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise ApiError(400, "stream_options must be an object", param="stream_options")
-    request.options, request.stop = options, stop
+    try:
+        request.options = defaults.but(**changes)
+    except Phi4MMError as error:  # as generate's own refusal of the options would be answered
+        raise ApiError(400, str(error)) from None
+    request.stop = stop
     request.stream = bool(body.get("stream", False))
     request.include_usage = bool(stream_options.get("include_usage", False))
     return request
@@ -340,10 +347,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions: one answer, whole or streamed as chat.completion.chunk events."""
     app, settings = request.app, request.app[SETTINGS]
     body = await read_json(request, settings.max_body_bytes)
-    chat = parse_request(body, settings, settings.sampling["max_new_tokens"])
-    chat.options.setdefault("temperature", settings.sampling.get("temperature", 0.0))
-    if "max_crops" in settings.sampling:  # serve's --max-crops, unless the request names its own
-        chat.options.setdefault("max_crops", settings.sampling["max_crops"])
+    chat = parse_request(body, settings, settings.options)
     loop, run_on_model = asyncio.get_running_loop(), on_model(app)
     try:
         async with app[REQUESTS].place() as place:
@@ -351,7 +355,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             await place.turn()
             try:
                 generation = await run_on_model(app[MODEL].generate, chat.messages, images=images, audios=audios,
-                                                **chat.options)
+                                                options=chat.options)
             except Phi4MMError as error:  # the prompt does not fit, an unknown adapter, ...
                 raise ApiError(400, str(error)) from None
             pieces = AsyncPieces(generation, run_on_model)

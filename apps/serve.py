@@ -18,14 +18,17 @@ import secrets
 import socket
 
 from ..errors import Phi4MMError
-from .startup import load_model, positive_number, restore_ctrl_c, sampling_options
+from .arguments import FAST_MAX_CROPS, FAST_MAX_CROPS_WHY, add_max_crops_argument, add_model_arguments
+from .startup import generation_options, load_model, positive_number, restore_ctrl_c
 
 DEFAULT_PORT = 8000
 WILDCARD_HOSTS = ("0.0.0.0", "::")
 
 
 def add_arguments(parser) -> None:
-    """serve's own options (the CLI adds the model options every app takes)."""
+    """The model options every app takes, --max-crops (fast by default: phone photos), then serve's own."""
+    add_model_arguments(parser)
+    add_max_crops_argument(parser, FAST_MAX_CROPS, FAST_MAX_CROPS_WHY)
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; with --lan, all addresses)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 = any free port")
     parser.add_argument("--lan", action="store_true",
@@ -99,7 +102,7 @@ async def _serve_forever(model, settings, sock, ssl_context) -> None:
         await runner.cleanup()
 
 
-def serve(args) -> None:
+def main(args) -> None:
     try:
         import aiohttp  # noqa: F401
     except ImportError:
@@ -134,7 +137,7 @@ def serve(args) -> None:
             raise Phi4MMError("no local network address found: connect to a network, or give --host ADDRESS")
         ssl_context, fingerprint = self_signed_context([shown_host, "localhost", "127.0.0.1"])
     settings = ServeSettings(max_image_bytes=int(args.max_image_mb * 1e6), max_record_seconds=args.max_record_seconds,
-                             sampling=sampling_options(args), token=token, tls=args.lan,
+                             options=generation_options(args), token=token, tls=args.lan,
                              model_name=model.folder.name, random_weights=args.random_weights,
                              max_queue=args.max_queue)
     address = f"[{shown_host}]" if ":" in shown_host else shown_host

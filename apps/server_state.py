@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..runtime import GenerationOptions
 from .request_queue import RequestQueue
 
 # A recording's bytes are bounded before it is decoded: float32 stereo at 48 kHz is the
@@ -18,7 +19,7 @@ LARGEST_PCM_BYTES_PER_SECOND = 48000 * 2 * 4
 class ServeSettings:
     max_image_bytes: int
     max_record_seconds: float
-    sampling: dict  # generate() keywords: max_new_tokens (the most a request may ask for), temperature
+    options: GenerationOptions  # serve's command line, every answer's; its max_new_tokens is the most a request may ask
     token: str | None = None   # set in --lan mode: every request must carry it
     tls: bool = False
     model_name: str = ""

@@ -1,14 +1,15 @@
 """What every app does before its first answer: load the model the command line names (the CLI
-has already resolved a missing artifact to the bundled reference model) and read the sampling
+has already resolved a missing artifact to the bundled reference model) and read the generation
 options."""
 
+import dataclasses
 import math
 import signal
 import sys
 import threading
 
 from ..errors import Phi4MMError
-from ..runtime import Phi4MMEdge
+from ..runtime import GenerationOptions, Phi4MMEdge
 
 RANDOM_WEIGHTS_NOTE = ("NOTE: the reference model has RANDOM weights: its words mean nothing. It proves the pipeline "
                        "(export, int4, adapter swapping, streaming); point `phi4mm-edge export` at the real checkpoint for real answers.")
@@ -53,9 +54,9 @@ def _open_quietly(model: Phi4MMEdge) -> None:
         pass
 
 
-def sampling_options(args) -> dict:
-    """The generate() keywords the options set."""
-    options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
-    if getattr(args, "max_crops", None) is not None:
-        options["max_crops"] = args.max_crops
-    return options
+def generation_options(args) -> GenerationOptions:
+    """What the command line asks of every answer. The options are named after GenerationOptions'
+    fields (--max-new-tokens, --temperature, --max-crops; run's --top-p, --top-k, --seed, --adapter):
+    each one the app has sets its field, the others keep their defaults. A bad value is a Phi4MMError."""
+    fields = [field.name for field in dataclasses.fields(GenerationOptions)]
+    return GenerationOptions(**{name: getattr(args, name) for name in fields if hasattr(args, name)})

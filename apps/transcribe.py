@@ -1,7 +1,7 @@
 """`phi4mm-edge transcribe [ARTIFACT]`: live transcription (or translation) of the microphone,
 or of a recording with --input.
 
-An energy gate (runtime/segments.py) cuts the audio into speech segments; each segment is
+An energy gate (apps/capture/segments.py) cuts the audio into speech segments; each segment is
 transcribed on its own with the speech adapter, printed with its start and end time, and
 appended to --output as one line. Ctrl-C (or --duration) stops listening; the speech in
 progress is still transcribed (a second Ctrl-C stops at once).
@@ -12,9 +12,10 @@ import contextlib
 from ..artifact import SPEECH_ADAPTER
 from ..errors import Phi4MMError
 from ..runtime.audio import SAMPLE_RATE, load_audio
-from ..runtime.microphone import check_microphone, listen
-from ..runtime.segments import SpeechGate, split_segments
-from .startup import load_model, restore_ctrl_c, sampling_options
+from .arguments import add_model_arguments
+from .capture.microphone import check_microphone, listen
+from .capture.segments import SpeechGate, split_segments
+from .startup import generation_options, load_model, restore_ctrl_c
 
 # Phi-4-multimodal's own task prompts for speech recognition and speech translation.
 TRANSCRIBE_PROMPT = "<|audio_1|>Transcribe the audio clip into text."
@@ -62,14 +63,24 @@ def live_segments(duration: float | None = None):
     yield from gate.flush()
 
 
-def transcribe(args) -> None:
+def add_arguments(parser) -> None:
+    add_model_arguments(parser, max_new_tokens=128)
+    parser.add_argument("--input", metavar="FILE", help="transcribe a recording instead of the microphone")
+    parser.add_argument("--translate", metavar="LANGUAGE", help="translate into LANGUAGE instead of transcribing")
+    parser.add_argument("--output", default="transcript.txt", metavar="FILE",
+                        help="each segment is appended here (default transcript.txt)")
+    parser.add_argument("--duration", type=float, metavar="SECONDS",
+                        help="stop listening after SECONDS (default: at Ctrl-C)")
+
+
+def main(args) -> None:
     restore_ctrl_c()  # Ctrl-C flushes, even if started with SIGINT ignored
     if args.duration is not None and (args.duration <= 0 or args.input):
         raise Phi4MMError("--duration is a positive number of seconds of microphone audio (not used with --input)")
     if not args.input:
         check_microphone()  # a missing sounddevice or device is said before the model loads
     model = load_model(args)
-    prompt = task_prompt(args.translate)
+    prompt, options = task_prompt(args.translate), generation_options(args).but(adapter=SPEECH_ADAPTER)
     try:
         output = open(args.output, "a", encoding="utf-8")
     except OSError as error:
@@ -80,8 +91,7 @@ def transcribe(args) -> None:
     with output:
         try:
             for segment in recording_segments(args.input) if args.input else live_segments(args.duration):
-                generation = model.generate(prompt, audios=[(segment.samples, segment.sample_rate)], adapter=SPEECH_ADAPTER,
-                                            **sampling_options(args))
+                generation = model.generate(prompt, audios=[(segment.samples, segment.sample_rate)], options=options)
                 line = transcript_line(segment, generation.text())
                 print(line, flush=True)
                 output.write(line + "\n")

@@ -20,12 +20,14 @@ import re
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import BodyPartReader, web
 
 from ..errors import Phi4MMError
+from ..runtime import GenerationOptions
 from ..runtime.audio import SAMPLE_RATE, AudioTooLong, load_audio
 from ..runtime.image import load_image
 from .openai_api import API_PREFIX, ApiError, chat_completions, list_models
@@ -43,6 +45,14 @@ READ_CHUNK = 64 * 1024
 LOOPBACK_NAMES = {"localhost"}  # besides loopback IP addresses, the one name that always means this machine
 
 
+@dataclass(frozen=True)
+class Question:
+    """The page's form, read: the prompt, the photo's and the recording's bytes (None: not sent)."""
+
+    prompt: str
+    image: bytes | None
+    audio: bytes | None
+    options: GenerationOptions  # serve's, with the form's max_new_tokens
 
 
 class Refusal(Exception):
@@ -134,7 +144,7 @@ async def config(request):
         "random_weights": settings.random_weights,
         "max_image_bytes": settings.max_image_bytes,
         "max_record_seconds": settings.max_record_seconds,
-        "max_new_tokens": settings.sampling["max_new_tokens"],
+        "max_new_tokens": settings.options.max_new_tokens,
     })
 
 
@@ -152,8 +162,29 @@ def _megabytes(count: int) -> str:
     return f"{count / 1e6:.3g} MB"
 
 
-async def read_question(request, settings: ServeSettings) -> dict:
-    """The multipart form as {prompt, image (bytes or None), audio (bytes or None), max_new_tokens}.
+@dataclass(frozen=True)
+class Upload:
+    """A file field of the form: what the page calls it, its byte limit, the refusal of a larger one."""
+
+    what: str
+    limit: int
+    too_large: str
+
+
+def _uploads(settings: ServeSettings) -> dict[str, Upload]:
+    """The form's file fields by name, each read the same way: at most one, within its limit."""
+    return {
+        "image": Upload("photo", settings.max_image_bytes,
+                        f"the photo is larger than {_megabytes(settings.max_image_bytes)}, "
+                        f"this server's limit: send a smaller one (serve --max-image-mb)"),
+        "audio": Upload("recording", settings.max_audio_bytes,
+                        f"the recording is larger than {_megabytes(settings.max_audio_bytes)}: "
+                        f"longer than the {settings.max_record_seconds:g} s this server takes"),
+    }
+
+
+async def read_question(request, settings: ServeSettings) -> Question:
+    """The multipart form (prompt, image, audio, max_new_tokens) as a Question.
     A body aiohttp cannot parse (no boundary, truncated, nested, oversized headers) is a 400."""
     if not request.content_type.startswith("multipart/form-data"):
         raise Refusal(400, "send the question as multipart/form-data (fields: prompt, image, audio)")
@@ -166,36 +197,30 @@ async def read_question(request, settings: ServeSettings) -> dict:
                            f"with the fields prompt, image, audio") from None
 
 
-async def _read_form(request, settings: ServeSettings) -> dict:
-    most = settings.sampling["max_new_tokens"]
-    question = {"prompt": "", "image": None, "audio": None, "max_new_tokens": most}
+async def _read_form(request, settings: ServeSettings) -> Question:
+    most, uploads = settings.options.max_new_tokens, _uploads(settings)
+    prompt, files, options = "", {}, settings.options
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
             raise Refusal(400, "nested multipart bodies are not taken: send one flat form")
-        if part.name == "image":
-            if question["image"] is not None:
-                raise Refusal(400, "one photo per question")
-            question["image"] = await _read_part(part, settings.max_image_bytes,
-                                                 f"the photo is larger than {_megabytes(settings.max_image_bytes)}, "
-                                                 f"this server's limit: send a smaller one (serve --max-image-mb)")
-        elif part.name == "audio":
-            if question["audio"] is not None:
-                raise Refusal(400, "one recording per question")
-            question["audio"] = await _read_part(part, settings.max_audio_bytes,
-                                                 f"the recording is larger than {_megabytes(settings.max_audio_bytes)}: "
-                                                 f"longer than the {settings.max_record_seconds:g} s this server takes")
+        if part.name in uploads:
+            upload = uploads[part.name]
+            if part.name in files:
+                raise Refusal(400, f"one {upload.what} per question")
+            files[part.name] = await _read_part(part, upload.limit, upload.too_large)
         elif part.name in ("prompt", "max_new_tokens"):
             text = (await _read_part(part, MAX_PROMPT_BYTES, "the question is too long")).decode("utf-8", "replace")
             if part.name == "prompt":
-                question["prompt"] = text
+                prompt = text
             elif not re.fullmatch(r"[0-9]{1,9}", text.strip()) or not 1 <= int(text) <= most:  # ASCII digits only
                 raise Refusal(400, f"max_new_tokens must be a whole number in 1..{most}")
             else:
-                question["max_new_tokens"] = int(text)
+                options = settings.options.but(max_new_tokens=int(text))
         else:
             await _read_part(part, MAX_PROMPT_BYTES, f"unknown field {part.name!r}")
-    if not question["prompt"].strip() and question["image"] is None and question["audio"] is None:
+    question = Question(prompt, files.get("image"), files.get("audio"), options)
+    if not question.prompt.strip() and question.image is None and question.audio is None:
         raise Refusal(400, "type a question, or add a photo or a recording")
     return question
 
@@ -234,16 +259,16 @@ async def ask(request):
     try:
         async with app[REQUESTS].place() as place:
             audios, images = [], []
-            if question["audio"] is not None:
-                audios.append(await loop.run_in_executor(None, _recording, question["audio"], settings))
-            if question["image"] is not None:
-                images.append(await loop.run_in_executor(None, _photo, question["image"]))
+            if question.audio is not None:
+                audios.append(await loop.run_in_executor(None, _recording, question.audio, settings))
+            if question.image is not None:
+                images.append(await loop.run_in_executor(None, _photo, question.image))
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
             await response.prepare(request)
             try:
                 await place.turn(lambda ahead: _send(response, "queue", {"ahead": ahead}))
                 waited_ms = (time.perf_counter() - arrived) * 1000
-                await _answer(app, settings, question, images, audios, response, loop, waited_ms)
+                await _answer(app, question, images, audios, response, loop, waited_ms)
                 await response.write_eof()
             except ConnectionResetError:
                 pass  # the page went away: its turn ends here, the next request goes ahead
@@ -252,7 +277,7 @@ async def ask(request):
     return response
 
 
-async def _answer(app, settings, question, images, audios, response, loop, waited_ms: float) -> None:
+async def _answer(app, question: Question, images, audios, response, loop, waited_ms: float) -> None:
     """Stream one answer as events: pieces, then `done`, or `error` (a user error, or a failure
     of ours, which is logged)."""
 
@@ -262,8 +287,8 @@ async def _answer(app, settings, question, images, audios, response, loop, waite
 
     generation = None
     try:
-        generation = await on_model(app[MODEL].generate, question["prompt"], images=images, audios=audios,
-                                    **{**settings.sampling, "max_new_tokens": question["max_new_tokens"]})
+        generation = await on_model(app[MODEL].generate, question.prompt, images=images, audios=audios,
+                                    options=question.options)
         while (piece := await on_model(next, generation, None)) is not None:
             await _send(response, "piece", {"text": piece})
     except ConnectionResetError:

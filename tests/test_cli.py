@@ -66,6 +66,25 @@ def test_an_unknown_provider_is_refused_by_the_parser(tmp_path):
     assert "argument --provider: invalid choice: 'gpu'" in result.stderr
 
 
+def project_modules_after(parse: str) -> set[str]:
+    """The phi4mm_edge modules a fresh interpreter has imported after running `parse`."""
+    code = f"import sys; from phi4mm_edge.cli import build_parser; {parse}; print(' '.join(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return {m for m in loaded if m.startswith("phi4mm_edge.")}
+
+
+def test_a_command_imports_only_its_own_module():
+    """`run` works with the runtime's dependencies alone: parsing its command line imports no other
+    command's module (export/, benchmarks/, the other apps), and `phi4mm-edge --help` imports none."""
+    run = project_modules_after("build_parser('run').parse_args(['run', '--prompt', 'hi'])")
+    assert "phi4mm_edge.apps.run" in run
+    other_apps = {f"phi4mm_edge.apps.{app}" for app in ("demo", "chat", "transcribe", "camera", "serve")}
+    others = ("phi4mm_edge.export", "phi4mm_edge.benchmarks")  # export_command too
+    assert not {m for m in run if m in other_apps or m.startswith(others)}, run
+    listing = project_modules_after("build_parser()")
+    assert not {m for m in listing if m.startswith(("phi4mm_edge.runtime", "phi4mm_edge.export"))}, listing
+
+
 def test_demo_answers_with_each_adapter_and_says_the_weights_are_random(tmp_path):
     first = phi4mm_edge("demo", "--cache-dir", tmp_path, "--max-new-tokens", 6)
     out = first.stdout

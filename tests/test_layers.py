@@ -14,7 +14,7 @@ PACKAGE = "phi4mm_edge"
 # The package root holds the shared contract (core) and the command line (cli), the one place
 # where export and runtime meet.
 CORE = {f"{PACKAGE}", f"{PACKAGE}.errors", f"{PACKAGE}.artifact", f"{PACKAGE}.manifest"}
-CLI = {f"{PACKAGE}.cli", f"{PACKAGE}.bundled_model"}
+CLI = {f"{PACKAGE}.cli", f"{PACKAGE}.export_command", f"{PACKAGE}.bundled_model"}
 ALLOWED = {  # layer -> the project layers it may import (itself included)
     "core": {"core"},
     "quant": {"core", "quant"},
@@ -25,7 +25,8 @@ ALLOWED = {  # layer -> the project layers it may import (itself included)
     "cli": {"core", "quant", "export", "runtime", "apps", "benchmarks", "cli"},
 }
 FORBIDDEN_LIBRARIES = {  # third-party packages a layer must never import
-    "runtime": {"torch", "transformers", "peft", "onnx", "torchvision"},
+    # runtime/ is artifact -> tokens: reading a camera or a microphone is the apps' (apps/capture/)
+    "runtime": {"torch", "transformers", "peft", "onnx", "torchvision", "cv2", "sounddevice"},
     "apps": {"torch", "transformers", "peft", "onnx", "torchvision"},
     "core": {"torch", "transformers", "peft", "onnx", "onnxruntime", "numpy"},
 }
@@ -137,6 +138,8 @@ def test_the_checker_catches_what_it_forbids():
     known = {"phi4mm_edge.export.convert", "phi4mm_edge.runtime.model", "phi4mm_edge.apps.chat", "phi4mm_edge.quant.int4"}
     runtime = imports_of("phi4mm_edge.runtime.model", "import torch\nfrom ..export import convert\n", False)
     assert len(violations("phi4mm_edge.runtime.model", runtime, known)) == 2
+    devices = imports_of("phi4mm_edge.runtime.model", "def f():\n    import cv2\n    import sounddevice\n", False)
+    assert len(violations("phi4mm_edge.runtime.model", devices, known)) == 2
     apps = imports_of("phi4mm_edge.apps.chat", "def f():\n    from ..quant import int4\n", False)
     assert violations("phi4mm_edge.apps.chat", apps, known) == [
         "phi4mm_edge.apps.chat (apps) imports phi4mm_edge.quant.int4 (quant)"]

@@ -134,7 +134,7 @@ def test_every_npu_graph_runs_on_the_htp(htp):
     model = htp["model"]
     assert model.provider == "qnn" and "QNN HTP" in model.provider_note
     for graph in ("embedding_npu.onnx", "decoder_npu.onnx", "decoder_prompt_npu.onnx", "vision_crop.onnx", "audio_window.onnx"):
-        assert qnn.cached_context(model.folder / graph) is not None, graph
+        assert qnn.cached_context(model.folder / graph, model.manifest.data_hashes(graph)) is not None, graph
     print(f"HTP simulator: first load (compiles) {htp['first_load']:.1f} s, second (EP context) {htp['second_load']:.1f} s")
 
 

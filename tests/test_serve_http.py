@@ -105,6 +105,7 @@ def test_a_failure_inside_the_model_ends_the_stream_with_an_error_event():
     from aiohttp.test_utils import TestClient, TestServer
 
     from phi4mm_edge.apps.web_app import ServeSettings, make_app
+    from phi4mm_edge.runtime import GenerationOptions
 
     class FailingModel:
         def generate(self, *args, **kwargs):
@@ -113,7 +114,8 @@ def test_a_failure_inside_the_model_ends_the_stream_with_an_error_event():
                 raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory")
             return pieces()
 
-    settings = ServeSettings(max_image_bytes=10**6, max_record_seconds=5, sampling={"max_new_tokens": 8, "temperature": 0.0})
+    settings = ServeSettings(max_image_bytes=10**6, max_record_seconds=5,
+                             options=GenerationOptions(max_new_tokens=8, temperature=0.0))
 
     async def ask():
         async with TestClient(TestServer(make_app(FailingModel(), settings))) as client:

@@ -14,7 +14,8 @@ import soxr
 from phi4mm_edge.apps import transcribe as transcribe_app
 from phi4mm_edge.runtime import Phi4MMEdge
 from phi4mm_edge.runtime.audio import token_count, frame_count
-from phi4mm_edge.runtime.segments import FRAME_SAMPLES, MAX_SEGMENT_SECONDS, PAD_SECONDS, SpeechGate, split_segments
+from phi4mm_edge.apps.capture.segments import (FRAME_SAMPLES, MAX_SEGMENT_SECONDS, PAD_SECONDS, SpeechGate,
+                                               split_segments)
 from test_runtime import phi4mm_edge
 from test_speech import espeak
 

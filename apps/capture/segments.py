@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from ...runtime.audio import SAMPLE_RATE
 
 FRAME_SAMPLES = 320  # 20 ms: short enough to place boundaries finely, long enough for a stable RMS
 SILENCE_DB = -100.0  # the level of digital silence (log of zero is clamped here)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import Phi4MMError
+from ...errors import Phi4MMError
 
 
 def import_cv2():

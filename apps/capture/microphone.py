@@ -5,8 +5,8 @@ import queue
 
 import numpy as np
 
-from ..errors import Phi4MMError
-from .audio import SAMPLE_RATE
+from ...errors import Phi4MMError
+from ...runtime.audio import SAMPLE_RATE
 
 BLOCK_FRAMES = 1600  # 100 ms reads
 SILENT_DEVICE_SECONDS = 5.0  # a running stream delivers a block every 100 ms; this long without one means it stopped
