@@ -23,7 +23,7 @@ from aiohttp import web
 
 from ..errors import Phi4MMError
 from ..runtime import GenerationOptions
-from ..runtime.audio import AudioTooLong, load_audio
+from ..runtime.audio import SAMPLE_RATE, AudioTooLong, load_audio
 from ..runtime.image import load_image
 from .request_queue import QueueFull
 from .server_state import MODEL, REQUESTS, SETTINGS, on_model
@@ -230,7 +230,7 @@ def decode_media(request: ChatRequest, max_record_seconds: float) -> tuple[list,
             raise ApiError(400, f"image {number}: {error}", param="messages") from None
     for number, data in enumerate(request.audios, 1):
         try:
-            audios.append((load_audio(data, max_seconds=max_record_seconds), 16000))
+            audios.append((load_audio(data, max_seconds=max_record_seconds), SAMPLE_RATE))
         except AudioTooLong as error:
             raise ApiError(413, f"audio {number} is {error.length()}; this server takes at most {max_record_seconds:g} s",
                            param="messages", code="request_too_large") from None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact import INPUT_FEATURES, VISION_MODE
 from ..runtime import Phi4MMEdge
 from ..runtime.cpu import physical_cores
 from ..runtime.audio import SAMPLE_RATE, log_mel_spectrogram
@@ -50,8 +51,8 @@ def full_width(config: dict, blocks: int) -> None:
 
 
 def full_size_block(folder: Path, rounds: int, with_profile: bool, threads: int | None = None, baseline: Path | None = None) -> list[str]:
-    feeds = {"input_features": log_mel_spectrogram(noise(SECONDS), tiny_config()["audio_config"]["input_size"])[None],
-             "vision_mode": np.array(False)}
+    feeds = {INPUT_FEATURES: log_mel_spectrogram(noise(SECONDS), tiny_config()["audio_config"]["input_size"])[None],
+             VISION_MODE: np.array(False)}
     variants, graphs, factors, outputs, estimates = measure_variants(
         lambda blocks: export_variants(folder, "audio", blocks, full_width, build_audio_encoder), baseline, "audio{}.onnx", feeds, rounds, threads,
         (FEW, MORE, FULL_SIZE_BLOCKS), scale=1 / SECONDS)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..artifact import ATTENTION_MASK, CROP_GRID, PIXEL_VALUES
 from ..runtime import Phi4MMEdge
 from ..runtime.cpu import physical_cores
 from ..manifest import VisionEntry
@@ -66,13 +67,13 @@ def crop_inputs(width: int, height: int) -> dict:
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8)
     image = preprocess(Image.fromarray(small).resize((width, height), Image.BILINEAR), GEOMETRY)
-    return {"pixel_values": image.pixel_values, "attention_mask": image.attention_mask,
-            "crop_grid": np.array(image.crop_grid, np.int64)}
+    return {PIXEL_VALUES: image.pixel_values, ATTENTION_MASK: image.attention_mask,
+            CROP_GRID: np.array(image.crop_grid, np.int64)}
 
 
 def full_size_layer(folder: Path, rounds: int, with_profile: bool, threads: int | None = None, baseline: Path | None = None) -> list[str]:
     feeds = crop_inputs(2 * GEOMETRY.crop_size, GEOMETRY.crop_size)  # three distinct crops (see per_crop_ms)
-    crops = feeds["pixel_values"].shape[0]
+    crops = feeds[PIXEL_VALUES].shape[0]
     variants, graphs, ms, features, estimates = measure_variants(
         lambda layers: export_variants(folder, "vision", layers, full_width, build_vision_encoder), baseline, "vision{}.onnx", feeds, rounds, threads,
         (FEW, MORE, FULL_SIZE_LAYERS), scale=1000 / crops)

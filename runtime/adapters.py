@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import LORA_INPUT_PREFIX, NO_ADAPTER, SPEECH_ADAPTER, VISION_ADAPTER
+from ..artifact import ADAPTER_INDEX, LORA_INPUT_PREFIX, NO_ADAPTER, SPEECH_ADAPTER, VISION_ADAPTER
 from ..manifest import AdapterEntry
 from ..errors import Phi4MMError
 from .device import on_device
 from .tensor_types import NUMPY_TYPES, input_types
 
 AUTO = "auto"  # the adapter follows the request's media, as the model was trained
-ADAPTER_INDEX = "adapter_index"  # the decoder input choosing a built-in adapter (0: the LoRA inputs)
 # A LoRA's A and B (alpha/r folded in) hold values of order 0.01-1; anything this large is not a
 # trained adapter, and fp32 activations times it overflow to inf and then NaN logits.
 MAX_LORA_VALUE = 1e3

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..artifact import AUDIO_FEATURES, INPUT_FEATURES, VISION_MODE
 from ..manifest import AudioEntry
 from ..errors import Phi4MMError
 from .audio import MAX_SECONDS, SAMPLE_RATE, frame_count, load_audio, log_mel_spectrogram, token_count
@@ -37,8 +38,8 @@ class WholeClip:
         pass  # nothing to check: the graph takes clips of any length, on any provider
 
     def features(self, session: LazySession, audio: AudioInput, vision_mode: bool) -> np.ndarray:
-        feeds = {"input_features": audio.features[None], "vision_mode": np.array(vision_mode)}
-        return session.run(["audio_features"], feeds)[0]
+        feeds = {INPUT_FEATURES: audio.features[None], VISION_MODE: np.array(vision_mode)}
+        return session.run([AUDIO_FEATURES], feeds)[0]
 
 
 class AudioEncoder:

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from ..artifact import FRAME_MASK, INPUT_FEATURES, KEY_MASK, SPEECH_FEATURES, VISION_SPEECH_FEATURES
 from ..errors import Phi4MMError
 from ..manifest import AudioEntry
 from .audio import HOP_LENGTH, SAMPLE_RATE, token_count
 from .audio_encoder import AudioInput
 from .encoder_session import LazySession
 
-OUTPUTS = {False: "speech_features", True: "vision_speech_features"}  # by vision_mode
+OUTPUTS = {False: SPEECH_FEATURES, True: VISION_SPEECH_FEATURES}  # by vision_mode
 
 
 @dataclass
@@ -53,7 +54,7 @@ def window_feeds(features: np.ndarray, window_frames: int, context: int, chunk_f
         rows = min(window_tokens, tokens - k * window_tokens)
         key_mask = np.zeros((1, window_tokens), np.float32)
         key_mask[0, :window_tokens if count > 1 else rows] = 1.0  # a chunked clip's zero rows are keys in the reference
-        feeds.append(WindowFeed({"input_features": window, "frame_mask": frame_mask, "key_mask": key_mask}, rows))
+        feeds.append(WindowFeed({INPUT_FEATURES: window, FRAME_MASK: frame_mask, KEY_MASK: key_mask}, rows))
     return feeds
 
 

@@ -12,7 +12,8 @@ sequence.py's CachedSequence, which the NPU decoder holds too.
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import past_key_name
+from ..artifact import (ATTENTION_MASK, AUDIO_FEATURES, IMAGE_FEATURES, INPUT_IDS, INPUTS_EMBEDS, LOGITS, LOGITS_TO_KEEP,
+                        past_key_name)
 from ..manifest import TextConfig
 from ..errors import Phi4MMError
 from .adapters import AdapterSet
@@ -48,11 +49,11 @@ class Decoder:
         device = provider.device
         # The graphs' element types: fp32, or fp16 activations and KV cache (a DirectML artifact).
         declared = input_types(decoder)
-        self.embeds_type, self.logits_type = declared["inputs_embeds"], output_types(decoder)["logits"]
+        self.embeds_type, self.logits_type = declared[INPUTS_EMBEDS], output_types(decoder)[LOGITS]
         self._embedding_inputs = input_types(embedding)
         self.cache = KVCache(text.num_layers, text.num_kv_heads, text.head_dim, context_length, declared[past_key_name(0)],
                              device)
-        self.no_features = np.zeros((0, text.hidden_size), self._embedding_inputs["image_features"])
+        self.no_features = np.zeros((0, text.hidden_size), self._embedding_inputs[IMAGE_FEATURES])
         self._mask = np.ones((1, context_length), np.int64)
         # Decode-step buffers, allocated once: token id in, embedding (on the device: written by
         # the embedding graph, read by the decoder), logits out to the host.
@@ -62,10 +63,10 @@ class Decoder:
         self._step_logits = ort.OrtValue.ortvalue_from_numpy(self._step_logits_array)
         self._keep_last = np.ones(1, np.int64)
         self._step_embedding = embedding.io_binding()
-        self._step_embedding.bind_cpu_input("input_ids", self._step_id)
-        self._step_embedding.bind_cpu_input("image_features", self.no_features)
-        self._step_embedding.bind_cpu_input("audio_features", self.no_features)
-        self._step_embedding.bind_ortvalue_output("inputs_embeds", self._step_embeds)
+        self._step_embedding.bind_cpu_input(INPUT_IDS, self._step_id)
+        self._step_embedding.bind_cpu_input(IMAGE_FEATURES, self.no_features)
+        self._step_embedding.bind_cpu_input(AUDIO_FEATURES, self.no_features)
+        self._step_embedding.bind_ortvalue_output(INPUTS_EMBEDS, self._step_embeds)
         self._binding = decoder.io_binding()
         self.cache.bind(self._binding)
         # The int8 prompt graph, when loaded, shares the KV cache buffers and the adapter tensors.
@@ -94,10 +95,10 @@ class Decoder:
 
     def embed(self, input_ids: np.ndarray, image_features=None, audio_features=None) -> np.ndarray:
         """inputs_embeds [1, n, hidden] for token ids [1, n], the placeholder rows replaced by features."""
-        return self.embedding.run(["inputs_embeds"], as_declared({
-            "input_ids": input_ids,
-            "image_features": self.no_features if image_features is None else image_features,
-            "audio_features": self.no_features if audio_features is None else audio_features,
+        return self.embedding.run([INPUTS_EMBEDS], as_declared({
+            INPUT_IDS: input_ids,
+            IMAGE_FEATURES: self.no_features if image_features is None else image_features,
+            AUDIO_FEATURES: self.no_features if audio_features is None else audio_features,
         }, self._embedding_inputs))[0]
 
     def reusable_prefix(self, keys: np.ndarray) -> int:
@@ -123,10 +124,10 @@ class Decoder:
         use_int8 = self.prompt_int8 is not None and count >= INT8_MIN_POSITIONS
         session, binding = (self.prompt_int8, self._int8_binding) if use_int8 else (self.decoder, self._binding)
         logits = np.empty((1, keep, self.text.vocab_size), self.logits_type)
-        binding.bind_cpu_input("logits_to_keep", np.array([keep], np.int64))
-        binding.bind_ortvalue_input("attention_mask", ort.OrtValue.ortvalue_from_numpy(self._mask[:, :start + count]))
-        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=self.embeds_type))
-        binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
+        binding.bind_cpu_input(LOGITS_TO_KEEP, np.array([keep], np.int64))
+        binding.bind_ortvalue_input(ATTENTION_MASK, ort.OrtValue.ortvalue_from_numpy(self._mask[:, :start + count]))
+        binding.bind_cpu_input(INPUTS_EMBEDS, np.ascontiguousarray(embeds, dtype=self.embeds_type))
+        binding.bind_ortvalue_output(LOGITS, ort.OrtValue.ortvalue_from_numpy(logits))
         session.run_with_iobinding(binding)
         return logits.astype(np.float32, copy=False)  # sampling works in fp32
 
@@ -135,9 +136,9 @@ class Decoder:
         self._step_id[0, 0] = token_id
         self.embedding.run_with_iobinding(self._step_embedding)
         mask = ort.OrtValue.ortvalue_from_numpy(self._mask[:, :position + 1])
-        self._binding.bind_ortvalue_input("attention_mask", mask)
-        self._binding.bind_cpu_input("logits_to_keep", self._keep_last)
-        self._binding.bind_ortvalue_input("inputs_embeds", self._step_embeds)
-        self._binding.bind_ortvalue_output("logits", self._step_logits)
+        self._binding.bind_ortvalue_input(ATTENTION_MASK, mask)
+        self._binding.bind_cpu_input(LOGITS_TO_KEEP, self._keep_last)
+        self._binding.bind_ortvalue_input(INPUTS_EMBEDS, self._step_embeds)
+        self._binding.bind_ortvalue_output(LOGITS, self._step_logits)
         self.decoder.run_with_iobinding(self._binding)
         return self._step_logits_array[0, -1].astype(np.float32, copy=False)

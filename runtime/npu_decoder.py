@@ -15,7 +15,8 @@ sequence's bookkeeping, sequence.py's CachedSequence, which the CPU Decoder hold
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import NPU_MASKED_SCORE, past_key_name, past_value_name, present_key_name, present_value_name
+from ..artifact import (ATTENTION_BIAS, INPUT_IDS, INPUTS_EMBEDS, LOGITS, LOGITS_INDEX, NPU_MASKED_SCORE, ROTARY_COS, ROTARY_SIN,
+                        past_key_name, past_value_name, present_key_name, present_value_name)
 from ..errors import Phi4MMError
 from ..manifest import NpuShapes, TextConfig
 from .adapters import AdapterSet
@@ -82,7 +83,7 @@ class NpuDecoder:
         chunk = self.shapes.chunk
         padded = np.zeros(-(-len(ids) // chunk) * chunk, np.int32)
         padded[:len(ids)] = ids
-        rows = [self.embedding.run(["inputs_embeds"], {"input_ids": padded[None, i:i + chunk]})[0]
+        rows = [self.embedding.run([INPUTS_EMBEDS], {INPUT_IDS: padded[None, i:i + chunk]})[0]
                 for i in range(0, len(padded), chunk)]
         embeds = np.concatenate(rows, axis=1)[:, :len(ids)]
         for token_id, features in ((self.text.image_token_id, image_features), (self.text.audio_token_id, audio_features)):
@@ -128,13 +129,13 @@ class NpuDecoder:
         bias[:, context:][np.tril_indices(positions)] = 0.0  # each new position sees itself and those before it
         cos, sin = rotary_tables(self.text, self.shapes, np.arange(start, start + positions), self.cache.long_rope)
         binding = self._bindings[positions]
-        binding.bind_cpu_input("inputs_embeds", padded)
-        binding.bind_cpu_input("attention_bias", np.tile(bias, (self.group, 1))[None, None])
-        binding.bind_cpu_input("cos", cos)
-        binding.bind_cpu_input("sin", sin)
-        binding.bind_cpu_input("logits_index", np.array([n - 1], np.int32))
+        binding.bind_cpu_input(INPUTS_EMBEDS, padded)
+        binding.bind_cpu_input(ATTENTION_BIAS, np.tile(bias, (self.group, 1))[None, None])
+        binding.bind_cpu_input(ROTARY_COS, cos)
+        binding.bind_cpu_input(ROTARY_SIN, sin)
+        binding.bind_cpu_input(LOGITS_INDEX, np.array([n - 1], np.int32))
         buffers = self.cache.arrays()
-        names = ["logits"]
+        names = [LOGITS]
         for layer in range(self.text.num_layers):
             binding.bind_cpu_input(past_key_name(layer), buffers[2 * layer])
             binding.bind_cpu_input(past_value_name(layer), buffers[2 * layer + 1])
@@ -147,4 +148,4 @@ class NpuDecoder:
         for layer in range(self.text.num_layers):
             buffers[2 * layer][:, :, start:start + n] = outputs[present_key_name(layer)][:, :, :n]
             buffers[2 * layer + 1][:, :, start:start + n] = outputs[present_value_name(layer)][:, :, :n]
-        return outputs["logits"]
+        return outputs[LOGITS]

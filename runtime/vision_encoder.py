@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..artifact import ATTENTION_MASK, CROP_GRID, IMAGE_FEATURES, PIXEL_VALUES
 from ..manifest import VisionEntry
 from ..errors import Phi4MMError
 from .image import ImageInput, load_image, preprocess
@@ -28,10 +29,10 @@ ImageGraph = Callable[[LazySession, ImageInput], np.ndarray]
 
 def whole_image(session: LazySession, image: ImageInput) -> np.ndarray:
     """vision.onnx: all of an image's crops in one run, laid out by the graph."""
-    return session.run(["image_features"], {
-        "pixel_values": image.pixel_values,
-        "attention_mask": image.attention_mask,
-        "crop_grid": np.array(image.crop_grid, np.int64),
+    return session.run([IMAGE_FEATURES], {
+        PIXEL_VALUES: image.pixel_values,
+        ATTENTION_MASK: image.attention_mask,
+        CROP_GRID: np.array(image.crop_grid, np.int64),
     })[0]
 
 

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from ..artifact import ATTENTION_MASK, CROP_FEATURES, PIXEL_VALUES, SEPARATORS
 from .encoder_session import LazySession
 from .image import ImageInput
 
@@ -65,9 +66,9 @@ def crop_by_crop(session: LazySession, image: ImageInput) -> np.ndarray:
                 and np.array_equal(image.attention_mask[crop], image.attention_mask[0]):
             crop_features.append(crop_features[0])
             continue
-        features, separators = graph.run(["crop_features", "separators"], {
-            "pixel_values": image.pixel_values[crop:crop + 1],
-            "attention_mask": image.attention_mask[crop:crop + 1],
+        features, separators = graph.run([CROP_FEATURES, SEPARATORS], {
+            PIXEL_VALUES: image.pixel_values[crop:crop + 1],
+            ATTENTION_MASK: image.attention_mask[crop:crop + 1],
         })
         crop_features.append(features[0])
     return crop_features_to_image_features(np.stack(crop_features), separators, image.attention_mask, image.crop_grid)
