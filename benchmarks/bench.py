@@ -287,7 +287,7 @@ def compare(results: dict, peer: dict) -> dict:
         ratios["int4 text artifact: ours / peer"] = text / peer["artifact_mb"]
         prefill = sum(v for k, v in files.items() if k.startswith("decoder_prefill"))
         if prefill:
-            ratios["text artifact with the int8 prefill copy: ours / peer"] = (text + prefill) / peer["artifact_mb"]
+            ratios["text artifact with the int8 prompt graph: ours / peer"] = (text + prefill) / peer["artifact_mb"]
     return ratios
 
 

@@ -3,7 +3,7 @@ kernel a prompt can run on, at the decoder's own shapes and a prompt-sized M.
 
 Kernels: MatMulNBits (int4, the artifact's block size and accuracy level: what decode uses),
 fp32 MatMul (MLAS SGEMM, prepacked), DynamicQuantizeMatMul (MLAS's uint8 x int8 GEMM, activations
-rounded per tensor) and the int8 prefill graph's own linear (the same GEMM, activations rounded per
+rounded per tensor) and the int8 prompt graph's own linear (the same GEMM, activations rounded per
 row: export/graph_blocks.row_scaled_int8_matmul; the two side by side are the price of row scales).
 The weights are random; the throughput does not depend on their values.
 """
@@ -55,12 +55,12 @@ def kernels(k: int, n: int, block_size: int, accuracy_level: int, threads: int |
         "int8 DynamicQuantizeMatMul": _session(
             helper.make_node("DynamicQuantizeMatMul", ["x", "W", "S"], ["y"], domain="com.microsoft"),
             [numpy_helper.from_array(q8.weight_t, "W"), numpy_helper.from_array(q8.scales, "S")], k, n, threads),
-        "int8 row-scaled (prefill graph)": int8_row_scaled_session(q8, threads),
+        "int8 row-scaled (prompt graph)": int8_row_scaled_session(q8, threads),
     }
 
 
 def int8_row_scaled_session(columns: int8.Int8Columns, threads: int | None = None):
-    """The int8 prefill graph's linear, built by export's own block, over `x` [rows, K] -> `y`."""
+    """The int8 prompt graph's linear, built by export's own block, over `x` [rows, K] -> `y`."""
     from ..export.graph_blocks import row_scaled_int8_matmul
 
     def build(graph, x):

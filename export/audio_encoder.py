@@ -33,7 +33,7 @@ class AudioKernels:
     """How the graph picks its projection and shapes its relative bias for the attention kernel:
     `choose_projection(audio, x, vision_mode, weights)` -> audio_features, and
     `bias_for_chunks(graph, bias, chunks)` -> the bias attention reads. The portable choice is
-    below; DirectML's is directml.py's `DIRECTML_AUDIO`."""
+    below; DirectML's is dml.py's `DML_AUDIO`."""
 
     choose_projection: Callable[["AudioBuilder", str, str, Weights], str]
     bias_for_chunks: Callable[[Graph, str, str], str]

@@ -25,11 +25,11 @@ MASKED_SCORE = np.float32(np.finfo(np.float32).min)  # added to a hidden key's s
 class Precision:
     """How base weights are stored. accuracy_level 4 lets the CPU kernel quantize activations
     to int8 per block (its fastest path); 0 keeps fp32 activations. "int8" is the precision of the
-    prefill graph and of the encoders: 7-bit per-output-channel weights (quant/int8.py) and
+    int8 prompt graph and of the encoders: 7-bit per-output-channel weights (quant/int8.py) and
     activations rounded per row on a fixed grid (row_scaled_int8_matmul); `int8_row_scales=False`
     is ONNX Runtime's DynamicQuantizeMatMul, one grid per tensor, kept for comparisons only."""
 
-    weights: str = "int4"  # "int4", "fp32", or "int8" (the prefill graph and the encoders)
+    weights: str = "int4"  # "int4", "fp32", or "int8" (the int8 prompt graph and the encoders)
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 4

@@ -13,7 +13,7 @@ from ..errors import Phi4MMError
 from ..manifest import TARGETS
 from .audio_encoder import MAX_CHUNK, build_audio_encoder
 from .audio_encoder_npu import build_audio_window_encoder
-from .directml import DIRECTML_AUDIO, DIRECTML_GRAPH
+from .dml import DML_AUDIO, DML_GRAPH
 from .dml_operators import ONNXRUNTIME_VERSION, unregistered_nodes
 from .graph_blocks import Precision
 from .graph_files import AS_BUILT, GraphFinish
@@ -88,9 +88,9 @@ EXPORT_TARGETS = {target.name: target for target in (
         name="dml", where="DirectML", write_text=write_dml_text_graphs,
         vision_graph=artifact.DML_VISION_GRAPH, build_vision=build_vision_encoder,
         audio_graph=artifact.DML_AUDIO_GRAPH,
-        build_audio=lambda ckpt, g, precision, options: build_audio_encoder(ckpt, g, precision, kernels=DIRECTML_AUDIO),
+        build_audio=lambda ckpt, g, precision, options: build_audio_encoder(ckpt, g, precision, kernels=DML_AUDIO),
         adapter_precisions=("fp16",), auto_adapters=lambda precision: "fp16",
-        finish=DIRECTML_GRAPH, float_weights="fp16", check_graphs=refuse_unregistered),
+        finish=DML_GRAPH, float_weights="fp16", check_graphs=refuse_unregistered),
 )}
 
 

@@ -10,7 +10,7 @@ GroupQueryAttention: past and present may share one buffer of the maximum length
 
 Where the rotary embedding is applied is a `RotaryPlacement`: inside GroupQueryAttention (its
 do_rotary, `IN_ATTENTION`, the default), or by plain ops before it (DirectML's kernel ignores
-do_rotary: directml.py's `ROTARY_BEFORE_ATTENTION`).
+do_rotary: dml.py's `ROTARY_BEFORE_ATTENTION`).
 """
 
 from dataclasses import dataclass

@@ -9,7 +9,7 @@ from .. import artifact
 from ..errors import Phi4MMError
 from ..manifest import Graphs, NpuShapes
 from .checkpoint import Checkpoint
-from .directml import DIRECTML_GRAPH, ROTARY_BEFORE_ATTENTION
+from .dml import DML_GRAPH, ROTARY_BEFORE_ATTENTION
 from .embedding import build_embedding, tied_lm_head, untied_lm_head, write_token_table
 from .graph_files import write_graph, write_graph_to
 from .onnx_graph import ExternalData, Graph, SharedExternalData
@@ -35,9 +35,9 @@ def write_cpu_text_graphs(out: Path, ckpt: Checkpoint, options, in_graph: list, 
     if options.prefill == "int8":
         # The decoder with int8 linears; its lm_head still reads the int4 table (one row per prompt).
         int8 = replace(precision, weights="int8", int8_weight_bits=options.prefill_weight_bits)
-        write_graph(out, artifact.PREFILL_INT8_GRAPH,
+        write_graph(out, artifact.INT8_PROMPT_GRAPH,
                     lambda g: build_decoder(ckpt, g, int8, lm_head, progress=step, adapters=in_graph))
-        graphs = replace(graphs, prefill_int8=artifact.PREFILL_INT8_GRAPH,
+        graphs = replace(graphs, prefill_int8=artifact.INT8_PROMPT_GRAPH,
                          prefill_int8_weight_bits=options.prefill_weight_bits)
     shared.close()
     step("lm_head")
@@ -90,13 +90,13 @@ def write_dml_text_graphs(out: Path, ckpt: Checkpoint, options, in_graph: list, 
     table = write_token_table(ckpt, table_data, replace(precision, weights="fp32"))  # written as fp16
     step("token table")
     write_graph_to(out, artifact.DML_EMBEDDING_GRAPH, table_data, lambda g: build_embedding(g, ckpt.text, table),
-                   DIRECTML_GRAPH)
+                   DML_GRAPH)
     tied = ckpt.text.tie_word_embeddings
     lm_head = (tied_lm_head(table) if tied and not precision.is_int4
                else untied_lm_head(ckpt, precision, "model.embed_tokens." if tied else "lm_head."))
     write_graph(out, artifact.DML_DECODER_GRAPH,
                 lambda g: build_decoder(ckpt, g, precision, lm_head, progress=step, rotary=ROTARY_BEFORE_ATTENTION),
-                DIRECTML_GRAPH)
+                DML_GRAPH)
     table_data.close()
     step("lm_head")
     return Graphs(embedding=artifact.DML_EMBEDDING_GRAPH, decoder=artifact.DML_DECODER_GRAPH), None

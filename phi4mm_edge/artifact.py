@@ -12,7 +12,7 @@ from pathlib import Path
 
 EMBEDDING_GRAPH = "embedding.onnx"
 DECODER_GRAPH = "decoder.onnx"
-PREFILL_INT8_GRAPH = "decoder_prefill.onnx"  # optional: the decoder with int8 linears, for prompts
+INT8_PROMPT_GRAPH = "decoder_prefill.onnx"  # optional: the decoder with int8 linears, for prompts
 VISION_GRAPH = "vision.onnx"
 # The NPU target's static graphs (export/text_decoder_npu.py)
 NPU_EMBEDDING_GRAPH = "embedding_npu.onnx"
@@ -20,7 +20,7 @@ NPU_DECODE_GRAPH = "decoder_npu.onnx"
 NPU_PROMPT_GRAPH = "decoder_prompt_npu.onnx"
 NPU_VISION_GRAPH = "vision_crop.onnx"  # one crop per run (export/vision_encoder_npu.py)
 NPU_AUDIO_GRAPH = "audio_window.onnx"  # one fixed window of frames per run (export/audio_encoder_npu.py)
-# The DirectML target's graphs: fp16 activations, KV cache and adapter inputs (export/directml.py)
+# The DirectML target's graphs: fp16 activations, KV cache and adapter inputs (export/dml.py)
 DML_EMBEDDING_GRAPH = "embedding_dml.onnx"
 DML_DECODER_GRAPH = "decoder_dml.onnx"
 DML_VISION_GRAPH = "vision_dml.onnx"

@@ -39,7 +39,7 @@ def add_arguments(parser) -> None:
                         help="int8: also write decoder_prefill.onnx (int8 copy of the decoder linears, ~2x the int4 "
                              "decoder's bytes on disk and in RAM) for ~2x faster prompts on AVX2/ARM-dotprod CPUs")
     parser.add_argument("--prefill-weight-bits", choices=["auto", "7", "8"], default="auto",
-                        help="the int8 prefill graph's weights: 7 runs on every CPU; 8 is twice as fine, at the same "
+                        help="the int8 prompt graph's weights: 7 runs on every CPU; 8 is twice as fine, at the same "
                              "speed, but runs only where int8 dot products do not saturate (VNNI, AMX, ARM dotprod; "
                              "elsewhere the runtime takes the int4 path); auto (default): 8 if this CPU is such a "
                              "CPU, else 7. Give 7 for an artifact whose int8 prompts run on any CPU")
@@ -85,7 +85,7 @@ def main(args):
           f"{manifest.export_seconds} s, adapters: {', '.join(manifest.adapters) or 'none'})")
     if manifest.graphs.prefill_int8:
         int8_mb = sum(f.size for n, f in manifest.files.items() if n.startswith(manifest.graphs.prefill_int8)) / 1e6
-        print(f"with the int8 prefill graph {manifest.graphs.prefill_int8} ({int8_mb:.1f} MB of it): prompts of "
+        print(f"with the int8 prompt graph {manifest.graphs.prefill_int8} ({int8_mb:.1f} MB of it): prompts of "
               f"64+ tokens run on it where the CPU has a fast int8 GEMM (--prefill auto)")
         if bits == 8:
             print("its weights are 8-bit (this CPU's int8 dot products do not saturate): on a CPU without VNNI, AMX or "

@@ -1,6 +1,6 @@
-"""Int8 per-output-channel weights for the prefill graph's integer GEMM.
+"""Int8 per-output-channel weights for the int8 prompt graph's integer GEMM.
 
-The prefill graph and the encoders multiply uint8 activations (rounded per row:
+The int8 prompt graph and the encoders multiply uint8 activations (rounded per row:
 export/graph_blocks.row_scaled_int8_matmul) by an int8 weight with one scale per output column,
 through MLAS's packed integer GEMM (ONNX Runtime's MatMulIntegerToFloat): on a 2-core
 AVX2 machine it runs prompt-sized products at ~2x the throughput of MatMulNBits (benchmarks/

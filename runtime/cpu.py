@@ -1,7 +1,7 @@
 """What the CPU offers, read at load time: physical cores (the default thread count) and whether
-the int8 prefill path has a fast integer GEMM here.
+the int8 prompt path has a fast integer GEMM here.
 
-The int8 prefill graph runs MatMulIntegerToFloat, i.e. MLAS's uint8 x int8 GEMM. MLAS has wide
+The int8 prompt graph runs MatMulIntegerToFloat, i.e. MLAS's uint8 x int8 GEMM. MLAS has wide
 kernels for it on x86 with AVX2 (and AVX-VNNI, AVX-512 VNNI, AMX above it) and on ARM64 with the
 dot-product instructions; measured here (AVX2, no VNNI) at ~2x MatMulNBits' prompt throughput.
 Elsewhere (SSE-only x86, ARM64 without dotprod) its advantage is unmeasured, so the portable int4
@@ -74,14 +74,14 @@ def choose_prefill_precision(requested: str, has_int8_graph: bool, features: dic
     if requested not in PREFILL_PRECISIONS:
         raise Phi4MMError(f"prefill precision {requested!r} is not one of {PREFILL_PRECISIONS}")
     if requested == "int8" and not has_int8_graph:
-        raise Phi4MMError("this artifact has no int8 prefill graph: re-export it with `--prefill int8`, or use --prefill int4")
+        raise Phi4MMError("this artifact has no int8 prompt graph: re-export it with `--prefill int8`, or use --prefill int4")
     if int8_weight_bits not in (7, 8):
-        raise Phi4MMError(f"the manifest says the int8 prefill graph has {int8_weight_bits}-bit weights; this runtime "
+        raise Phi4MMError(f"the manifest says the int8 prompt graph has {int8_weight_bits}-bit weights; this runtime "
                           f"knows 7 and 8: re-export the artifact")
     features = cpu_features() if features is None else features
     exact_here = int8_weight_bits <= int8_weight_bits_for(features)
     if requested == "int8" and not exact_here:
-        raise Phi4MMError("this artifact's int8 prefill graph has 8-bit weights, which need a CPU with VNNI, AMX or ARM "
+        raise Phi4MMError("this artifact's int8 prompt graph has 8-bit weights, which need a CPU with VNNI, AMX or ARM "
                           "dotprod (here its int8 products would saturate): use --prefill int4, or re-export with "
                           "`--prefill int8 --prefill-weight-bits 7` for this CPU")
     if requested != "auto":

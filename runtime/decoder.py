@@ -34,7 +34,7 @@ class Decoder:
 
     def __init__(self, text: TextConfig, embedding: ort.InferenceSession, decoder: ort.InferenceSession,
                  adapters: AdapterSet, context_length: int | None = None,
-                 prompt_int8: ort.InferenceSession | None = None, prefill_chunk: int | None = None,
+                 int8_prompt: ort.InferenceSession | None = None, prefill_chunk: int | None = None,
                  provider: ExecutionProvider = PROVIDERS[CPU]):
         """`context_length`: positions of KV cache (None: DEFAULT_CONTEXT, at most the model's maximum).
         `provider`: the sessions' row in providers.PROVIDERS (where the tensors live, whether prompts run whole)."""
@@ -45,7 +45,7 @@ class Decoder:
         if context_length is None:
             context_length = min(DEFAULT_CONTEXT, text.max_position_embeddings)
         self.text, self.adapters = text, adapters
-        self.embedding, self.decoder, self.prompt_int8 = embedding, decoder, prompt_int8
+        self.embedding, self.decoder, self.int8_prompt = embedding, decoder, int8_prompt
         device = provider.device
         # The graphs' element types: fp32, or fp16 activations and KV cache (a DirectML artifact).
         declared = input_types(decoder)
@@ -70,7 +70,7 @@ class Decoder:
         self._binding = decoder.io_binding()
         self.cache.bind(self._binding)
         # The int8 prompt graph, when loaded, shares the KV cache buffers and the adapter tensors.
-        self._int8_binding = prompt_int8.io_binding() if prompt_int8 is not None else None
+        self._int8_binding = int8_prompt.io_binding() if int8_prompt is not None else None
         if self._int8_binding is not None:
             self.cache.bind(self._int8_binding)
         bindings = [b for b in (self._binding, self._int8_binding) if b is not None]
@@ -79,7 +79,7 @@ class Decoder:
 
     @property
     def prefill_precision(self) -> str:
-        return "int8" if self.prompt_int8 is not None else "int4"
+        return "int8" if self.int8_prompt is not None else "int4"
 
     @property
     def active_adapter(self) -> str | None:
@@ -121,8 +121,8 @@ class Decoder:
     def _run(self, embeds: np.ndarray, start: int, keep: int) -> np.ndarray:
         """One run of positions start..start+n-1: the int8 prompt graph for a long one, when loaded."""
         count = embeds.shape[1]
-        use_int8 = self.prompt_int8 is not None and count >= INT8_MIN_POSITIONS
-        session, binding = (self.prompt_int8, self._int8_binding) if use_int8 else (self.decoder, self._binding)
+        use_int8 = self.int8_prompt is not None and count >= INT8_MIN_POSITIONS
+        session, binding = (self.int8_prompt, self._int8_binding) if use_int8 else (self.decoder, self._binding)
         logits = np.empty((1, keep, self.text.vocab_size), self.logits_type)
         binding.bind_cpu_input(LOGITS_TO_KEEP, np.array([keep], np.int64))
         binding.bind_ortvalue_input(ATTENTION_MASK, ort.OrtValue.ortvalue_from_numpy(self._mask[:, :start + count]))

@@ -58,7 +58,7 @@ def _htp_session(path, options: ort.SessionOptions, provider: str, reads: dict |
     return qnn.open_htp_session(path, lambda: fresh_options(options), reads)[0]  # reads fingerprint its compiled context
 
 
-def _directml_session(path, options: ort.SessionOptions, provider: str, reads: dict | None = None) -> ort.InferenceSession:
+def _dml_session(path, options: ort.SessionOptions, provider: str, reads: dict | None = None) -> ort.InferenceSession:
     # DirectML wants no memory pattern and sequential execution (never run here: no Windows).
     options = fresh_options(options)
     options.enable_mem_pattern = False
@@ -80,7 +80,7 @@ PROVIDERS = {
     # DirectML's GroupQueryAttention treats the past as empty when given more than one new
     # position (read in its 1.24.4 source; never run here): there prompts run whole from
     # position 0, so no prefix of an earlier turn is reused and no prompt is chunked.
-    "dml": ExecutionProvider("DmlExecutionProvider", device="dml", open=_directml_session,
+    "dml": ExecutionProvider("DmlExecutionProvider", device="dml", open=_dml_session,
                              available=_listed("DmlExecutionProvider"), missing=DML_MISSING,
                              wrong_artifact="this artifact was not exported for DirectML; export one with "
                                             "`phi4mm-edge export CHECKPOINT OUT --target dml`",

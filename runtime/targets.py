@@ -65,7 +65,7 @@ def npu_prompt_graph(requested: str, graphs: Graphs) -> str | None:
 def dynamic_decoder(manifest: Manifest, sessions: TextSessions, adapters: AdapterSet, context_length: int | None,
                     prefill_chunk: int | None, provider: ExecutionProvider) -> Decoder:
     return Decoder(manifest.model, sessions.embedding, sessions.decoder, adapters, context_length,
-                   prompt_int8=sessions.prompt, prefill_chunk=prefill_chunk, provider=provider)
+                   int8_prompt=sessions.prompt, prefill_chunk=prefill_chunk, provider=provider)
 
 
 def static_decoder(manifest: Manifest, sessions: TextSessions, adapters: AdapterSet, context_length: int | None,

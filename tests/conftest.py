@@ -49,7 +49,7 @@ def small_crop_checkpoint(checkpoints, tmp_path_factory):
 @pytest.fixture(scope="session")
 def artifacts(checkpoints, tmp_path_factory):
     """Exports: fp32 of both layouts (fp32 adapters, bound as inputs), int4 as it ships (accuracy
-    level 4, int4 adapters in the graph, the int8 prefill graph), and at level 0 (fp32
+    level 4, int4 adapters in the graph, the int8 prompt graph), and at level 0 (fp32
     activations) int4 with fp32 adapters and int4 with int4 adapters."""
     root = tmp_path_factory.mktemp("artifacts")
     made = {}

@@ -17,7 +17,7 @@ def test_bench_quick_reports_every_figure(tmp_path):
     assert set(results["ttft_s"]) == {"128", "512", "1024"}
     assert set(results["prefill_tokens_per_s"]) == {results["prefill_precision"]}  # the demo artifact: int4 only
     kernels = results["gemm_ceiling"]["kernels"]
-    assert set(kernels) == {"int4 MatMulNBits", "fp32 MatMul", "int8 DynamicQuantizeMatMul", "int8 row-scaled (prefill graph)"}
+    assert set(kernels) == {"int4 MatMulNBits", "fp32 MatMul", "int8 DynamicQuantizeMatMul", "int8 row-scaled (prompt graph)"}
     assert all(k["layer_gflops"] > 0 for k in kernels.values())
     assert set(results["decode_tokens_per_s"]) == {"none", "vision", "speech"}
     assert set(results["vision_encoder_s"]) == {"1_tiles", "4_tiles"} and set(results["audio_encoder_s"]) == {"10s", "30s"}
@@ -54,7 +54,7 @@ def test_genai_peer_checkpoint_is_the_same_text_model(checkpoints, reference, tm
 
 
 def test_bench_measures_both_prefill_paths_and_a_peer_in_one_run(artifacts, checkpoints, tmp_path):
-    """An artifact with the int8 prefill graph gets prompt tokens/s for both paths, and a peer
+    """An artifact with the int8 prompt graph gets prompt tokens/s for both paths, and a peer
     (PyTorch eager on the tiny Phi-3 checkpoint) is measured in the same invocation and printed
     as ratios of the medians in the JSON."""
     import statistics

@@ -28,8 +28,8 @@ from phi4mm_edge.export.checkpoint import Checkpoint
 from phi4mm_edge.export.convert import export
 from phi4mm_edge.export.graph_files import write_graph
 from phi4mm_edge.export.options import ExportOptions
-from phi4mm_edge.export import directml
-from phi4mm_edge.export.directml import whole_k_blocks
+from phi4mm_edge.export import dml as dml_graphs
+from phi4mm_edge.export.dml import whole_k_blocks
 from phi4mm_edge.export.dml_operators import unregistered_nodes
 from phi4mm_edge.export.graph_blocks import Precision
 from phi4mm_edge.export.onnx_graph import IR_VERSION, MS_DOMAIN, OPSET, ExternalData, Graph
@@ -198,7 +198,7 @@ def matmul_nbits_model(tmp_path, k: int, pad: bool):
     return path, quantized
 
 
-def test_a_linear_of_k_not_in_whole_blocks_is_padded_for_directml(tmp_path):
+def test_a_linear_of_k_not_in_whole_blocks_is_padded_for_dml(tmp_path):
     path, quantized = matmul_nbits_model(tmp_path, k=40, pad=True)
     assert unregistered_nodes(path) == []
     x = np.random.default_rng(1).standard_normal((3, 40)).astype(np.float16)
@@ -321,7 +321,7 @@ def test_dml_export_refuses_cpu_only_options(checkpoints, tmp_path, options, mes
 
 
 def test_dml_export_refuses_to_finish_with_a_node_directml_lacks(checkpoints, tmp_path, monkeypatch):
-    monkeypatch.setattr(directml, "contrib_gelu", lambda graph: None)  # ONNX's Gelu-20 stays in the encoders
+    monkeypatch.setattr(dml_graphs, "contrib_gelu", lambda graph: None)  # ONNX's Gelu-20 stays in the encoders
     with pytest.raises(Phi4MMError, match=r"vision_dml/.*ai\.onnx Gelu-21: no DirectML kernel"):
         export(checkpoints["native"], tmp_path / "out", ExportOptions(INT4_EXACT, target="dml"), show_progress=False)
     assert not (tmp_path / "out" / MANIFEST).exists()  # the folder does not look like a finished export

@@ -151,12 +151,12 @@ def test_int4_as_shipped_stays_close_to_the_dequantized_reference(artifacts, int
     assert np.percentile(errors, 95) <= INT4_P95_TOLERANCE
 
 
-# The int8 prefill graph (7-bit per-channel weights from the checkpoint, uint8 activations per
+# The int8 prompt graph (7-bit per-channel weights from the checkpoint, uint8 activations per
 # row) approximates the float model, not the int4 one. Its prompt logits must be at least as
 # faithful to the float reference as the int4 path's, and its decode steps (int4 weights over the
 # int8-made cache) no further from it than the int4 path's own decode steps, with 20% slack for the
 # different roundings: a wrong scale, transpose or layer would be off by order 100%, far beyond.
-# Chunks of 64 run the first 65 positions through the prefill graph and the other 35 through the
+# Chunks of 64 run the first 65 positions through the int8 prompt graph and the other 35 through the
 # decode graph (runs shorter than INT8_MIN_POSITIONS take the int4 kernels).
 @pytest.mark.parametrize("chunk", [None, 64])
 @pytest.mark.parametrize("adapter", ADAPTERS)

@@ -201,7 +201,7 @@ def first_logits(model, messages, images, reuse: bool):
 # positions (made by the int4 decode graph) and runs its short new part through the int4 graph
 # (under INT8_MIN_POSITIONS), so it cannot equal a fresh prefill bit for bit there. What holds:
 # the reused cache mixes int8-made and int4-made positions, so the follow-up's logits are
-# no further from the fresh int8 prefill's than the int4 path is (20% slack for the mix; a wrong
+# no further from the fresh int8 prompt run's than the int4 path is (20% slack for the mix; a wrong
 # position or stale cache entry is off by ~100%, far beyond).
 def test_on_the_int8_prompt_path_a_follow_up_stays_within_that_paths_own_error(artifacts, photo):
     artifact = artifacts["int4"]

@@ -258,9 +258,9 @@ def test_prefill_path_is_chosen_from_the_cpu_and_can_be_forced(artifacts):
     with pytest.raises(Phi4MMError, match="8-bit weights, which need a CPU with VNNI"):
         choose_prefill_precision("int8", True, avx2, int8_weight_bits=8)
     # Forced paths load the graphs they name; the int4-only artifact refuses int8.
-    assert Phi4MMEdge.load(artifacts["int4"], prefill="int8").decoder.prompt_int8 is not None
-    assert Phi4MMEdge.load(artifacts["int4"], prefill="int4").decoder.prompt_int8 is None
-    with pytest.raises(Phi4MMError, match="no int8 prefill graph"):
+    assert Phi4MMEdge.load(artifacts["int4"], prefill="int8").decoder.int8_prompt is not None
+    assert Phi4MMEdge.load(artifacts["int4"], prefill="int4").decoder.int8_prompt is None
+    with pytest.raises(Phi4MMError, match="no int8 prompt graph"):
         Phi4MMEdge.load(artifacts["int4-exact"], prefill="int8")
 
 

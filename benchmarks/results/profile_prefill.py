@@ -26,7 +26,7 @@ for path in ("int4", "int8"):
     for _ in range(2):  # warm-up, then the profiled run
         model.clear_cache()  # a whole prefill each time, not a reuse of the previous one
         model.generate_from_ids(ids, max_new_tokens=1).text()
-    session = model.decoder.prompt_int8 if path == "int8" else model.decoder.decoder
+    session = model.decoder.int8_prompt if path == "int8" else model.decoder.decoder
     events = json.load(open(session.end_profiling()))
     run = max((e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"), key=lambda e: e["ts"])
     by_op = collections.Counter()

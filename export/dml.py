@@ -3,7 +3,7 @@ DirectML EP registers them, and fp16 activations (fp16.py).
 
 The structural differences are parts the builders take from here: the rotary embedding applied
 before attention (`ROTARY_BEFORE_ATTENTION`) and the audio graph's projection and bias
-(`DIRECTML_AUDIO`); the embedding's plain Gather and the adapters as inputs are chosen by the
+(`DML_AUDIO`); the embedding's plain Gather and the adapters as inputs are chosen by the
 target's row (targets.py). What is left is a node-for-node respelling that computes the same thing:
 - Gelu: DirectML registers only com.microsoft's Gelu (exact, erf) and FastGelu (the tanh
   approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))), not ONNX's Gelu-20;
@@ -65,7 +65,7 @@ def bias_per_chunk(graph: Graph, bias: str, chunks: str) -> str:
     return graph.op("Expand", [bias, graph.concat([graph.slice(graph.op("Shape", [chunks]), [0], [1], axes=[0]), [1, 1, 1]])])
 
 
-DIRECTML_AUDIO = AudioKernels(choose_projection=projection_by_where, bias_for_chunks=bias_per_chunk)
+DML_AUDIO = AudioKernels(choose_projection=projection_by_where, bias_for_chunks=bias_per_chunk)
 
 
 def _attribute(node, name: str):
@@ -98,11 +98,11 @@ def whole_k_blocks(graph: Graph) -> None:
     graph.nodes[:] = nodes
 
 
-def for_directml(graph: Graph) -> None:
+def for_dml(graph: Graph) -> None:
     """Respell `graph`'s ops for DirectML and make its activations fp16, in place."""
     contrib_gelu(graph)
     whole_k_blocks(graph)
     to_fp16(graph)
 
 
-DIRECTML_GRAPH = GraphFinish(float16_weights=True, respell=for_directml)  # weights written as fp16, then respelled
+DML_GRAPH = GraphFinish(float16_weights=True, respell=for_dml)  # weights written as fp16, then respelled
