@@ -31,6 +31,7 @@ from .server_state import MODEL, REQUESTS, SETTINGS, on_model
 API_PREFIX = "/v1/"
 AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+MAX_STOP_CHARS = 1000  # per stop sequence: far above any real one (llama.cpp's and Ollama's are words or tags)
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logit_bias", "audio", "modalities", "prediction")
 
 
@@ -38,7 +39,7 @@ class ApiError(Exception):
     """A request refused in OpenAI's error shape."""
 
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-             404: "not_found_error", 413: "invalid_request_error", 503: "server_error"}
+             404: "not_found_error", 408: "invalid_request_error", 413: "invalid_request_error", 503: "server_error"}
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, headers=None):
         super().__init__(message)
@@ -180,6 +181,8 @@ def parse_request(body, limits, defaults: GenerationOptions) -> ChatRequest:
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or len(stop) > MAX_STOP_SEQUENCES or not all(isinstance(s, str) and s for s in stop):
         raise ApiError(400, f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} non-empty strings", param="stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise ApiError(400, f"a stop sequence may have at most {MAX_STOP_CHARS} characters", param="stop")
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise ApiError(400, "stream_options must be an object", param="stream_options")
@@ -188,35 +191,70 @@ def parse_request(body, limits, defaults: GenerationOptions) -> ChatRequest:
     except Phi4MMError as error:  # as generate's own refusal of the options would be answered
         raise ApiError(400, str(error)) from None
     request.stop = stop
-    request.stream = bool(body.get("stream", False))
-    request.include_usage = bool(stream_options.get("include_usage", False))
+    request.stream = _flag(body, "stream")
+    request.include_usage = _flag(stream_options, "include_usage", "stream_options.include_usage")
     return request
 
 
+def _flag(body: dict, name: str, param: str | None = None) -> bool:
+    """A true/false field; anything else (the string "false" was once taken as true) is a 400."""
+    value = body.get(name, False)
+    if not isinstance(value, bool) and value is not None:
+        raise ApiError(400, f"{param or name} must be true or false, not {value!r}", param=param or name)
+    return bool(value)
+
+
 class StopMatcher:
-    """Cuts streamed text at the first stop sequence, holding back what could still begin one."""
+    """Cuts streamed text at the first stop sequence, holding back what could still begin one.
+    Linear in the text: per stop sequence, the length of its longest prefix that ends the text so
+    far (the Knuth-Morris-Pratt automaton), updated one character at a time. (The quadratic
+    search it replaces held the event loop 18 s for one 1 MB stop string; they are also capped,
+    MAX_STOP_CHARS.)"""
 
     def __init__(self, stops: list[str]):
         self.stops, self.pending, self.stopped = stops, "", False
+        self.matched = [0] * len(stops)  # per stop: how many of its first characters end the text
+        self.fallback = [_prefix_function(stop) for stop in stops]
 
     def feed(self, piece: str) -> str:
-        """The text that is safe to send now ('' while a stop sequence may be forming)."""
+        """The text that is safe to send now ('' while a stop sequence may be forming). The answer
+        ends at the first character that completes a stop sequence, cut before the longest one
+        completed there: the same wherever the stream's pieces happen to split."""
+        for position, character in enumerate(piece):
+            completed = 0
+            for index, stop in enumerate(self.stops):
+                matched = self.matched[index]
+                while matched and stop[matched] != character:
+                    matched = self.fallback[index][matched - 1]
+                matched += stop[matched] == character
+                if matched == len(stop):
+                    completed, matched = max(completed, matched), self.fallback[index][matched - 1]
+                self.matched[index] = matched
+            if completed:
+                self.stopped = True
+                out = (self.pending + piece[:position + 1])[:-completed]
+                self.pending = ""
+                return out
         self.pending += piece
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            out, self.pending = self.pending[:min(hits)], ""
-            return out
-        hold = max((len(s) - 1 for s in self.stops), default=0)
-        while hold and not any(self.pending.endswith(s[:hold]) for s in self.stops):
-            hold -= 1
-        out = self.pending[:len(self.pending) - hold] if hold else self.pending
+        hold = max(self.matched, default=0)
+        out = self.pending[:len(self.pending) - hold]
         self.pending = self.pending[len(out):]
         return out
 
     def flush(self) -> str:
         out, self.pending = self.pending, ""
         return out
+
+
+def _prefix_function(stop: str) -> list[int]:
+    """For each prefix of `stop`, the length of its longest proper prefix that is also its suffix."""
+    table, length = [0] * len(stop), 0
+    for i in range(1, len(stop)):
+        while length and stop[i] != stop[length]:
+            length = table[length - 1]
+        length += stop[i] == stop[length]
+        table[i] = length
+    return table
 
 
 def decode_media(request: ChatRequest, max_record_seconds: float) -> tuple[list, list]:
@@ -273,7 +311,7 @@ async def stream_chunks(response: web.StreamResponse, pieces, request: ChatReque
         return
     if tail := stop.flush():
         await send(chunk({"content": tail}))
-    result = pieces.result
+    result = await pieces.stop() if stop.stopped else pieces.result  # a stop sequence: counted, not discarded
     await send(chunk({}, "stop" if stop.stopped else result.finish_reason))
     if request.include_usage:
         await send({**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage(result)})
@@ -288,20 +326,28 @@ def models_payload(model_name: str) -> dict:
     return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "phi4mm-edge"}]}
 
 
-async def read_json(request: web.Request, limit: int):
-    """The request's JSON body, its size bounded while it is read."""
+async def read_json(request: web.Request, limit: int, seconds: float):
+    """The request's JSON body, its size bounded while it is read, within `seconds` (else 408)."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"the request is larger than {limit / 1e6:.3g} MB, this server's limit", code="request_too_large")
     chunks, size = [], 0
-    while chunk := await request.content.read(1 << 16):
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"the request is larger than {limit / 1e6:.3g} MB, this server's limit", code="request_too_large")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            while chunk := await request.content.read(1 << 16):
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"the request is larger than {limit / 1e6:.3g} MB, this server's limit",
+                                   code="request_too_large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"the request's body did not arrive within {seconds:g} s: send it again",
+                       code="request_timeout") from None
     try:
         return json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiError(400, f"the body is not valid JSON ({error})") from None
+    except RecursionError:
+        raise ApiError(400, "the body nests its JSON too deeply (thousands of levels): send a plain request") from None
 
 
 class AsyncPieces:
@@ -322,6 +368,10 @@ class AsyncPieces:
     @property
     def result(self):
         return self.generation.result
+
+    async def stop(self):
+        """End the answer where a stop sequence was found; its GenerationResult (for the usage)."""
+        return await self.on_model(self.generation.stop)
 
 
 async def collect(pieces: AsyncPieces, stops: list[str]) -> tuple[str, bool]:
@@ -346,7 +396,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions: one answer, whole or streamed as chat.completion.chunk events."""
     app, settings = request.app, request.app[SETTINGS]
-    body = await read_json(request, settings.max_body_bytes)
+    body = await read_json(request, settings.max_body_bytes, settings.body_seconds)
     chat = parse_request(body, settings, settings.options)
     loop, run_on_model = asyncio.get_running_loop(), on_model(app)
     try:
@@ -385,13 +435,13 @@ async def _respond(request, chat: ChatRequest, pieces: AsyncPieces, model_name: 
         text, stopped = await collect(pieces, chat.stop)
     except Phi4MMError as error:
         raise ApiError(400, str(error)) from None
-    result = pieces.result
-    meta = response_meta(model_name, result.adapter if result else pieces.generation.adapter)
+    result = await pieces.stop() if stopped else pieces.result
+    meta = response_meta(model_name, result.adapter)
     return web.json_response({
         **meta, "object": "chat.completion",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                      "finish_reason": "stop" if stopped else result.finish_reason}],
-        "usage": usage(result) if result else None,
+        "usage": usage(result),
     })
 
 
@@ -422,3 +472,6 @@ class _prepend:
     @property
     def result(self):
         return self.pieces.result
+
+    async def stop(self):
+        return await self.pieces.stop()

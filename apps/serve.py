@@ -91,9 +91,9 @@ def print_lan_access(url: str, fingerprint: str) -> None:
 async def _serve_forever(model, settings, sock, ssl_context) -> None:
     from aiohttp import web
 
-    from .web_app import make_app
+    from .web_app import make_app, make_runner
 
-    runner = web.AppRunner(make_app(model, settings), access_log=None)
+    runner = make_runner(make_app(model, settings))
     await runner.setup()
     await web.SockSite(runner, sock, ssl_context=ssl_context).start()
     try:

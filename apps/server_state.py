@@ -25,6 +25,11 @@ class ServeSettings:
     model_name: str = ""
     random_weights: bool = False  # the bundled reference model: the page says its words mean nothing
     max_queue: int = 8  # requests waiting or answering at once; more get 503 (the API) / 503 (the page)
+    # A connection that has not sent a whole request's headers this long after it opened (or after
+    # its last answer) is closed: idle or slow ("slowloris") connections once held the server until
+    # it accepted no more. Browsers reopen kept-alive connections as needed.
+    idle_seconds: float = 15.0
+    body_seconds: float = 120.0  # a request's body must arrive within this (10 MB at 1 Mbit/s: 80 s), else 408
 
     @property
     def max_audio_bytes(self) -> int:

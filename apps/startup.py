@@ -38,6 +38,9 @@ def load_model(args, status=None) -> Phi4MMEdge:
     if getattr(args, "random_weights", False):
         print(RANDOM_WEIGHTS_NOTE, file=status)
     if getattr(args, "max_crops", None) is not None and model.vision is not None:
+        if not 1 <= args.max_crops <= model.vision.geometry.max_crops:  # refused now, not at every image
+            raise Phi4MMError(f"--max-crops {args.max_crops}: give 1..{model.vision.geometry.max_crops} (this model's "
+                              f"limit)")
         print(f"images: at most {args.max_crops} tiles + the global view each, for speed (--max-crops "
               f"{model.vision.geometry.max_crops} for full detail)", file=status)
     # The apps take images and audio: their encoders open in the background while the first

@@ -100,7 +100,9 @@ def access_refusal(request, settings: ServeSettings) -> tuple[str, bool] | None:
     bearer = bearer[len("Bearer "):].strip() if bearer.startswith("Bearer ") else ""
     offered = (bearer or request.query.get("token") or request.headers.get(TOKEN_HEADER)
                or request.cookies.get(TOKEN_COOKIE) or "")
-    if not secrets.compare_digest(offered.encode(), settings.token.encode()):
+    # surrogateescape: a header byte that is not UTF-8 (aiohttp keeps it as a lone surrogate) is
+    # simply a wrong token, not an error (it was a 500 before authentication).
+    if not secrets.compare_digest(offered.encode("utf-8", "surrogateescape"), settings.token.encode()):
         if request.path.startswith(API_PREFIX):
             return ("missing or wrong API key: send the token `phi4mm-edge serve --lan` printed as "
                     "Authorization: Bearer TOKEN (the OpenAI client's api_key)"), True
@@ -184,14 +186,20 @@ def _uploads(settings: ServeSettings) -> dict[str, Upload]:
 
 
 async def read_question(request, settings: ServeSettings) -> Question:
-    """The multipart form (prompt, image, audio, max_new_tokens) as a Question.
-    A body aiohttp cannot parse (no boundary, truncated, nested, oversized headers) is a 400."""
+    """The multipart form (prompt, image, audio, max_new_tokens) as a Question, read within
+    settings.body_seconds (else 408). A body aiohttp cannot parse (no boundary, truncated, nested,
+    oversized headers) is a 400."""
     if not request.content_type.startswith("multipart/form-data"):
         raise Refusal(400, "send the question as multipart/form-data (fields: prompt, image, audio)")
     try:
-        return await _read_form(request, settings)
+        async with asyncio.timeout(settings.body_seconds):
+            return await _read_form(request, settings)
+    except TimeoutError:
+        raise Refusal(408, f"the question did not arrive within {settings.body_seconds:g} s: send it again") from None
     except Refusal:
         raise
+    except (ConnectionError, asyncio.CancelledError):
+        raise  # the client left while sending: nothing to answer
     except Exception as error:  # aiohttp raises ValueError, AssertionError, HTTP parser errors ... on bad bodies
         raise Refusal(400, f"the form could not be read ({type(error).__name__}): send multipart/form-data "
                            f"with the fields prompt, image, audio") from None
@@ -291,7 +299,7 @@ async def _answer(app, question: Question, images, audios, response, loop, waite
                                     options=question.options)
         while (piece := await on_model(next, generation, None)) is not None:
             await _send(response, "piece", {"text": piece})
-    except ConnectionResetError:
+    except (ConnectionError, asyncio.CancelledError):
         if generation is not None:  # the page left mid-answer: stop it on the model thread, free the model
             await on_model(generation.close)
         raise
@@ -312,6 +320,13 @@ async def _answer(app, question: Question, images, audios, response, loop, waite
         "finish_reason": result.finish_reason,
         "waited_ms": round(waited_ms, 1),
     })
+
+
+def make_runner(app: web.Application) -> web.AppRunner:
+    """The server around `app`: idle and slow connections closed (settings.idle_seconds), and a
+    request's handler cancelled when its client leaves, so an abandoned request, waiting or
+    answering, gives its place in line and the model back at once."""
+    return web.AppRunner(app, access_log=None, keepalive_timeout=app[SETTINGS].idle_seconds, handler_cancellation=True)
 
 
 def make_app(model, settings: ServeSettings) -> web.Application:

@@ -42,6 +42,7 @@ class Outcome:
     reference cycle holding the model until the garbage collector runs."""
     cached_prompt_tokens: int = 0  # set when the prompt is prefilled
     result: GenerationResult | None = None
+    stop_requested: bool = False  # Generation.stop(): end after the piece just yielded, keeping a result
 
 
 class Generation:
@@ -83,8 +84,18 @@ class Generation:
                               "it streamed, or generate again")
         return self.result.text
 
+    def stop(self) -> GenerationResult | None:
+        """End the answer after the pieces read so far, as a stop sequence the caller matched does
+        (finish_reason "stop"), give the model back, and return the result: its token_ids are the
+        tokens generated so far, its text theirs in full (a caller that cut at a stop sequence
+        keeps its own cut text)."""
+        self._outcome.stop_requested = True
+        for _ in self:
+            pass  # the stream ends at its next step: what it still yields was not asked for
+        return self.result
+
     def close(self) -> None:
-        """Stop early and give the model back (a stopped generation keeps no result)."""
+        """Stop early and give the model back (a closed generation keeps no result; see stop())."""
         if self._pieces is not None:
             self._pieces.close()
 
@@ -102,6 +113,8 @@ def stream_text(outcome: Outcome, tokens: Iterator[int], detokenizer, stop_ids: 
                 break  # an end-of-sequence id is kept in token_ids (it was generated) but never shown
             if piece := detokenizer.add(token):
                 yield piece
+                if outcome.stop_requested:
+                    break
     finally:
         tokens.close()  # also when the consumer stops early: the token loop gives the model back
     finished = time.perf_counter()
@@ -113,7 +126,7 @@ def stream_text(outcome: Outcome, tokens: Iterator[int], detokenizer, stop_ids: 
         token_ids=token_ids,
         adapter=adapter,
         prompt_tokens=prompt_tokens,
-        finish_reason="stop" if token_ids[-1] in stop_ids else "length",
+        finish_reason="stop" if outcome.stop_requested or token_ids[-1] in stop_ids else "length",
         cached_prompt_tokens=outcome.cached_prompt_tokens,
         timings=Timings(
             load_ms=round(load_ms, 2),
