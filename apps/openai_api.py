@@ -48,7 +48,10 @@ class ApiError(Exception):
     def response(self) -> web.Response:
         body = {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"),
                           "param": self.param, "code": self.code}}
-        return web.json_response(body, status=self.status, headers=self.headers)
+        response = web.json_response(body, status=self.status, headers=self.headers)
+        if self.status == 408:  # the rest of that body may still come: the connection cannot carry another request
+            response.force_close()
+        return response
 
 
 @dataclass

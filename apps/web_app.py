@@ -65,8 +65,12 @@ class Refusal(Exception):
 
 def _refusal_response(request, refusal: Refusal) -> web.Response:
     if request.path.startswith("/api/"):
-        return web.json_response({"error": refusal.message}, status=refusal.status)
-    return web.Response(status=refusal.status, text=refusal.message + "\n")
+        response = web.json_response({"error": refusal.message}, status=refusal.status)
+    else:
+        response = web.Response(status=refusal.status, text=refusal.message + "\n")
+    if refusal.status == 408:  # the rest of that body may still come: the connection cannot carry another request
+        response.force_close()
+    return response
 
 
 def is_loopback_host(host: str) -> bool:
@@ -326,7 +330,9 @@ def make_runner(app: web.Application) -> web.AppRunner:
     """The server around `app`: idle and slow connections closed (settings.idle_seconds), and a
     request's handler cancelled when its client leaves, so an abandoned request, waiting or
     answering, gives its place in line and the model back at once."""
-    return web.AppRunner(app, access_log=None, keepalive_timeout=app[SETTINGS].idle_seconds, handler_cancellation=True)
+    # lingering_time: how long an unread body is drained before its connection closes (aiohttp: 10 s).
+    return web.AppRunner(app, access_log=None, keepalive_timeout=app[SETTINGS].idle_seconds, handler_cancellation=True,
+                         lingering_time=1.0)
 
 
 def make_app(model, settings: ServeSettings) -> web.Application:
