@@ -27,6 +27,7 @@ from .audio_encoder import AudioEncoder
 from .detokenizer import StreamingDetokenizer
 from .feature_cache import DEFAULT_MAX_BYTES, FeatureCache
 from .generation import Generation, Outcome, stream_text
+from .graph_contract import check_session
 from .kv_cache import position_keys
 from .prompt import Prompt, build_prompt, check_fits
 from .providers import PROVIDERS, choose_provider, open_session, session_options as default_session_options
@@ -94,11 +95,15 @@ class Phi4MMEdge:
                        for name, graph in graphs.items() if graph is not None}
             tokenizer = pool.submit(ChatTokenizer, folder)
             vision = (VisionEncoder(folder, manifest.vision, options, provider, target.image_graph,
-                                    manifest.data_hashes(manifest.vision.graph)) if manifest.vision else None)
+                                    manifest.data_hashes(manifest.vision.graph),
+                                    lambda session: check_session(session, manifest.vision.graph, manifest))
+                      if manifest.vision else None)
             audio = (AudioEncoder(folder, manifest.audio, options, provider, max_audio_seconds, target.clip_graph,
-                                  manifest.data_hashes(manifest.audio.graph)) if manifest.audio else None)
+                                  manifest.data_hashes(manifest.audio.graph),
+                                  lambda session: check_session(session, manifest.audio.graph, manifest))
+                     if manifest.audio else None)
             encoders = [pool.submit(e.session.open) for e in (vision, audio) if e is not None and preload_encoders]
-            opened = {name: future.result() for name, future in pending.items()}
+            opened = {name: check_session(future.result(), graphs[name], manifest) for name, future in pending.items()}
             tokenizer = tokenizer.result()
             for future in encoders:
                 future.result()
