@@ -24,7 +24,7 @@ from aiohttp import web
 from ..errors import Phi4MMError
 from ..runtime import GenerationOptions
 from ..runtime.audio import SAMPLE_RATE, AudioTooLong, load_audio
-from ..runtime.image import load_image
+from ..runtime.image import ImagesBusy, load_image
 from .request_queue import QueueFull
 from .server_state import MODEL, REQUESTS, SETTINGS, on_model
 
@@ -267,6 +267,9 @@ def decode_media(request: ChatRequest, max_record_seconds: float) -> tuple[list,
     for number, data in enumerate(request.images, 1):
         try:
             images.append(load_image(data))
+        except ImagesBusy as error:  # other large images hold the decoded-pixel budget: a retry will do
+            raise ApiError(503, f"image {number}: {error}", param="messages", code="images_busy",
+                           headers={"Retry-After": "30"}) from None
         except Phi4MMError as error:
             raise ApiError(400, f"image {number}: {error}", param="messages") from None
     for number, data in enumerate(request.audios, 1):

@@ -29,7 +29,7 @@ from aiohttp import BodyPartReader, web
 from ..errors import Phi4MMError
 from ..runtime import GenerationOptions
 from ..runtime.audio import SAMPLE_RATE, AudioTooLong, load_audio
-from ..runtime.image import load_image
+from ..runtime.image import ImagesBusy, load_image
 from .openai_api import API_PREFIX, ApiError, chat_completions, list_models
 from .request_queue import QueueFull, RequestQueue
 from .server_state import MODEL, MODEL_THREAD, REQUESTS, SETTINGS, ServeSettings
@@ -254,6 +254,8 @@ def _photo(image: bytes):
     """The decoded photo (runs off the event loop); an undecodable one is a 400 before any answer."""
     try:
         return load_image(image)
+    except ImagesBusy as error:  # other large images hold the decoded-pixel budget: a retry will do
+        raise Refusal(503, f"the photo: {error}") from None
     except Phi4MMError as error:
         raise Refusal(400, f"the photo: {error}") from None
 
