@@ -142,7 +142,8 @@ def main(args) -> None:
     model = load_model(args, status)
     options = generation_options(args)
     keys = TerminalKeys()
-    how = f"every {args.interval:g} s" if args.interval else "on Enter" + ("" if args.headless else " or Space in the window")
+    how = (f"every {args.interval:g} s" if args.interval
+           else "on Enter" + ("" if args.headless else " or Space in the window"))
     print(f"describing {args.input or f'camera {args.camera}'} {how}; q + Enter quits", file=status, flush=True)
     next_due, described, caption = 0.0, 0, ""
     try:

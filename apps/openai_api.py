@@ -160,7 +160,8 @@ def parse_request(body, limits, defaults: GenerationOptions) -> ChatRequest:
         role = message.get("role") if isinstance(message, dict) else None
         role = "system" if role == "developer" else role
         if role not in ("system", "user", "assistant"):
-            raise ApiError(400, f"message role {role!r} is not supported: use system, user or assistant", param="messages")
+            raise ApiError(400, f"message role {role!r} is not supported: use system, user or assistant",
+                           param="messages")
         request.messages.append({"role": role, "content": _content(message.get("content"), role, request, limits)})
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     changes = {}  # GenerationOptions fields the request sets; serve's defaults stand for the rest
@@ -177,13 +178,15 @@ def parse_request(body, limits, defaults: GenerationOptions) -> ChatRequest:
     if not isinstance(adapter, str):
         raise ApiError(400, "adapter must be a string: auto, none, or an adapter of the model", param="adapter")
     changes["adapter"] = adapter
-    max_crops = _number(body, "max_crops", 1, 1024, whole=True)  # an extra field, like adapter; the model checks its limit
+    # an extra field, like adapter; the model checks its limit
+    max_crops = _number(body, "max_crops", 1, 1024, whole=True)
     if max_crops is not None:
         changes["max_crops"] = max_crops
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or len(stop) > MAX_STOP_SEQUENCES or not all(isinstance(s, str) and s for s in stop):
-        raise ApiError(400, f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} non-empty strings", param="stop")
+        raise ApiError(400, f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} non-empty strings",
+                       param="stop")
     if any(len(s) > MAX_STOP_CHARS for s in stop):
         raise ApiError(400, f"a stop sequence may have at most {MAX_STOP_CHARS} characters", param="stop")
     stream_options = body.get("stream_options") or {}
@@ -276,7 +279,8 @@ def decode_media(request: ChatRequest, max_record_seconds: float) -> tuple[list,
         try:
             audios.append((load_audio(data, max_seconds=max_record_seconds), SAMPLE_RATE))
         except AudioTooLong as error:
-            raise ApiError(413, f"audio {number} is {error.length()}; this server takes at most {max_record_seconds:g} s",
+            raise ApiError(413,
+                           f"audio {number} is {error.length()}; this server takes at most {max_record_seconds:g} s",
                            param="messages", code="request_too_large") from None
         except Phi4MMError as error:
             raise ApiError(400, f"audio {number}: {error}", param="messages") from None
@@ -335,7 +339,8 @@ def models_payload(model_name: str) -> dict:
 async def read_json(request: web.Request, limit: int, seconds: float):
     """The request's JSON body, its size bounded while it is read, within `seconds` (else 408)."""
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"the request is larger than {limit / 1e6:.3g} MB, this server's limit", code="request_too_large")
+        raise ApiError(413, f"the request is larger than {limit / 1e6:.3g} MB, this server's limit",
+                       code="request_too_large")
     chunks, size = [], 0
     try:
         async with asyncio.timeout(seconds):
@@ -429,7 +434,8 @@ async def _respond(request, chat: ChatRequest, pieces: AsyncPieces, model_name: 
         # The first piece comes before the response starts, so the adapter is known for every chunk.
         first = await _first_piece(pieces)
         meta = response_meta(model_name, pieces.generation.adapter)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                               "Cache-Control": "no-cache"})
         await response.prepare(request)
         try:
             await stream_chunks(response, _prepend(first, pieces), chat, meta)

@@ -50,9 +50,10 @@ def main(args):
     if args.mic is not None:
         audios.append(record(args.mic))
     model = Phi4MMEdge.load(args.artifact, provider=args.provider, threads=args.threads, context_length=args.context,
-                            max_audio_seconds=args.max_audio_seconds, prefill=args.prefill, prefill_chunk=args.prefill_chunk,
-                            verify=args.verify)
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
+                            max_audio_seconds=args.max_audio_seconds, prefill=args.prefill,
+                            prefill_chunk=args.prefill_chunk, verify=args.verify)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user",
+                                                                                         "content": args.prompt}]
     generation = model.generate(messages, images=images, audios=audios, options=generation_options(args))
     if args.json:
         generation.text()

@@ -37,7 +37,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-record-seconds", type=float, default=30.0,
                         help="longest recording accepted (default 30 s)")
     parser.add_argument("--max-queue", type=int, default=8,
-                        help="requests waiting or answering at once (default 8); more are refused with 503 and Retry-After")
+                        help="requests waiting or answering at once (default 8); "
+                             "more are refused with 503 and Retry-After")
 
 
 def _is_loopback(host: str) -> bool:
@@ -53,7 +54,8 @@ def lan_address() -> str | None:
         addresses = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
     except OSError:
         addresses = set()
-    private = sorted(a for a in addresses if ipaddress.ip_address(a).is_private and not ipaddress.ip_address(a).is_loopback)
+    private = sorted(a for a in addresses if ipaddress.ip_address(a).is_private
+                     and not ipaddress.ip_address(a).is_loopback)
     if private:
         return private[0]
     # Many systems map their hostname to 127.0.1.1: ask the routing table instead. connect() on a
@@ -72,7 +74,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, dualstack_ipv6=host == "::", reuse_port=False)
     except OSError as error:
-        raise Phi4MMError(f"cannot listen on {host}:{port} ({error.strerror}): choose another --port, or 0 for any free port") from None
+        raise Phi4MMError(f"cannot listen on {host}:{port} ({error.strerror}): "
+                          f"choose another --port, or 0 for any free port") from None
 
 
 def print_lan_access(url: str, fingerprint: str) -> None:

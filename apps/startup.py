@@ -12,7 +12,8 @@ from ..errors import Phi4MMError
 from ..runtime import GenerationOptions, Phi4MMEdge
 
 RANDOM_WEIGHTS_NOTE = ("NOTE: the reference model has RANDOM weights: its words mean nothing. It proves the pipeline "
-                       "(export, int4, adapter swapping, streaming); point `phi4mm-edge export` at the real checkpoint for real answers.")
+                       "(export, int4, adapter swapping, streaming); "
+                       "point `phi4mm-edge export` at the real checkpoint for real answers.")
 
 
 def restore_ctrl_c() -> None:

@@ -84,7 +84,8 @@ def main(args) -> None:
     try:
         output = open(args.output, "a", encoding="utf-8")
     except OSError as error:
-        raise Phi4MMError(f"cannot write the transcript to {args.output} ({error.strerror}): pick another --output") from None
+        raise Phi4MMError(f"cannot write the transcript to {args.output} ({error.strerror}): "
+                          f"pick another --output") from None
     task = f"translating to {args.translate}" if args.translate else "transcribing"
     print(f"{task} {args.input or 'the microphone'}; appending to {args.output} (Ctrl-C stops)", flush=True)
     count = 0

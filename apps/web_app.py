@@ -123,7 +123,8 @@ async def guard(request, handler):
     if refused:
         reason, token_only = refused
         if api:
-            return ApiError(401 if token_only else 403, reason, code="invalid_api_key" if token_only else None).response()
+            return ApiError(401 if token_only else 403, reason,
+                            code="invalid_api_key" if token_only else None).response()
         return _refusal_response(request, Refusal(403, reason))
     try:
         return await handler(request)
@@ -277,7 +278,8 @@ async def ask(request):
                 audios.append(await loop.run_in_executor(None, _recording, question.audio, settings))
             if question.image is not None:
                 images.append(await loop.run_in_executor(None, _photo, question.image))
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                                   "Cache-Control": "no-cache"})
             await response.prepare(request)
             try:
                 await place.turn(lambda ahead: _send(response, "queue", {"ahead": ahead}))

@@ -50,17 +50,19 @@ def full_width(config: dict, blocks: int) -> None:
     config["audio_config"].update(FULL_WIDTH, num_blocks=blocks)
 
 
-def full_size_block(folder: Path, rounds: int, with_profile: bool, threads: int | None = None, baseline: Path | None = None) -> list[str]:
+def full_size_block(folder: Path, rounds: int, with_profile: bool, threads: int | None = None,
+                    baseline: Path | None = None) -> list[str]:
     feeds = {INPUT_FEATURES: log_mel_spectrogram(noise(SECONDS), tiny_config()["audio_config"]["input_size"])[None],
              VISION_MODE: np.array(False)}
     variants, graphs, factors, outputs, estimates = measure_variants(
-        lambda blocks: export_variants(folder, "audio", blocks, full_width, build_audio_encoder), baseline, "audio{}.onnx", feeds, rounds, threads,
-        (FEW, MORE, FULL_SIZE_BLOCKS), scale=1 / SECONDS)
-    lines = [f"full-width conformer blocks (1024/1536/16 heads), {SECONDS:.0f} s of audio, {rounds} interleaved rounds, "
-             f"{threads or physical_cores()} threads; {cpu_description()}",
-             f"  real-time factors: the {MORE}-block graph (and its median per-round ratio to before); from the {FEW}- and "
-             f"{MORE}-block graphs' medians: one block, the rest, the encoder = rest + {FULL_SIZE_BLOCKS} blocks (and its ratio "
-             f"to before); features vs fp32 plain ({MORE} blocks, relative L2)"]
+        lambda blocks: export_variants(folder, "audio", blocks, full_width, build_audio_encoder), baseline,
+        "audio{}.onnx", feeds, rounds, threads, (FEW, MORE, FULL_SIZE_BLOCKS), scale=1 / SECONDS)
+    lines = [f"full-width conformer blocks (1024/1536/16 heads), {SECONDS:.0f} s of audio, {rounds} "
+             f"interleaved rounds, {threads or physical_cores()} threads; {cpu_description()}",
+             f"  real-time factors: the {MORE}-block graph (and its median per-round ratio to before); "
+             f"from the {FEW}- and {MORE}-block graphs' medians: one block, the rest, the encoder = rest + "
+             f"{FULL_SIZE_BLOCKS} blocks (and its ratio to before); "
+             f"features vs fp32 plain ({MORE} blocks, relative L2)"]
     lines += variant_lines(variants, factors, outputs, estimates, MORE, "7.4f", "block")
     if with_profile:
         lines.append(f"  per-operator profile of {AFTER.name}, {MORE} blocks:")

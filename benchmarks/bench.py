@@ -5,7 +5,8 @@ Measured: load time; time to first token for 128- and 1024-token text prompts; d
 with no adapter, the vision adapter and the speech adapter; adapter swap latency (100 swaps);
 the vision encoder for an image of 1 and of 4 tiles; the audio encoder for 10 s and 30 s of
 audio; time to first token from the file for a 448x448 photo and for 30 s of audio, each with a
-one-line question, and for a follow-up question about the photo; peak RSS; artifact size per file; prompt tokens/s at 128/512/1024 tokens for each prefill
+one-line question, and for a follow-up question about the photo; peak RSS; artifact size per file;
+prompt tokens/s at 128/512/1024 tokens for each prefill
 path the artifact has; the memory-bandwidth roofline of decode; the GEMM compute ceiling of
 prefill (gemm_ceiling.py). `--genai` and `--torch` measure the peers in the same invocation
 (peers.py) and every shared figure is printed as a ratio to each. `--quick` runs the tiny
@@ -70,7 +71,8 @@ def run_bench(artifact: Path, repeats: int = 3, context: int = 1100, threads: in
         started = time.perf_counter()
         model = Phi4MMEdge.load(artifact, provider=provider, context_length=context, threads=threads)
         loads.append(time.perf_counter() - started)
-    results["provider"], results["provider_note"] = model.provider, model.provider_note  # figures mean nothing without it
+    # figures mean nothing without it
+    results["provider"], results["provider_note"] = model.provider, model.provider_note
     results["load_s"] = summary(loads)
     results["prefill_precision"] = model.decoder.prefill_precision
     ttfts = {str(n): timed(ttft(n), repeats) for n in PROMPT_LENGTHS if n < model.decoder.cache.capacity}
@@ -244,9 +246,11 @@ def table(results: dict) -> str:
     lines = [f"{'measure':34} {'unit':>6} {'min':>10} {'median':>10} {'max':>10}"]
     lines += [f"{name:34} {unit:>6} {s['min']:10.4g} {s['median']:10.4g} {s['max']:10.4g}" for name, unit, s in rows]
     if "follow_up_over_first" in media:
-        lines.append(f"{'ttft photo follow-up / first turn':34} {'x':>6} {media['follow_up_over_first']:10.3f}   (median of per-round ratios)")
+        lines.append(f"{'ttft photo follow-up / first turn':34} {'x':>6} {media['follow_up_over_first']:10.3f}   "
+                     f"(median of per-round ratios)")
     for adapter, ratio in results.get("adapter_step_ratio", {}).items():
-        lines.append(f"{'decode step, ' + adapter + ' / none':34} {'x':>6} {ratio:10.3f}   (median of per-round ratios)")
+        lines.append(f"{'decode step, ' + adapter + ' / none':34} {'x':>6} {ratio:10.3f}   "
+                     f"(median of per-round ratios)")
     roof = results["roofline"]
     lines.append(f"{'read bandwidth':34} {'GB/s':>6} {roof['read_bandwidth_gb_s']['min']:10.4g} "
                  f"{roof['read_bandwidth_gb_s']['median']:10.4g} {roof['read_bandwidth_gb_s']['max']:10.4g}")
@@ -255,7 +259,8 @@ def table(results: dict) -> str:
                      f"(roofline {r['roofline_tokens_per_s']:.1f} tok/s, {r['bytes_per_token'] / 1e6:.0f} MB/token)")
     ceiling = results["gemm_ceiling"]
     for kernel, r in ceiling["kernels"].items():
-        lines.append(f"{'GEMM ' + kernel:34} {'GFLOPS':>6} {r['layer_gflops']:10.1f}   (one decoder layer's linears, M={ceiling['rows']})")
+        lines.append(f"{'GEMM ' + kernel:34} {'GFLOPS':>6} {r['layer_gflops']:10.1f}   (one decoder layer's linears, "
+                     f"M={ceiling['rows']})")
     lines.append(f"{'peak RSS (load + runs, no probes)':34} {'MB':>6} {results['peak_rss_mb']:10.1f}")
     own = results.get("own_process")
     if own:
@@ -297,7 +302,8 @@ def peer_lines(results: dict) -> list[str]:
         lines.append(f"\n{name}: load {peer['load_s']:.1f} s, peak RSS {peer['peak_rss_mb']:.0f} MB"
                      + (f", artifact {peer['artifact_mb']:.0f} MB" if "artifact_mb" in peer else ""))
         for n, times in peer["ttft_s"].items():
-            lines.append(f"  {name} ttft {n} tokens: median {statistics.median(times):.3g} s ({int(n) / statistics.median(times):.1f} tok/s)")
+            lines.append(f"  {name} ttft {n} tokens: "
+                         f"median {statistics.median(times):.3g} s ({int(n) / statistics.median(times):.1f} tok/s)")
         if peer["decode_tokens_per_s"]:
             lines.append(f"  {name} decode: median {statistics.median(peer['decode_tokens_per_s']):.3g} tok/s")
         for label, ratio in compare(results, peer).items():
@@ -353,7 +359,8 @@ def main(args) -> dict:
     if args.genai:
         from .peers import genai
 
-        runs.append(("onnxruntime-genai", lambda: genai(args.genai, lengths, repeats, DECODE_TOKENS, threads, args.genai_python)))
+        runs.append(("onnxruntime-genai", lambda: genai(args.genai, lengths, repeats, DECODE_TOKENS, threads,
+                                                        args.genai_python)))
     if args.torch:
         from .peers import torch_eager
 
@@ -365,7 +372,8 @@ def main(args) -> dict:
     own_runs, peer_runs = [], {name: [] for name, _ in runs}
     for _ in range(args.rounds):
         try:
-            own_runs.append(run_peer("ours_run.py", [artifact, ",".join(map(str, lengths)), repeats, DECODE_TOKENS, threads]))
+            own_runs.append(run_peer("ours_run.py",
+                                     [artifact, ",".join(map(str, lengths)), repeats, DECODE_TOKENS, threads]))
         except Phi4MMError as error:
             failures["ours, own process"] = str(error)
         for name, measure in runs:
@@ -384,7 +392,8 @@ def main(args) -> dict:
         print(f"\n{name}: not measured: {error}")
     (out / "bench.json").write_text(json.dumps(results, indent=2))
     drawn = chart(results, out / "bench.png")
-    print(f"\nwrote {out / 'bench.json'}" + (f" and {out / 'bench.png'}" if drawn else " (no chart: pip install matplotlib)"))
+    print(f"\nwrote {out / 'bench.json'}"
+          + (f" and {out / 'bench.png'}" if drawn else " (no chart: pip install matplotlib)"))
     return results
 
 
@@ -406,10 +415,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
     parser.add_argument("--cache-dir", help="with --quick: where the reference model is cached")
     parser.add_argument("--threads", type=int, help="threads for us and the peers (default: one per physical core)")
-    parser.add_argument("--genai", metavar="FOLDER", help="peer: an onnxruntime-genai model folder (its builder's output)")
-    parser.add_argument("--genai-python", metavar="PYTHON", help="interpreter that has onnxruntime-genai (default: this one)")
-    parser.add_argument("--torch", metavar="PHI3_FOLDER", help="peer: PyTorch eager on the Phi-3 checkpoint genai_peer writes")
-    parser.add_argument("--torch-python", metavar="PYTHON", help="interpreter that has torch + transformers (default: this one)")
+    parser.add_argument("--genai", metavar="FOLDER",
+                        help="peer: an onnxruntime-genai model folder (its builder's output)")
+    parser.add_argument("--genai-python", metavar="PYTHON",
+                        help="interpreter that has onnxruntime-genai (default: this one)")
+    parser.add_argument("--torch", metavar="PHI3_FOLDER",
+                        help="peer: PyTorch eager on the Phi-3 checkpoint genai_peer writes")
+    parser.add_argument("--torch-python", metavar="PYTHON",
+                        help="interpreter that has torch + transformers (default: this one)")
     parser.add_argument("--torch-dtype", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate our own-process run and the peers' this many times; medians are kept")

@@ -23,7 +23,8 @@ class Variant:
     name: str
     weights: str  # the linears: "int4" (MatMulNBits, accuracy level 4), "int8" (MLAS's uint8 x int8 GEMM), "fp32"
     fused_attention: bool
-    int8_row_scales: bool = True  # int8: activations rounded per row, as export's encoders do (False: DynamicQuantizeMatMul)
+    # int8: activations rounded per row, as export's encoders do (False: DynamicQuantizeMatMul)
+    int8_row_scales: bool = True
 
     def precision(self):
         from ..export.graph_blocks import Precision
@@ -65,7 +66,8 @@ def interleaved_seconds(sessions: dict, feeds: dict, rounds: int) -> dict:
     return times
 
 
-def per_layer(few: list[float], more: list[float], few_layers: int, more_layers: int, full_layers: int) -> tuple[float, float, float]:
+def per_layer(few: list[float], more: list[float], few_layers: int, more_layers: int,
+              full_layers: int) -> tuple[float, float, float]:
     """From the times of graphs running `few_layers` and `more_layers` layers (their medians):
     (one layer, the rest, the rest + `full_layers` layers)."""
     few, more = statistics.median(few), statistics.median(more)
@@ -98,7 +100,8 @@ def profile(graph: Path, feeds: dict, threads: int | None = None, runs: int = 3)
     session = open_session(graph, options, "cpu")
     for _ in range(runs):
         session.run(None, feeds)
-    return [f"    {op:28s} {ms:8.1f} ms per run  {share:6.1%}" for op, ms, share in op_type_shares(session.end_profiling(), runs)]
+    return [f"    {op:28s} {ms:8.1f} ms per run  {share:6.1%}"
+            for op, ms, share in op_type_shares(session.end_profiling(), runs)]
 
 
 def cpu_description() -> str:
@@ -114,7 +117,8 @@ def cpu_description() -> str:
     return f"{model}, {cpus} CPUs; " + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in wanted)
 
 
-def variant_lines(variants: list, samples: dict, outputs: dict, estimates: dict, more: int, unit: str, part: str) -> list[str]:
+def variant_lines(variants: list, samples: dict, outputs: dict, estimates: dict, more: int, unit: str,
+                  part: str) -> list[str]:
     """One line per variant: the `more`-part graph's median (and its median per-round ratio to
     the first variant), the estimates of one `part` (layer, block), the rest and the whole
     encoder (and its ratio), and the outputs' relative L2 distance from EXACT's; `unit` formats
@@ -124,8 +128,9 @@ def variant_lines(variants: list, samples: dict, outputs: dict, estimates: dict,
     for variant, (one, rest, encoder) in estimates.items():
         error = np.linalg.norm(outputs[variant, more] - exact) / np.linalg.norm(exact)
         lines.append(f"  {variant.name:42s} {statistics.median(samples[variant, more]):{unit}} "
-                     f"({median_ratio(samples[variant, more], samples[variants[0], more]):4.2f}x)  {part} {one:{unit}}  "
-                     f"rest {rest:{unit}}  encoder {encoder:{unit}} ({encoder / estimates[variants[0]][2]:4.2f}x)  {error:.1e}")
+                     f"({median_ratio(samples[variant, more], samples[variants[0], more]):4.2f}x)  "
+                     f"{part} {one:{unit}}  rest {rest:{unit}}  encoder {encoder:{unit}} "
+                     f"({encoder / estimates[variants[0]][2]:4.2f}x)  {error:.1e}")
     return lines
 
 
@@ -143,7 +148,8 @@ def measure_variants(export_variants, baseline: Path | None, baseline_file: str,
     sessions = open_sessions(graphs, threads)
     samples = {key: [s * scale for s in values] for key, values in interleaved_seconds(sessions, feeds, rounds).items()}
     outputs = {key: session.run(None, feeds)[0] for key, session in sessions.items()}
-    estimates = {variant: per_layer(samples[variant, few], samples[variant, more], few, more, full) for variant in variants}
+    estimates = {variant: per_layer(samples[variant, few], samples[variant, more], few, more, full)
+                 for variant in variants}
     return variants, graphs, samples, outputs, estimates
 
 
@@ -178,8 +184,8 @@ def main(argv, description: str, part: str, unit: str, on_artifact: Callable, fu
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, help="intra-op threads (default: one per physical core, as the runtime)")
     parser.add_argument("--baseline", type=Path, help=f"a folder with {part}1.onnx and {part}3.onnx built by another "
-                                                      "version of the code for the same checkpoints: timed too, and the "
-                                                      "ratios are to it")
+                                                      "version of the code for the same checkpoints: "
+                                                      "timed too, and the ratios are to it")
     parser.add_argument("--profile", action="store_true", help=f"with --full-size-{unit}: profile the after variant")
     args = parser.parse_args(argv)
     if args.artifact:

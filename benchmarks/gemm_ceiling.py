@@ -32,7 +32,8 @@ def _session(node, initializers, k: int, n: int, threads: int | None):
 
     graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+    model = helper.make_model(graph,
+                              opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
                               ir_version=10)
     from ..runtime.providers import session_options
 
@@ -89,10 +90,12 @@ def built_session(build, k: int, n: int, threads: int | None = None):
         graph.output("y", TensorProto.FLOAT, ["rows", n])
         graph.save(Path(folder) / "linear.onnx")
         data.close()
-        return ort.InferenceSession(str(Path(folder) / "linear.onnx"), session_options(threads), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(Path(folder) / "linear.onnx"), session_options(threads),
+                                    providers=["CPUExecutionProvider"])
 
 
-def gemm_ceiling(text: TextConfig, precision: StoredPrecision, rows: int = 512, repeats: int = 3, threads: int | None = None) -> dict:
+def gemm_ceiling(text: TextConfig, precision: StoredPrecision, rows: int = 512, repeats: int = 3,
+                 threads: int | None = None) -> dict:
     """{kernel: {shape: GFLOPS median}, kernel + ' (all shapes)': GFLOPS over the layer's FLOPs}."""
     x_rng = np.random.default_rng(1)
     out = {}

@@ -83,11 +83,14 @@ def main(argv=None) -> dict:
                 if round_:
                     samples[name].append(figures)
                 print(f"round {round_} {name}: " + ", ".join(f"{k} {v:.2f} s" for k, v in figures.items()), flush=True)
-    medians = {name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} for name, rounds in samples.items()}
-    print(f"\n{'median s (first token, from the file)':44} " + " ".join(f"{n:>9}" for n in medians) + ("   after/before" if args.before else ""))
+    medians = {name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+               for name, rounds in samples.items()}
+    print(f"\n{'median s (first token, from the file)':44} " + " ".join(f"{n:>9}" for n in medians)
+          + ("   after/before" if args.before else ""))
     for key in medians["after"]:
         row = " ".join(f"{medians[n][key]:9.2f}" if key in medians[n] else f"{'-':>9}" for n in medians)
-        ratio = f"   {medians['after'][key] / medians['before'][key]:.3f}" if args.before and key in medians["before"] else ""
+        ratio = (f"   {medians['after'][key] / medians['before'][key]:.3f}" if args.before and key in medians["before"]
+                 else "")
         print(f"{key:44} {row}{ratio}")
     follow = medians["after"]["photo follow-up"] / medians["after"]["photo 448 + question"]
     print(f"follow-up / first turn (after): {follow:.3f}")

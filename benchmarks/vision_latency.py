@@ -71,16 +71,18 @@ def crop_inputs(width: int, height: int) -> dict:
             CROP_GRID: np.array(image.crop_grid, np.int64)}
 
 
-def full_size_layer(folder: Path, rounds: int, with_profile: bool, threads: int | None = None, baseline: Path | None = None) -> list[str]:
+def full_size_layer(folder: Path, rounds: int, with_profile: bool, threads: int | None = None,
+                    baseline: Path | None = None) -> list[str]:
     feeds = crop_inputs(2 * GEOMETRY.crop_size, GEOMETRY.crop_size)  # three distinct crops (see per_crop_ms)
     crops = feeds[PIXEL_VALUES].shape[0]
     variants, graphs, ms, features, estimates = measure_variants(
-        lambda layers: export_variants(folder, "vision", layers, full_width, build_vision_encoder), baseline, "vision{}.onnx", feeds, rounds, threads,
-        (FEW, MORE, FULL_SIZE_LAYERS), scale=1000 / crops)
-    lines = [f"full-width SigLIP layers (1152/4304/16 heads, 1024 patches a crop), {crops} crops, {rounds} interleaved rounds, "
-             f"{threads or physical_cores()} threads; {cpu_description()}",
-             f"  ms per crop: the {MORE}-layer graph (and its median per-round ratio to before); from the {FEW}- and {MORE}-layer "
-             f"graphs' medians: one layer, the rest, the encoder = rest + {FULL_SIZE_LAYERS} layers (and its ratio to before); "
+        lambda layers: export_variants(folder, "vision", layers, full_width, build_vision_encoder), baseline,
+        "vision{}.onnx", feeds, rounds, threads, (FEW, MORE, FULL_SIZE_LAYERS), scale=1000 / crops)
+    lines = [f"full-width SigLIP layers (1152/4304/16 heads, 1024 patches a crop), {crops} crops, {rounds} "
+             f"interleaved rounds, {threads or physical_cores()} threads; {cpu_description()}",
+             f"  ms per crop: the {MORE}-layer graph (and its median per-round ratio to before); "
+             f"from the {FEW}- and {MORE}-layer graphs' medians: one layer, the rest, the encoder = rest + "
+             f"{FULL_SIZE_LAYERS} layers (and its ratio to before); "
              f"features vs fp32 plain ({MORE} layers, relative L2)"]
     lines += variant_lines(variants, ms, features, estimates, MORE, "7.1f", "layer")
     if with_profile:

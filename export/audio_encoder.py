@@ -49,7 +49,8 @@ class AudioBuilder(EncoderBuilder):
 def normalize(audio: AudioBuilder, features: str, weights: Weights) -> str:
     """(features - global_mean) * global_invstd, per mel bin."""
     graph = audio.graph
-    return graph.mul(graph.sub(features, initializer(graph, weights, "global_mean")), initializer(graph, weights, "global_invstd"))
+    return graph.mul(graph.sub(features, initializer(graph, weights, "global_mean")),
+                     initializer(graph, weights, "global_invstd"))
 
 
 def subsample(audio: AudioBuilder, features: str, weights: Weights, stage_masks: list[str] | None = None) -> str:
@@ -62,7 +63,8 @@ def subsample(audio: AudioBuilder, features: str, weights: Weights, stage_masks:
 
     def conv(x: str, index: int, stride: int, group: int = 1) -> str:
         kernel = weights.shape(f"conv.{index}.weight")[-1]
-        return graph.op("Conv", [x, initializer(graph, weights, f"conv.{index}.weight"), initializer(graph, weights, f"conv.{index}.bias")],
+        return graph.op("Conv", [x, initializer(graph, weights, f"conv.{index}.weight"),
+                                 initializer(graph, weights, f"conv.{index}.bias")],
                         kernel_shape=[kernel, kernel], strides=[stride, stride], pads=[kernel // 2] * 4, group=group)
 
     def pointwise(x: str, index: int) -> str:
@@ -89,7 +91,8 @@ def relative_position_bias(audio: AudioBuilder, length: str, weights: Weights) -
     graph, distance = audio.graph, audio.config.bias_max_distance
     positions = graph.op("Range", [graph.ints(0), length, graph.ints(1)])
     relative = graph.sub(graph.unsqueeze(positions, [0]), graph.unsqueeze(positions, [1]))
-    index = graph.add(graph.op("Clip", [relative, graph.ints(-distance), graph.ints(distance - 1)]), graph.ints(distance))
+    index = graph.add(graph.op("Clip", [relative, graph.ints(-distance), graph.ints(distance - 1)]),
+                      graph.ints(distance))
     table = initializer(graph, weights, "bias_values.weight")
     return graph.unsqueeze(graph.transpose(graph.gather(table, index, axis=0), [2, 0, 1]), [0])
 
@@ -97,7 +100,8 @@ def relative_position_bias(audio: AudioBuilder, length: str, weights: Weights) -
 def feed_forward(audio: AudioBuilder, x: str, weights: Weights) -> str:
     """down_proj(up * swish(gate)) of the layer-normed x."""
     graph = audio.graph
-    h = linear(audio, layer_norm(graph, x, weights.scope("layer_norm."), LAYER_NORM_EPS), weights.scope("gate_up_proj."))
+    h = linear(audio, layer_norm(graph, x, weights.scope("layer_norm."), LAYER_NORM_EPS),
+               weights.scope("gate_up_proj."))
     up, gate = graph.op("Split", [h], outputs=2, axis=-1, num_outputs=2)  # value first, gate second
     return linear(audio, graph.mul(up, swish(graph, gate)), weights.scope("down_proj."))
 
@@ -105,13 +109,16 @@ def feed_forward(audio: AudioBuilder, x: str, weights: Weights) -> str:
 def convolution_module(audio: AudioBuilder, x: str, weights: Weights) -> str:
     """GLU pointwise conv, causal depthwise conv over time, swish, pointwise conv."""
     graph, kernel = audio.graph, audio.config.kernel_size
-    h = linear(audio, layer_norm(graph, x, weights.scope("layer_norm."), LAYER_NORM_EPS), weights.scope("glu.ext_pw_conv_1d."))
+    h = linear(audio, layer_norm(graph, x, weights.scope("layer_norm."), LAYER_NORM_EPS),
+               weights.scope("glu.ext_pw_conv_1d."))
     value, gate = graph.op("Split", [h], outputs=2, axis=-1, num_outputs=2)
     value = graph.add(value, initializer(graph, weights, "glu.b1", shape=[-1]))
     h = graph.mul(value, swish(graph, graph.add(gate, initializer(graph, weights, "glu.b2", shape=[-1]))))
     depthwise = weights.scope("dw_sep_conv_1d.dw_conv.")
-    h = graph.op("Conv", [graph.transpose(h, [0, 2, 1]), initializer(graph, depthwise, "weight"), initializer(graph, depthwise, "bias")],
-                 kernel_shape=[kernel], pads=[kernel - 1, 0], group=depthwise.shape("weight")[0])  # left padding only: causal
+    h = graph.op("Conv", [graph.transpose(h, [0, 2, 1]), initializer(graph, depthwise, "weight"),
+                          initializer(graph, depthwise, "bias")],
+                 kernel_shape=[kernel], pads=[kernel - 1, 0],
+                 group=depthwise.shape("weight")[0])  # left padding only: causal
     h = linear(audio, graph.transpose(h, [0, 2, 1]), weights.scope("dw_sep_conv_1d.pw_conv."))
     return linear(audio, swish(graph, h), weights.scope("ext_pw_conv_1d."))
 
@@ -135,7 +142,8 @@ def chunk(audio: AudioBuilder, x: str, length: str) -> tuple[str, str]:
     size = graph.op("Min", [length, graph.ints(MAX_CHUNK)])
     count = graph.op("Div", [graph.sub(graph.add(length, size), graph.ints(1)), size])  # ceil(T / size)
     padding = graph.sub(graph.mul(count, size), length)
-    pads = graph.concat([[0, 0, 0, 0], graph.unsqueeze(padding, [0]), [0]])  # Pad's 3 begins then 3 ends: only time's end
+    # Pad's 3 begins then 3 ends: only time's end
+    pads = graph.concat([[0, 0, 0, 0], graph.unsqueeze(padding, [0]), [0]])
     shape = graph.concat([[-1], graph.unsqueeze(size, [0]), [audio.config.hidden_size]])
     return graph.reshape(graph.op("Pad", [x, pads]), shape), size
 
@@ -143,7 +151,8 @@ def chunk(audio: AudioBuilder, x: str, length: str) -> tuple[str, str]:
 def unchunk(audio: AudioBuilder, chunks: str, length: str) -> str:
     """[chunks, chunk, hidden] -> [T, hidden]: the chunks end to end, the padding dropped."""
     graph = audio.graph
-    return graph.slice(graph.reshape(chunks, [-1, audio.config.hidden_size]), [0], graph.unsqueeze(length, [0]), axes=[0])
+    return graph.slice(graph.reshape(chunks, [-1, audio.config.hidden_size]), [0],
+                       graph.unsqueeze(length, [0]), axes=[0])
 
 
 def mode_projection(audio: AudioBuilder, x: str, mode: str, weights: Weights) -> str:
@@ -168,7 +177,8 @@ def projection_by_if(audio: AudioBuilder, x: str, vision_mode: str, weights: Wei
 
 
 PORTABLE_AUDIO = AudioKernels(choose_projection=projection_by_if,
-                              bias_for_chunks=lambda graph, bias, chunks: bias)  # [1, heads, T, T], broadcast over chunks
+                              # [1, heads, T, T], broadcast over chunks
+                              bias_for_chunks=lambda graph, bias, chunks: bias)
 
 
 def build_audio_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, fused_attention: bool = True,

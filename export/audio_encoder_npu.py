@@ -56,7 +56,8 @@ def stage_masks(audio: AudioBuilder, frame_mask: str) -> list[str]:
     """The frame mask at each subsampling stage's stride, [1, 1, time, 1]: row p of stage s starts
     at frame p * stride^s, and is one of the clip's rows exactly when that frame is the clip's."""
     graph, stages = audio.graph, int(np.log2(audio.config.time_reduction))
-    return [graph.reshape(graph.slice(frame_mask, [0], [np.iinfo(np.int64).max], axes=[1], steps=[STRIDE ** s]), [1, 1, -1, 1])
+    return [graph.reshape(graph.slice(frame_mask, [0], [np.iinfo(np.int64).max], axes=[1], steps=[STRIDE ** s]),
+                          [1, 1, -1, 1])
             for s in range(1, stages + 1)]
 
 
@@ -67,7 +68,8 @@ def window_position_bias(audio: AudioBuilder, rows: int, weights: Weights) -> st
     positions = np.arange(rows)
     index = np.clip(positions[None, :] - positions[:, None], -distance, distance - 1) + distance
     table = weights["bias_values.weight"]  # [2 * distance, heads]
-    return audio.graph.weight(weights.graph_name("window_bias"), np.ascontiguousarray(table[index].transpose(2, 0, 1)[None]))
+    return audio.graph.weight(weights.graph_name("window_bias"),
+                              np.ascontiguousarray(table[index].transpose(2, 0, 1)[None]))
 
 
 def attention_bias(audio: AudioBuilder, position_bias: str, key_mask: str) -> str:
@@ -85,7 +87,8 @@ def build_audio_window_encoder(checkpoint: Checkpoint, graph: Graph, precision: 
     config = checkpoint.audio
     if not 0 < window_tokens <= MAX_CHUNK:
         raise Phi4MMError(f"audio window of {window_tokens} tokens: give 1..{MAX_CHUNK} (the reference's chunk)")
-    audio = AudioBuilder(graph, replace(precision, bias_in_kernel=False), config, fused_attention=False)  # the HTP's MatMulNBits takes no bias
+    # the HTP's MatMulNBits takes no bias
+    audio = AudioBuilder(graph, replace(precision, bias_in_kernel=False), config, fused_attention=False)
     weights = checkpoint.weights(AUDIO_EMBED, graph_prefix="audio.")
     encoder = weights.scope("encoder.")
     if encoder.shape("embed.conv.0.weight")[-1] != SUBSAMPLING_KERNEL:
@@ -101,8 +104,10 @@ def build_audio_window_encoder(checkpoint: Checkpoint, graph: Graph, precision: 
     x = subsample(audio, x, encoder.scope("embed."), masks[:-1])
     # The context's token dropped (the chunk starts after it: the causal convolution must see
     # zeros before its first row), and zero rows past the clip, as the reference pads.
-    x = graph.mul(graph.slice(x, [1], [rows + 1], axes=[1]), graph.reshape(graph.slice(masks[-1], [1], [rows + 1], axes=[2]), [1, rows, 1]))
-    bias = attention_bias(audio, window_position_bias(audio, rows, encoder.scope("relative_attention_bias_layer.")), key_mask)
+    x = graph.mul(graph.slice(x, [1], [rows + 1], axes=[1]),
+                  graph.reshape(graph.slice(masks[-1], [1], [rows + 1], axes=[2]), [1, rows, 1]))
+    bias = attention_bias(audio, window_position_bias(audio, rows, encoder.scope("relative_attention_bias_layer.")),
+                          key_mask)
     for index in range(config.num_blocks):
         x = conformer_block(audio, x, bias, encoder.scope(f"encoders.{index}."))
     for mode, output in MODES.items():  # projected at [1, rows, hidden]: the HTP's MatMulNBits rejects a 2-D input

@@ -54,7 +54,8 @@ def previous_export(out: Path) -> list[str] | None:
     files = data.get("files") if isinstance(data, dict) and data.get("format") == FORMAT_NAME else None
     if not isinstance(files, dict):
         return None
-    return [name for name in files if isinstance(name, str) and "/" not in name and "\\" not in name and name not in ("", ".", "..")]
+    return [name for name in files if isinstance(name, str) and "/" not in name and "\\" not in name
+            and name not in ("", ".", "..")]
 
 
 def prepare_output_folder(out: Path, force: bool) -> None:
@@ -65,9 +66,11 @@ def prepare_output_folder(out: Path, force: bool) -> None:
         raise Phi4MMError(f"{out} is a file: give a folder for the artifact")
     out.mkdir(parents=True, exist_ok=True)
     ours = previous_export(out)
-    others = [p.name for p in out.iterdir() if not p.name.startswith(".") and p.name != MANIFEST and p.name not in (ours or [])]
+    others = [p.name for p in out.iterdir() if not p.name.startswith(".") and p.name != MANIFEST
+              and p.name not in (ours or [])]
     if others and ours is None and not force:
-        raise Phi4MMError(f"{out} is not empty ({', '.join(sorted(others)[:3])}{', ...' if len(others) > 3 else ''}) and "
+        raise Phi4MMError(f"{out} is not empty "
+                          f"({', '.join(sorted(others)[:3])}{', ...' if len(others) > 3 else ''}) and "
                           f"holds no phi4mm-edge export: give a new or empty folder, or --force to write into it "
                           f"(files export does not write are left alone)")
     # A half-written folder must not look complete: the manifest and the verification stamp go first.
@@ -95,7 +98,8 @@ def write_in_graph_adapters(out: Path, ckpt: Checkpoint, options: ExportOptions,
     return written
 
 
-def write_encoders(out: Path, ckpt: Checkpoint, options: ExportOptions, step) -> tuple[VisionEntry | None, AudioEntry | None]:
+def write_encoders(out: Path, ckpt: Checkpoint, options: ExportOptions,
+                   step) -> tuple[VisionEntry | None, AudioEntry | None]:
     """The target's vision and audio graphs (those the checkpoint has) and their manifest entries."""
     row, encoder = options.row, options.encoder
     processor = _preprocessor_config(ckpt.folder)
@@ -132,7 +136,8 @@ def adapter_entries(out: Path, ckpt: Checkpoint, options: ExportOptions, in_grap
 def copy_tokenizer_files(ckpt: Checkpoint, out: Path) -> list[str]:
     copied = [name for name in TOKENIZER_FILES if (ckpt.folder / name).is_file()]
     if artifact.TOKENIZER_JSON not in copied:
-        raise Phi4MMError(f"{ckpt.folder} has no tokenizer.json: copy the model's tokenizer files into the checkpoint folder")
+        raise Phi4MMError(f"{ckpt.folder} has no tokenizer.json: "
+                          f"copy the model's tokenizer files into the checkpoint folder")
     for name in copied:
         shutil.copyfile(ckpt.folder / name, out / name)
     return copied
@@ -151,7 +156,8 @@ def export(checkpoint_dir, out_dir, options: ExportOptions | None = None, show_p
     ckpt = Checkpoint(checkpoint_dir)
     text = ckpt.text
     if (text.rotary_dim // 2) % 8:
-        raise Phi4MMError(f"rotary dims {text.rotary_dim}: GroupQueryAttention needs rotary_dim/2 to be a multiple of 8")
+        raise Phi4MMError(f"rotary dims {text.rotary_dim}: "
+                          f"GroupQueryAttention needs rotary_dim/2 to be a multiple of 8")
     out = Path(out_dir)
     prepare_output_folder(out, force)
     steps = 2 + text.num_layers * (1 + (options.prefill == "int8")) + len(ckpt.adapter_names()) \

@@ -40,7 +40,8 @@ def rotated_query_key_value(decoder, qkv: str, sequence: SequenceTensors) -> tup
     head's 128 dims."""
     graph, text = decoder.graph, decoder.text
     kv_width = text.num_kv_heads * text.head_dim
-    q, k, v = graph.op("Split", [qkv, graph.ints([text.num_heads * text.head_dim, kv_width, kv_width])], outputs=3, axis=-1)
+    q, k, v = graph.op("Split", [qkv, graph.ints([text.num_heads * text.head_dim, kv_width, kv_width])],
+                       outputs=3, axis=-1)
 
     def rotated(t: str, heads: int) -> str:  # [batch, seq, heads * head_dim], per head
         per_head = graph.reshape(t, [0, 0, heads, text.head_dim])
@@ -62,7 +63,8 @@ def projection_by_where(audio: AudioBuilder, x: str, vision_mode: str, weights: 
 def bias_per_chunk(graph: Graph, bias: str, chunks: str) -> str:
     """[1, heads, T, T] -> [chunks, heads, T, T]: DirectML's MultiHeadAttention takes the bias only
     at the full batch size, no broadcast."""
-    return graph.op("Expand", [bias, graph.concat([graph.slice(graph.op("Shape", [chunks]), [0], [1], axes=[0]), [1, 1, 1]])])
+    return graph.op("Expand",
+                    [bias, graph.concat([graph.slice(graph.op("Shape", [chunks]), [0], [1], axes=[0]), [1, 1, 1]])])
 
 
 DML_AUDIO = AudioKernels(choose_projection=projection_by_where, bias_for_chunks=bias_per_chunk)
@@ -89,7 +91,8 @@ def whole_k_blocks(graph: Graph) -> None:
         k, block_size = _attribute(node, "K"), _attribute(node, "block_size")
         if node.op_type == "MatMulNBits" and k % block_size:
             padded = -(-k // block_size) * block_size
-            pad = helper.make_node("Pad", [node.input[0], graph.ints([0, padded - k], "pads"), "", graph.ints([-1], "axes")],
+            pad = helper.make_node("Pad", [node.input[0], graph.ints([0, padded - k], "pads"), "",
+                                           graph.ints([-1], "axes")],
                                    [f"{node.name}/whole_blocks"], name=f"{node.name}/whole_blocks")
             nodes.append(pad)
             node.input[0] = pad.output[0]

@@ -101,14 +101,16 @@ def untied_lm_head(checkpoint: Checkpoint, precision: Precision, module: str = "
     return emit
 
 
-def _merge_features(graph: Graph, flat_ids: str, embeds: str, features: str, token_id: int, hidden: int, kind: str) -> str:
+def _merge_features(graph: Graph, flat_ids: str, embeds: str, features: str, token_id: int, hidden: int,
+                    kind: str) -> str:
     """Replace the rows of `embeds` [n, hidden] whose id is `token_id` by successive feature rows."""
     is_placeholder = graph.op("Equal", [flat_ids, graph.constant(f"{kind}_token_id", np.int64(token_id))])
     order = graph.sub(graph.op("CumSum", [graph.cast(is_placeholder, TensorProto.INT64), graph.ints(0)]), graph.ints(1))
     # One zero row appended so the gather is valid even with no features; non-placeholder rows
     # and any excess placeholders point at it (the runtime rejects count mismatches up front).
     padded = graph.concat([features, graph.constant(f"{kind}_zero_row", np.zeros((1, hidden), np.float32))])
-    last_row = graph.sub(graph.op("Squeeze", [graph.slice(graph.op("Shape", [padded]), [0], [1], axes=[0])]), graph.ints(1))
+    last_row = graph.sub(graph.op("Squeeze", [graph.slice(graph.op("Shape", [padded]), [0], [1], axes=[0])]),
+                         graph.ints(1))
     index = graph.op("Where", [is_placeholder, graph.op("Min", [order, last_row]), last_row])
     rows = graph.op("Gather", [padded, index], axis=0)
     return graph.op("Where", [graph.unsqueeze(is_placeholder, [-1]), rows, embeds])

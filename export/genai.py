@@ -68,7 +68,8 @@ LOGMEL_CHUNK_SECONDS = 30
 def write_genai_files(out: Path, manifest: Manifest) -> list[str]:
     """Write onnxruntime-genai's config, processor configs, overlays, graph protos and adapter
     files into the artifact folder `out` (whose graphs and manifest fields are final); returns the
-    names written. Only for a target whose row says so (targets.py: the CPU's): the NPU graphs are static, one crop / one audio window per
+    names written. Only for a target whose row says so (targets.py: the CPU's): the NPU graphs are
+    static, one crop / one audio window per
     run and fed by our runtime's loops, and the DirectML graphs take fp16 inputs and their adapters
     as bound fp16 tensors; genai's pipeline fits neither as it is, so they get nothing ([])."""
     if not EXPORT_TARGETS[manifest.target].genai_files:
@@ -126,12 +127,13 @@ def genai_config(manifest: Manifest, multimodal: bool = True) -> dict:
             "outputs": {"inputs_embeds": INPUTS_EMBEDS}}
         config["vision"] = {
             "filename": VISION, "config_filename": VISION_PROCESSOR,
-            "inputs": {"pixel_values": PIXEL_VALUES, "image_sizes": "image_sizes", "attention_mask": "image_attention_mask"},
+            "inputs": {"pixel_values": PIXEL_VALUES, "image_sizes": "image_sizes",
+                       "attention_mask": "image_attention_mask"},
             "outputs": {"image_features": IMAGE_FEATURES}}
         config["speech"] = {
             "filename": AUDIO, "config_filename": SPEECH_PROCESSOR,
-            "inputs": {"audio_embeds": "audio_embeds", "attention_mask": "audio_attention_mask", "audio_sizes": "audio_sizes",
-                       "audio_projection_mode": "audio_projection_mode"},
+            "inputs": {"audio_embeds": "audio_embeds", "attention_mask": "audio_attention_mask",
+                       "audio_sizes": "audio_sizes", "audio_projection_mode": "audio_projection_mode"},
             "outputs": {"audio_features": AUDIO_FEATURES}}
     search = {"do_sample": False, "num_beams": 1, "past_present_share_buffer": True,
               "max_length": min(MAX_LENGTH, model.max_position_embeddings)}
@@ -177,7 +179,8 @@ def speech_processor(audio: AudioEntry) -> dict:
     for suffix, stft in (("", STFT_16K), ("_8k", STFT_8K)):
         attrs.update({f"stft_normal{suffix}/{key}": value for key, value in stft.items()})
         attrs[f"stft_normal{suffix}/win_fn"] = "hamming"
-        attrs.update({f"logmel{suffix}/chunk_size": LOGMEL_CHUNK_SECONDS, f"logmel{suffix}/hop_length": stft["hop_length"],
+        attrs.update({f"logmel{suffix}/chunk_size": LOGMEL_CHUNK_SECONDS,
+                      f"logmel{suffix}/hop_length": stft["hop_length"],
                       f"logmel{suffix}/n_fft": STFT_16K["n_fft"], f"logmel{suffix}/n_mel": audio.mel_bins,
                       f"logmel{suffix}/feature_first": 0, f"logmel{suffix}/no_padding": 1})
     return {"feature_extraction": {

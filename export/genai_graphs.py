@@ -19,8 +19,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from ..artifact import (ADAPTER_INDEX, ATTENTION_MASK, AUDIO_FEATURES, CROP_GRID, IMAGE_FEATURES, INPUT_FEATURES, INPUT_IDS,
-                        INPUTS_EMBEDS, LOGITS, LOGITS_TO_KEEP, LORA_INPUT_PREFIX, PIXEL_VALUES, VISION_MODE)
+from ..artifact import (ADAPTER_INDEX, ATTENTION_MASK, AUDIO_FEATURES, CROP_GRID, IMAGE_FEATURES, INPUT_FEATURES,
+                        INPUT_IDS, INPUTS_EMBEDS, LOGITS, LOGITS_TO_KEEP, LORA_INPUT_PREFIX, PIXEL_VALUES, VISION_MODE)
 from ..manifest import AudioEntry, Manifest, VisionEntry
 from .adapter_format import adapter_tensors
 from .onnx_graph import every_graph
@@ -68,7 +68,8 @@ def text_graph(out: Path, manifest: Manifest) -> onnx.ModelProto:
     joined = {INPUT_IDS, IMAGE_FEATURES, AUDIO_FEATURES, INPUTS_EMBEDS}
     _prefix_names(embedding.graph, "embedding/", keep=joined)
     nodes = list(embedding.graph.node)
-    defaults = {name: np.zeros((0, manifest.model.hidden_size), np.float32) for name in (IMAGE_FEATURES, AUDIO_FEATURES)}
+    defaults = {name: np.zeros((0, manifest.model.hidden_size), np.float32)
+                for name in (IMAGE_FEATURES, AUDIO_FEATURES)}
     inputs = [value for value in embedding.graph.input]
     if _has_input(graph, ADAPTER_INDEX):
         defaults.update(_adapter_index_as_vector(graph, 0))
@@ -85,7 +86,8 @@ def text_graph(out: Path, manifest: Manifest) -> onnx.ModelProto:
     graph.input.extend(inputs)
     graph.initializer.extend(embedding.graph.initializer)
     _add_defaults(graph, defaults)
-    model.opset_import.extend(o for o in embedding.opset_import if all(o.domain != p.domain for p in model.opset_import))
+    model.opset_import.extend(o for o in embedding.opset_import
+                              if all(o.domain != p.domain for p in model.opset_import))
     return model
 
 
@@ -108,7 +110,8 @@ def _adapter_index_as_vector(graph: onnx.GraphProto, default: int) -> dict:
     ONNX Runtime's adapter files refuse rank-0 tensors, so a `.genai_adapter` holds it as [1].
     Returns the initializers to add: its default and the Squeeze axes."""
     _rename_uses(graph, {ADAPTER_INDEX: "genai/adapter_index"})
-    graph.node.insert(0, helper.make_node("Squeeze", [ADAPTER_INDEX, "genai/axis0"], ["genai/adapter_index"], name="genai/adapter_index"))
+    graph.node.insert(0, helper.make_node("Squeeze", [ADAPTER_INDEX, "genai/axis0"], ["genai/adapter_index"],
+                                          name="genai/adapter_index"))
     for value in graph.input:
         if value.name == ADAPTER_INDEX:
             value.CopyFrom(helper.make_tensor_value_info(ADAPTER_INDEX, TensorProto.INT64, [1]))
@@ -124,7 +127,8 @@ def index_adapters(out: Path, manifest: Manifest) -> list[str]:
             adapter = ort.AdapterFormat()
             adapter.set_adapter_version(1)
             adapter.set_model_version(1)
-            adapter.set_parameters({ADAPTER_INDEX: ort.OrtValue.ortvalue_from_numpy(np.array([entry.graph_index], np.int64))})
+            adapter.set_parameters(
+                {ADAPTER_INDEX: ort.OrtValue.ortvalue_from_numpy(np.array([entry.graph_index], np.int64))})
             adapter.export_adapter(str(out / f"{name}{INDEX_ADAPTER_SUFFIX}"))
             written.append(f"{name}{INDEX_ADAPTER_SUFFIX}")
     return written
@@ -138,8 +142,10 @@ def vision_graph(out: Path, vision: VisionEntry, hidden_size: int) -> onnx.Model
     [images, 2] (the HD image's height and width in pixels). A Loop runs vision.onnx once per
     image on its own 1 + rows x cols crops, crop_grid = image_sizes // crop_size."""
     patches = vision.patches_per_side
-    inputs = [helper.make_tensor_value_info(PIXEL_VALUES, TensorProto.FLOAT, ["images", "crops", 3, vision.crop_size, vision.crop_size]),
-              helper.make_tensor_value_info("image_attention_mask", TensorProto.FLOAT, ["images", "crops", patches, patches]),
+    inputs = [helper.make_tensor_value_info(PIXEL_VALUES, TensorProto.FLOAT,
+                                            ["images", "crops", 3, vision.crop_size, vision.crop_size]),
+              helper.make_tensor_value_info("image_attention_mask", TensorProto.FLOAT,
+                                            ["images", "crops", patches, patches]),
               helper.make_tensor_value_info("image_sizes", TensorProto.INT64, ["images", 2])]
     per_item = [
         helper.make_node("Gather", ["image_sizes", "genai/i"], ["genai/size"], axis=0),
@@ -210,11 +216,13 @@ def _loop_over_items(encoder: onnx.ModelProto, inputs: list, batch_input: str, p
     nodes = [*before,
              helper.make_node("Shape", [batch_input], ["genai/batch_shape"], start=0, end=1),
              helper.make_node("Squeeze", ["genai/batch_shape"], ["genai/count"]),
-             helper.make_node("Loop", ["genai/count", "genai/true", "genai/no_features"], [output], name="genai/each_item", body=body)]
+             helper.make_node("Loop", ["genai/count", "genai/true", "genai/no_features"], [output],
+                              name="genai/each_item", body=body)]
     constants = {**constants, "genai/zero": np.array([0], np.int64), "genai/true": np.array(True),
                  "genai/no_features": np.zeros((0, hidden_size), np.float32)}
     main = helper.make_graph(nodes, f"{graph.name}_genai", inputs,
-                             [helper.make_tensor_value_info(output, TensorProto.FLOAT, [f"{output}_rows", hidden_size])],
+                             [helper.make_tensor_value_info(output, TensorProto.FLOAT,
+                                                            [f"{output}_rows", hidden_size])],
                              [numpy_helper.from_array(v, k) for k, v in constants.items()])
     return helper.make_model(main, ir_version=encoder.ir_version, opset_imports=encoder.opset_import,
                              producer_name=encoder.producer_name)
@@ -274,7 +282,8 @@ def _rename_uses(graph: onnx.GraphProto, renamed: dict) -> None:
 
 def _prefix_names(graph: onnx.GraphProto, prefix: str, keep: set) -> None:
     """Prefix every tensor, initializer and node name of a graph without subgraphs, but `keep`."""
-    renamed = {name: prefix + name for node in graph.node for name in [*node.input, *node.output] if name and name not in keep}
+    renamed = {name: prefix + name for node in graph.node for name in [*node.input, *node.output]
+               if name and name not in keep}
     renamed.update({t.name: prefix + t.name for t in graph.initializer})
     _rename_uses(graph, renamed)
     for tensor in graph.initializer:

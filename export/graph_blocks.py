@@ -83,7 +83,8 @@ def int4_initializers(data: ExternalData, name: str, quantized: int4.Int4Weight)
     return protos
 
 
-def matmul_nbits(graph: Graph, x: str, protos, quantized, precision: Precision, name: str, bias: str | None = None) -> str:
+def matmul_nbits(graph: Graph, x: str, protos, quantized, precision: Precision, name: str,
+                 bias: str | None = None) -> str:
     """x W^T (+ bias, added by the kernel) for a block-quantized W (4 bits, or `quantized.bits`)
     whose initializers `protos` are already written."""
     inputs = [x, *(graph.add_initializer(p) for p in protos)]
@@ -92,7 +93,8 @@ def matmul_nbits(graph: Graph, x: str, protos, quantized, precision: Precision, 
     n, k = quantized.shape
     return graph.op(
         "MatMulNBits", inputs, domain=MS_DOMAIN, name=name,
-        K=k, N=n, bits=getattr(quantized, "bits", 4), block_size=quantized.block_size, accuracy_level=precision.accuracy_level,
+        K=k, N=n, bits=getattr(quantized, "bits", 4), block_size=quantized.block_size,
+        accuracy_level=precision.accuracy_level,
     )
 
 
@@ -108,14 +110,17 @@ def linear(builder: Builder, x: str, weights: Weights) -> str:
     if precision.is_int4:
         quantized = int4.quantize(weight, precision.block_size, precision.symmetric)
         kernel_bias = bias if precision.bias_in_kernel else None
-        y = matmul_nbits(graph, x, int4_initializers(graph.data, name, quantized), quantized, precision, name, kernel_bias)
+        y = matmul_nbits(graph, x, int4_initializers(graph.data, name, quantized), quantized, precision,
+                         name, kernel_bias)
         return graph.add(y, bias) if bias and not kernel_bias else y
     if precision.weights == "int8":
         columns = int8.quantize_columns(weight, precision.int8_weight_bits)
-        weight_names = [graph.weight(f"{name}.int8", columns.weight_t), graph.weight(f"{name}.int8_scales", columns.scales)]
+        weight_names = [graph.weight(f"{name}.int8", columns.weight_t),
+                        graph.weight(f"{name}.int8_scales", columns.scales)]
         if precision.int8_row_scales:
             return row_scaled_int8_matmul(graph, x, weight_names, bias, name)
-        return graph.op("DynamicQuantizeMatMul", [x, *weight_names] + (["", bias] if bias else []), domain=MS_DOMAIN, name=name)
+        return graph.op("DynamicQuantizeMatMul", [x, *weight_names] + (["", bias] if bias else []),
+                        domain=MS_DOMAIN, name=name)
     y = graph.op("MatMul", [x, graph.weight(f"{name}.weight_t", np.ascontiguousarray(weight.T))], name=name)
     return graph.add(y, bias) if bias else y
 
@@ -139,7 +144,8 @@ def row_scaled_int8_matmul(graph: Graph, x: str, weight_names: list[str], bias: 
     step = graph.constant("int8_row_step", np.float32(1 / int8.ROW_LIMIT))
     zero = graph.constant("int8_row_zero", np.uint8(int8.ROW_ZERO_POINT))
     rounded = graph.op("QuantizeLinear", [graph.op("Div", [x, peak]), step, zero])
-    y = graph.op("MatMulIntegerToFloat", [rounded, weight_names[0], step, weight_names[1], zero], domain=MS_DOMAIN, name=name)
+    y = graph.op("MatMulIntegerToFloat", [rounded, weight_names[0], step, weight_names[1], zero],
+                 domain=MS_DOMAIN, name=name)
     y = graph.mul(y, peak)
     return graph.add(y, bias) if bias else y
 
@@ -153,7 +159,8 @@ def lora_branch(graph: Graph, x: str, a_input: str, b_input: str) -> str:
 
 def layer_norm(graph: Graph, x: str, weights: Weights, eps: float) -> str:
     """LayerNorm over the last axis with the module's weight and bias."""
-    return graph.op("LayerNormalization", [x, initializer(graph, weights, "weight"), initializer(graph, weights, "bias")],
+    return graph.op("LayerNormalization",
+                    [x, initializer(graph, weights, "weight"), initializer(graph, weights, "bias")],
                     name=weights.graph_name(), axis=-1, epsilon=eps)
 
 
@@ -171,7 +178,8 @@ def multi_head_attention(graph: Graph, q: str, k: str, v: str, bias: str, num_he
     q = graph.transpose(graph.reshape(q, per_head), [0, 2, 1, 3])
     k = graph.transpose(graph.reshape(k, per_head), [0, 2, 3, 1])  # K^T per head
     v = graph.transpose(graph.reshape(v, per_head), [0, 2, 1, 3])
-    scores = graph.add(graph.mul(graph.op("MatMul", [q, k]), graph.constant("scale", np.float32(head_dim ** -0.5))), bias)
+    scores = graph.add(graph.mul(graph.op("MatMul", [q, k]), graph.constant("scale", np.float32(head_dim ** -0.5))),
+                       bias)
     context = graph.op("MatMul", [graph.op("Softmax", [scores], axis=-1), v])
     return graph.reshape(graph.transpose(context, [0, 2, 1, 3]), [0, 0, -1])
 
@@ -188,11 +196,12 @@ def fused_attention(graph: Graph, q: str, k: str, v: str, num_heads: int, key_pa
     inputs = [q, k, v, "", key_padding_mask or "", bias or ""]  # "" = an absent optional input
     while not inputs[-1]:
         inputs.pop()
-    return graph.op("MultiHeadAttention", inputs, domain=MS_DOMAIN, num_heads=num_heads, mask_filter_value=float(MASKED_SCORE))
+    return graph.op("MultiHeadAttention", inputs, domain=MS_DOMAIN, num_heads=num_heads,
+                    mask_filter_value=float(MASKED_SCORE))
 
 
-def self_attention(encoder: EncoderBuilder, x: str, weights: Weights, out_projection: str, key_padding: str | None = None,
-                   bias: str | None = None) -> str:
+def self_attention(encoder: EncoderBuilder, x: str, weights: Weights, out_projection: str,
+                   key_padding: str | None = None, bias: str | None = None) -> str:
     """An encoder layer's bidirectional self-attention: the q/k/v projections, attention (fused or
     plain ops), then `out_projection`. `key_padding` hides padding keys: an int32 [batch, seq]
     mask for the fused kernel, an additive bias for plain ops; `bias` is added to the scores."""

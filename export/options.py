@@ -55,7 +55,8 @@ class ExportOptions:
                                   f"bound as the decoder's inputs; give {' or '.join(row.adapter_precisions)}")
         if self.prefill not in ("int4", "int8"):
             raise Phi4MMError(f"prefill {self.prefill!r} is not int4 or int8")
-        if self.prefill_weight_bits not in int8.WEIGHT_BITS or (self.prefill_weight_bits != 7 and self.prefill != "int8"):
+        if self.prefill_weight_bits not in int8.WEIGHT_BITS or (self.prefill_weight_bits != 7
+                                                                and self.prefill != "int8"):
             raise Phi4MMError(f"--prefill-weight-bits {self.prefill_weight_bits}: give 7 or 8, with --prefill int8")
         if self.prefill == "int8" and not self.precision.is_int4:
             raise Phi4MMError("--prefill int8 pairs with an int4 decoder: an fp32 export already runs prompts in fp32")

@@ -58,7 +58,8 @@ def refuse_unregistered(out: Path, graph_files: list[str]) -> None:
         listed = "; ".join(f"{n.graph}/{n.node} ({n.domain or 'ai.onnx'} {n.op_type}-{n.opset}: {n.reason})"
                            for n in found[:5])
         raise Phi4MMError(f"{len(found)} node(s) of the DirectML graphs have no DirectML kernel in ONNX Runtime "
-                          f"{ONNXRUNTIME_VERSION}, so they would run on the CPU: {listed}{' ...' if len(found) > 5 else ''}. "
+                          f"{ONNXRUNTIME_VERSION}, so they would run on the CPU: "
+                          f"{listed}{' ...' if len(found) > 5 else ''}. "
                           f"This checkpoint or these export options make graphs DirectML cannot run whole: export with "
                           f"--target cpu, or report it")
 
@@ -73,7 +74,8 @@ EXPORT_TARGETS = {target.name: target for target in (
     ExportTarget(
         name="cpu", where="the CPU", write_text=write_cpu_text_graphs,
         vision_graph=artifact.VISION_GRAPH, build_vision=build_vision_encoder,
-        audio_graph=artifact.AUDIO_GRAPH, build_audio=lambda ckpt, g, precision, options: build_audio_encoder(ckpt, g, precision),
+        audio_graph=artifact.AUDIO_GRAPH,
+        build_audio=lambda ckpt, g, precision, options: build_audio_encoder(ckpt, g, precision),
         adapter_precisions=(*IN_GRAPH, *ADAPTER_FILES),
         auto_adapters=lambda precision: "int4" if precision.is_int4 else "fp32",  # the adapters follow the base
         int8_linears=True, genai_files=True),
@@ -81,7 +83,8 @@ EXPORT_TARGETS = {target.name: target for target in (
         name="npu", where="the NPU", write_text=write_npu_text_graphs,
         vision_graph=artifact.NPU_VISION_GRAPH, build_vision=build_vision_crop_encoder,
         audio_graph=artifact.NPU_AUDIO_GRAPH,
-        build_audio=lambda ckpt, g, precision, options: build_audio_window_encoder(ckpt, g, precision, options.npu_audio_window),
+        build_audio=lambda ckpt, g, precision, options: build_audio_window_encoder(ckpt, g, precision,
+                                                                                   options.npu_audio_window),
         adapter_precisions=("fp16", "fp32"), auto_adapters=lambda precision: "fp16",
         static_shapes=True, audio_windows=npu_audio_windows),
     ExportTarget(

@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 from onnx import TensorProto
 
-from ..artifact import ADAPTER_INDEX, ATTENTION_MASK, INPUTS_EMBEDS, LOGITS, LOGITS_TO_KEEP, lora_input_name, past_key_name, past_value_name, present_key_name, present_value_name
+from ..artifact import (ADAPTER_INDEX, ATTENTION_MASK, INPUTS_EMBEDS, LOGITS, LOGITS_TO_KEEP, lora_input_name,
+                        past_key_name, past_value_name, present_key_name, present_value_name)
 from .checkpoint import Checkpoint, TextConfig, Weights
 from .graph_adapters import InGraphAdapter
 from .graph_blocks import Builder, Precision, linear, lora_branch, matmul_nbits, rms_norm, row_scaled_int8_matmul, swish
@@ -57,13 +58,16 @@ def inverse_frequencies(text: TextConfig, factors: list[float]) -> np.ndarray:
     return (1.0 / (np.asarray(factors, np.float32) * np.float32(text.rope_theta) ** exponents)).astype(np.float32)
 
 
-def rotary_tables(graph: Graph, text: TextConfig, total_length: str, first_position: str | None = None) -> tuple[str, str]:
+def rotary_tables(graph: Graph, text: TextConfig, total_length: str,
+                  first_position: str | None = None) -> tuple[str, str]:
     """cos/sin [total - first, rotary_dim/2] for positions first..total-1 (`first_position` an
     int64 scalar, 0 when None). The long factors apply to every position once the total length
     passes original_max_position_embeddings, as in the reference; both sets are scaled by the
     LongRoPE attention factor. Exact only in fp32 (positions reach 131072): marked keep_fp32."""
-    use_long = graph.op("Greater", [total_length, graph.constant("original_max_positions", np.int64(text.original_max_position_embeddings))])
-    inv_freq = graph.op("Where", [use_long, graph.weight("rope.inv_freq_long", inverse_frequencies(text, text.long_factor)),
+    use_long = graph.op("Greater", [total_length, graph.constant("original_max_positions",
+                                                                 np.int64(text.original_max_position_embeddings))])
+    inv_freq = graph.op("Where", [use_long,
+                                  graph.weight("rope.inv_freq_long", inverse_frequencies(text, text.long_factor)),
                                   graph.weight("rope.inv_freq_short", inverse_frequencies(text, text.short_factor))])
     first = graph.ints(0) if first_position is None else first_position
     positions = graph.cast(graph.op("Range", [first, total_length, graph.ints(1)]), TensorProto.FLOAT)
@@ -88,7 +92,8 @@ def rotate(graph: Graph, x: str, cos: str, sin: str, text: TextConfig) -> str:
 
 
 IN_ATTENTION = RotaryPlacement(
-    tables=lambda graph, text, total_length, x: rotary_tables(graph, text, total_length),  # every position: the kernel picks
+    # every position: the kernel picks
+    tables=lambda graph, text, total_length, x: rotary_tables(graph, text, total_length),
     attention_inputs=lambda decoder, qkv, sequence: ([qkv, "", ""], 1),  # packed qkv, rotated by the kernel
 )
 
@@ -128,10 +133,13 @@ def built_in_lora(decoder: DecoderBuilder, parent: Graph, x: str, layer: int, ta
     adapter, name = adapters[0], f"layers.{layer}.{LORA_MODULES[target]}.lora.{adapters[0].name}"
     branch = parent.branch(name)
     precision = decoder.precision  # the base's accuracy level: 4 measured fastest for these GEMVs too (RESULTS.md)
-    if precision.weights == "int8" and adapter.prompt_weights:  # the int8 prompt graph: its own GEMM (graph_adapters.py)
+    # the int8 prompt graph: its own GEMM (graph_adapters.py)
+    if precision.weights == "int8" and adapter.prompt_weights:
         columns_a, columns_b = adapter.prompt_weights[(layer, target)]
-        xa = row_scaled_int8_matmul(branch, x, [branch.add_initializer(copy_proto(p)) for p in columns_a], None, f"{name}.A")
-        product = row_scaled_int8_matmul(branch, xa, [branch.add_initializer(copy_proto(p)) for p in columns_b], None, f"{name}.B")
+        xa = row_scaled_int8_matmul(branch, x, [branch.add_initializer(copy_proto(p)) for p in columns_a],
+                                    None, f"{name}.A")
+        product = row_scaled_int8_matmul(branch, xa, [branch.add_initializer(copy_proto(p)) for p in columns_b],
+                                         None, f"{name}.B")
     else:
         stored_a, stored_b = adapter.weights[(layer, target)]
         xa = matmul_nbits(branch, x, [copy_proto(p) for p in stored_a.protos], stored_a, precision, f"{name}.A")
@@ -161,7 +169,8 @@ def attention(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, seq
     past_v = graph.input(past_value_name(layer), TensorProto.FLOAT, shape)
     qkv = lora_linear(decoder, x, layer, weights, "self_attn.qkv_proj")
     queries, rotary = decoder.rotary.attention_inputs(decoder, qkv, sequence)
-    inputs = [*queries, past_k, past_v, sequence.seqlens_k, sequence.total_length, *([sequence.cos, sequence.sin] if rotary else [])]
+    inputs = [*queries, past_k, past_v, sequence.seqlens_k, sequence.total_length,
+              *([sequence.cos, sequence.sin] if rotary else [])]
     out, _, _ = graph.op(
         "GroupQueryAttention", inputs,
         outputs=[f"layers.{layer}.attn", present_key_name(layer), present_value_name(layer)],
@@ -176,15 +185,18 @@ def attention(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, seq
 def mlp(decoder: DecoderBuilder, x: str, layer: int, weights: Weights) -> str:
     """down_proj(up * silu(gate))."""
     graph = decoder.graph
-    gate, up = graph.op("Split", [lora_linear(decoder, x, layer, weights, "mlp.gate_up_proj")], outputs=2, axis=-1, num_outputs=2)
+    gate, up = graph.op("Split", [lora_linear(decoder, x, layer, weights, "mlp.gate_up_proj")], outputs=2,
+                        axis=-1, num_outputs=2)
     return lora_linear(decoder, graph.mul(up, swish(graph, gate)), layer, weights, "mlp.down_proj")
 
 
 def decoder_layer(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, sequence: SequenceTensors) -> str:
     """x + attention(input_layernorm(x)), then + mlp(post_attention_layernorm(x))."""
     graph, eps = decoder.graph, decoder.text.rms_norm_eps
-    x = graph.add(x, attention(decoder, rms_norm(graph, x, weights.scope("input_layernorm."), eps), layer, weights, sequence))
-    return graph.add(x, mlp(decoder, rms_norm(graph, x, weights.scope("post_attention_layernorm."), eps), layer, weights))
+    x = graph.add(x, attention(decoder, rms_norm(graph, x, weights.scope("input_layernorm."), eps), layer,
+                               weights, sequence))
+    return graph.add(x, mlp(decoder, rms_norm(graph, x, weights.scope("post_attention_layernorm."), eps),
+                            layer, weights))
 
 
 def build_decoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, lm_head, progress=None,
@@ -203,18 +215,21 @@ def build_decoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, lm
     x = graph.input(INPUTS_EMBEDS, TensorProto.FLOAT, ["batch", "sequence", text.hidden_size])
     mask = graph.input(ATTENTION_MASK, TensorProto.INT64, ["batch", "total_sequence"])
     # GroupQueryAttention wants per-row (valid length - 1) and the padded total length, int32.
-    seqlens_k = graph.op("Cast", [graph.sub(graph.reduce_sum(mask, [1]), graph.ints(1))], to=TensorProto.INT32, name="seqlens_k")
+    seqlens_k = graph.op("Cast", [graph.sub(graph.reduce_sum(mask, [1]), graph.ints(1))], to=TensorProto.INT32,
+                         name="seqlens_k")
     total_length = graph.op("Squeeze", [graph.gather(graph.op("Shape", [mask]), [1], axis=0)], name="total_length")
     cos, sin = rotary.tables(graph, text, total_length, x)
     sequence = SequenceTensors(seqlens_k, graph.cast(total_length, TensorProto.INT32), cos, sin)
     for layer in range(text.num_layers):
-        x = decoder_layer(decoder, x, layer, checkpoint.weights(f"model.layers.{layer}.", graph_prefix=f"layers.{layer}."), sequence)
+        x = decoder_layer(decoder, x, layer,
+                          checkpoint.weights(f"model.layers.{layer}.", graph_prefix=f"layers.{layer}."), sequence)
         if progress:
             progress(f"decoder layer {layer}")
     x = rms_norm(graph, x, checkpoint.weights("model.norm.", graph_prefix="norm."), text.rms_norm_eps)
     # Only the last `logits_to_keep` positions reach lm_head: generation needs one row, and at
     # vocab 200064 all rows of a long prompt would cost ~0.8 MB each, all thrown away.
     keep = graph.input(LOGITS_TO_KEEP, TensorProto.INT64, [1])
-    x = graph.op("Slice", [x, graph.op("Neg", [keep]), graph.ints([LAST_POSITION]), graph.ints([1])], name="last_positions")
+    x = graph.op("Slice", [x, graph.op("Neg", [keep]), graph.ints([LAST_POSITION]), graph.ints([1])],
+                 name="last_positions")
     graph.op("Identity", [lm_head(graph, x)], outputs=[LOGITS], name=LOGITS)
     graph.output(LOGITS, TensorProto.FLOAT, ["batch", "kept_positions", text.vocab_size])

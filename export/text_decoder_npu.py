@@ -27,8 +27,8 @@ HTP has no GatherBlockQuantized); image and audio rows are placed by the runtime
 import numpy as np
 from onnx import TensorProto
 
-from ..artifact import (ATTENTION_BIAS, INPUT_IDS, INPUTS_EMBEDS, LOGITS, LOGITS_INDEX, ROTARY_COS, ROTARY_SIN, past_key_name,
-                        past_value_name, present_key_name, present_value_name)
+from ..artifact import (ATTENTION_BIAS, INPUT_IDS, INPUTS_EMBEDS, LOGITS, LOGITS_INDEX, ROTARY_COS, ROTARY_SIN,
+                        past_key_name, past_value_name, present_key_name, present_value_name)
 from .checkpoint import Checkpoint, Weights
 from .graph_blocks import Precision, rms_norm
 from .onnx_graph import Graph
@@ -44,13 +44,15 @@ def attention(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, pos
     past_k = graph.input(past_key_name(layer), TensorProto.FLOAT, cache)
     past_v = graph.input(past_value_name(layer), TensorProto.FLOAT, cache)
     qkv = lora_linear(decoder, x, layer, weights, "self_attn.qkv_proj")
-    q, k, v = graph.op("Split", [qkv, graph.ints([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])], outputs=3, axis=-1)
+    q, k, v = graph.op("Split", [qkv, graph.ints([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])],
+                       outputs=3, axis=-1)
 
     def per_head(t: str, count: int) -> str:  # [1, S, count * head_dim] -> [1, count, S, head_dim]
         return graph.transpose(graph.reshape(t, [1, positions, count, head_dim]), [0, 2, 1, 3])
 
     q = rotate(graph, per_head(q, heads), ROTARY_COS, ROTARY_SIN, text)
-    k = graph.op("Identity", [rotate(graph, per_head(k, kv_heads), ROTARY_COS, ROTARY_SIN, text)], outputs=[present_key_name(layer)])
+    k = graph.op("Identity", [rotate(graph, per_head(k, kv_heads), ROTARY_COS, ROTARY_SIN, text)],
+                 outputs=[present_key_name(layer)])
     v = graph.op("Identity", [per_head(v, kv_heads)], outputs=[present_value_name(layer)])
     graph.output(present_key_name(layer), TensorProto.FLOAT, [1, kv_heads, positions, head_dim])
     graph.output(present_value_name(layer), TensorProto.FLOAT, [1, kv_heads, positions, head_dim])
@@ -70,7 +72,8 @@ def decoder_layer(decoder: DecoderBuilder, x: str, layer: int, weights: Weights,
     graph, eps = decoder.graph, decoder.text.rms_norm_eps
     x = graph.add(x, attention(decoder, rms_norm(graph, x, weights.scope("input_layernorm."), eps), layer, weights,
                                positions, context))
-    return graph.add(x, mlp(decoder, rms_norm(graph, x, weights.scope("post_attention_layernorm."), eps), layer, weights))
+    return graph.add(x, mlp(decoder, rms_norm(graph, x, weights.scope("post_attention_layernorm."), eps),
+                            layer, weights))
 
 
 def build_npu_decoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, lm_head, positions: int,
@@ -86,7 +89,8 @@ def build_npu_decoder(checkpoint: Checkpoint, graph: Graph, precision: Precision
     graph.input(ROTARY_SIN, TensorProto.FLOAT, [positions, text.rotary_dim // 2])
     index = graph.input(LOGITS_INDEX, TensorProto.INT32, [1])
     for layer in range(text.num_layers):
-        x = decoder_layer(decoder, x, layer, checkpoint.weights(f"model.layers.{layer}.", graph_prefix=f"layers.{layer}."),
+        x = decoder_layer(decoder, x, layer,
+                          checkpoint.weights(f"model.layers.{layer}.", graph_prefix=f"layers.{layer}."),
                           positions, context)
         if progress:
             progress(f"NPU decoder layer {layer}")

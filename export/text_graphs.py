@@ -49,7 +49,8 @@ def npu_shapes(ckpt: Checkpoint, adapters: list[str], chunk: int, context: int |
     text = ckpt.text
     context = min(NPU_CONTEXT, text.max_position_embeddings) if context is None else context
     if isinstance(context, bool) or not isinstance(context, int) or not 1 <= context <= text.max_position_embeddings:
-        raise Phi4MMError(f"--npu-context {context}: give 1..{text.max_position_embeddings} positions, the model's maximum")
+        raise Phi4MMError(f"--npu-context {context}: give 1..{text.max_position_embeddings} positions, "
+                          f"the model's maximum")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= context:
         raise Phi4MMError(f"--npu-chunk {chunk}: give 1..{context} positions per prompt run")
     rank = max([ckpt.lora(name).rank for name in adapters] or [1])

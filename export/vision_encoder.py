@@ -50,7 +50,8 @@ def stretched_buckets(vision: VisionBuilder, real_patches: str) -> str:
     boundaries = (np.arange(1, trained_side, dtype=np.float64) / trained_side).astype(np.float32)
     index = graph.constant("patch_index", np.arange(config.patches_per_side, dtype=np.float32)[None, :, None])
     step = graph.op("Div", [graph.constant("one_f", np.float32(1.0)), real_patches])
-    fraction = graph.op("Min", [graph.mul(index, graph.unsqueeze(step, [1, 2])), graph.constant("below_one", BELOW_ONE)])
+    fraction = graph.op("Min",
+                        [graph.mul(index, graph.unsqueeze(step, [1, 2])), graph.constant("below_one", BELOW_ONE)])
     above = graph.op("GreaterOrEqual", [fraction, graph.constant("boundaries", boundaries[None, None, :])])
     return graph.reduce_sum(graph.cast(above, TensorProto.INT64), [2])
 
@@ -88,8 +89,8 @@ def mlp(vision: VisionBuilder, x: str, weights: Weights) -> str:
 def encoder_layer(vision: VisionBuilder, x: str, key_padding: str, weights: Weights) -> str:
     """x + attention(layer_norm1(x)), then + mlp(layer_norm2(x))."""
     graph, eps = vision.graph, vision.config.layer_norm_eps
-    x = graph.add(x, self_attention(vision, layer_norm(graph, x, weights.scope("layer_norm1."), eps), weights.scope("self_attn."),
-                                    "out_proj.", key_padding=key_padding))
+    x = graph.add(x, self_attention(vision, layer_norm(graph, x, weights.scope("layer_norm1."), eps),
+                                    weights.scope("self_attn."), "out_proj.", key_padding=key_padding))
     return graph.add(x, mlp(vision, layer_norm(graph, x, weights.scope("layer_norm2."), eps), weights.scope("mlp.")))
 
 
@@ -110,7 +111,8 @@ def distinct_crops(graph: Graph, pixels: str, mask: str) -> tuple[str, str, str]
     so the copies are what the encoder would have computed; it costs one comparison pass over the
     pixels and halves the encoder's time for such images."""
     zero = graph.constant("zero", np.float32(0))
-    equal_to_first = [graph.op("Equal", [graph.op("ReduceMax", [graph.op("Abs", [graph.sub(x, graph.slice(x, [0], [1], axes=[0]))])],
+    equal_to_first = [graph.op("Equal", [graph.op("ReduceMax",
+                                                  [graph.op("Abs", [graph.sub(x, graph.slice(x, [0], [1], axes=[0]))])],
                                                  keepdims=0), zero]) for x in (pixels, mask)]
     crops = graph.slice(graph.op("Shape", [pixels]), [0], [1], axes=[0])
     count = graph.op("Where", [graph.op("And", equal_to_first), graph.ints([1]), crops])
@@ -134,7 +136,8 @@ def real_extent(graph: Graph, mask: str, rows: str, columns: str, side: int) -> 
     """The real rows and columns ([1] each) of the pooled tiles' grid. A pooled token is real when
     its top-left patch is: the tiles' mask at every other patch, laid out as one grid, counted
     down its first column and along its first row."""
-    every_other = graph.slice(tiles_of(graph, mask, rows, columns), [0, 0], [TO_THE_END, TO_THE_END], axes=[1, 2], steps=[2, 2])
+    every_other = graph.slice(tiles_of(graph, mask, rows, columns), [0, 0], [TO_THE_END, TO_THE_END],
+                              axes=[1, 2], steps=[2, 2])
     mask_grid = as_one_grid(graph, every_other, rows, columns, side, [])
     real_rows = graph.reduce_sum(graph.gather(mask_grid, 0, axis=1), [0], keepdims=True)
     real_columns = graph.reduce_sum(graph.gather(mask_grid, 0, axis=0), [0], keepdims=True)
@@ -186,7 +189,8 @@ def build_vision_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precis
     crop_grid = graph.input(CROP_GRID, TensorProto.INT64, [2])
 
     encoded_pixels, encoded_mask, crops = distinct_crops(graph, pixels, mask)
-    positions = graph.gather(initializer(graph, encoder, "embeddings.position_embedding.weight"), position_ids(vision, encoded_mask), axis=0)
+    positions = graph.gather(initializer(graph, encoder, "embeddings.position_embedding.weight"),
+                             position_ids(vision, encoded_mask), axis=0)
     x = graph.add(patch_embeddings(vision, encoded_pixels, encoder.scope("embeddings.patch_embedding.")), positions)
     key_padding = key_padding_of(vision, encoded_mask)
     for layer in range(config.layers_used):

@@ -25,10 +25,12 @@ from .checkpoint import Checkpoint, Weights
 from .checkpoint_config import VisionConfig
 from .graph_blocks import Precision, initializer
 from .onnx_graph import Graph
-from .vision_encoder import BELOW_ONE, VisionBuilder, encoder_layer, key_padding_of, patch_embeddings, pool_2x2, projection
+from .vision_encoder import (BELOW_ONE, VisionBuilder, encoder_layer, key_padding_of, patch_embeddings, pool_2x2,
+                             projection)
 
 CROP_GRAPH = artifact.NPU_VISION_GRAPH
-SEPARATOR_WEIGHTS = ("sub_img_feature_extensor", "global_img_feature_extensor")  # after each row; between tiles and global view
+# after each row; between tiles and global view
+SEPARATOR_WEIGHTS = ("sub_img_feature_extensor", "global_img_feature_extensor")
 
 
 def stretched_bucket_table(config: VisionConfig) -> np.ndarray:
@@ -51,10 +53,13 @@ def static_position_ids(vision: VisionBuilder, mask: str) -> str:
     them (real patches stretched over the trained grid, padding at 0), from exact integer ops."""
     graph, config = vision.graph, vision.config
     table = graph.constant("stretched_buckets", stretched_bucket_table(config))
-    real_rows = graph.cast(graph.reduce_sum(graph.gather(mask, 0, axis=2), [1]), TensorProto.INT64)  # down the first column
-    real_columns = graph.cast(graph.reduce_sum(graph.gather(mask, 0, axis=1), [1]), TensorProto.INT64)  # along the first row
+    real_rows = graph.cast(graph.reduce_sum(graph.gather(mask, 0, axis=2), [1]),
+                           TensorProto.INT64)  # down the first column
+    real_columns = graph.cast(graph.reduce_sum(graph.gather(mask, 0, axis=1), [1]),
+                              TensorProto.INT64)  # along the first row
     row, column = graph.gather(table, real_rows, axis=0), graph.gather(table, real_columns, axis=0)  # [1, patches] each
-    position = graph.add(graph.mul(graph.unsqueeze(row, [2]), graph.ints(config.trained_patches_per_side)), graph.unsqueeze(column, [1]))
+    position = graph.add(graph.mul(graph.unsqueeze(row, [2]), graph.ints(config.trained_patches_per_side)),
+                         graph.unsqueeze(column, [1]))
     is_real = graph.cast(graph.reshape(mask, [1, -1]), TensorProto.BOOL)
     return graph.op("Where", [is_real, graph.reshape(position, [1, -1]), graph.ints(0)])
 
@@ -64,7 +69,8 @@ def separator_rows(graph: Graph, weights: Weights) -> str:
     return graph.concat([initializer(graph, weights, name, shape=[1, 1, -1]) for name in SEPARATOR_WEIGHTS], axis=1)
 
 
-def build_vision_crop_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precision, progress=None) -> VisionConfig:
+def build_vision_crop_encoder(checkpoint: Checkpoint, graph: Graph, precision: Precision,
+                              progress=None) -> VisionConfig:
     """Fill `graph` with vision_crop.onnx for the checkpoint's vision encoder, its linears stored at
     `precision` (int4 MatMulNBits, biases added after it for the HTP, or fp32 MatMul); returns its config."""
     config = checkpoint.vision
@@ -76,7 +82,8 @@ def build_vision_crop_encoder(checkpoint: Checkpoint, graph: Graph, precision: P
     pixels = graph.input(PIXEL_VALUES, TensorProto.FLOAT, [1, 3, config.crop_size, config.crop_size])
     mask = graph.input(ATTENTION_MASK, TensorProto.FLOAT, [1, side, side])
 
-    positions = graph.gather(initializer(graph, encoder, "embeddings.position_embedding.weight"), static_position_ids(vision, mask), axis=0)
+    positions = graph.gather(initializer(graph, encoder, "embeddings.position_embedding.weight"),
+                             static_position_ids(vision, mask), axis=0)
     x = graph.add(patch_embeddings(vision, pixels, encoder.scope("embeddings.patch_embedding.")), positions)
     key_padding = key_padding_of(vision, mask)  # (1 - mask) * float32 min: no NaN on the HTP (measured)
     for layer in range(config.layers_used):
@@ -86,9 +93,11 @@ def build_vision_crop_encoder(checkpoint: Checkpoint, graph: Graph, precision: P
     tokens = graph.reshape(pool_2x2(vision, x), [1, pooled_side * pooled_side, config.hidden_size])
     projected = projection(vision, graph.concat([tokens, separator_rows(graph, weights)], axis=1), weights)
     crop_tokens, separators = pooled_side * pooled_side, len(SEPARATOR_WEIGHTS)
-    graph.op("Identity", [graph.slice(projected, [0], [crop_tokens], axes=[1])], outputs=[CROP_FEATURES], name=CROP_FEATURES)
+    graph.op("Identity", [graph.slice(projected, [0], [crop_tokens], axes=[1])], outputs=[CROP_FEATURES],
+             name=CROP_FEATURES)
     separator_tokens = graph.slice(projected, [crop_tokens], [crop_tokens + separators], axes=[1])
-    graph.op("Reshape", [separator_tokens, graph.ints([separators, text_hidden])], outputs=[SEPARATORS], name=SEPARATORS)
+    graph.op("Reshape", [separator_tokens, graph.ints([separators, text_hidden])], outputs=[SEPARATORS],
+             name=SEPARATORS)
     graph.output(CROP_FEATURES, TensorProto.FLOAT, [1, crop_tokens, text_hidden])
     graph.output(SEPARATORS, TensorProto.FLOAT, [separators, text_hidden])
     return config

@@ -16,7 +16,8 @@ from .artifact import sha256_of
 from .errors import Phi4MMError
 
 FORMAT_NAME = "phi4mm-edge-artifact"
-FORMAT_VERSION = 5  # 3: typed manifest, audio.onnx; 4: adapters as int4 constants in the decoder graph; 5: targets (npu)
+# 3: typed manifest, audio.onnx; 4: adapters as int4 constants in the decoder graph; 5: targets (npu)
+FORMAT_VERSION = 5
 READABLE_VERSIONS = (4, 5)  # 5 only added fields whose defaults describe a version-4 (CPU) artifact
 # What the graphs were built for (ONNX Runtime's CPU EP, Qualcomm's QNN HTP, or DirectML), and
 # whether they are compiled for fixed shapes: then the manifest holds those shapes (`npu`) and a
@@ -186,14 +187,15 @@ POSITIVE = {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num
             "rotary_dim", "original_max_position_embeddings", "max_position_embeddings", "crop_size", "patch_size",
             "max_crops", "sample_rate", "mel_bins", "compression_rate", "rank", "block_size", "rope_theta", "std",
             "chunk", "context", "lora_rank", "window_frames", "chunk_frames"}
-NON_NEGATIVE = {"size", "graph_index", "accuracy_level", "export_seconds", "rms_norm_eps", "bos_token_id", "pad_token_id",
-                "image_token_id", "audio_token_id"}
+NON_NEGATIVE = {"size", "graph_index", "accuracy_level", "export_seconds", "rms_norm_eps", "bos_token_id",
+                "pad_token_id", "image_token_id", "audio_token_id"}
 # Bounds far above the real model (vocab 200064, hidden 3072, 131072 positions) that keep a
 # tampered manifest from asking for absurd buffers.
 UPPER_BOUNDS = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "num_layers": 1024,
                 "num_heads": 1024, "num_kv_heads": 1024, "head_dim": 4096, "rotary_dim": 4096,
                 "max_position_embeddings": 1 << 24, "original_max_position_embeddings": 1 << 24,
-                "crop_size": 8192, "max_crops": 1024, "chunk": 1 << 16, "context": 1 << 24, "lora_rank": 1 << 16, "sample_rate": 384000, "mel_bins": 1024, "compression_rate": 1024}
+                "crop_size": 8192, "max_crops": 1024, "chunk": 1 << 16, "context": 1 << 24, "lora_rank": 1 << 16,
+                "sample_rate": 384000, "mel_bins": 1024, "compression_rate": 1024}
 
 
 class ManifestError(Phi4MMError):
@@ -201,7 +203,8 @@ class ManifestError(Phi4MMError):
 
 
 def _fail(where: str, problem: str):
-    raise ManifestError(f"{MANIFEST}: {where} {problem}: the manifest is damaged or from another tool; re-export the artifact")
+    raise ManifestError(f"{MANIFEST}: {where} {problem}: the manifest is damaged or from another tool; "
+                        f"re-export the artifact")
 
 
 def _check_number(where: str, name: str, value) -> None:
@@ -300,7 +303,8 @@ def manifest_from_json(data) -> Manifest:
 
 def is_plain_file_name(name: str) -> bool:
     """A name of a file directly in the folder: no path separators, no '..', no hidden files."""
-    return bool(name) and not any(c in name for c in "/\\\0:") and not name.startswith(".")  # ':' a Windows drive or stream
+    # ':' a Windows drive or stream
+    return bool(name) and not any(c in name for c in "/\\\0:") and not name.startswith(".")
 
 
 def file_entry(path: Path) -> FileEntry:
@@ -317,12 +321,15 @@ def read_manifest(folder: Path) -> Manifest:
     if folder.exists() and not folder.is_dir():
         raise Phi4MMError(f"{folder} is a file, not an artifact folder: pass the folder `phi4mm-edge export` wrote")
     if not folder.is_dir():
-        raise Phi4MMError(f"artifact folder {folder} does not exist: export one with `phi4mm-edge export CHECKPOINT {folder}`")
+        raise Phi4MMError(f"artifact folder {folder} does not exist: "
+                          f"export one with `phi4mm-edge export CHECKPOINT {folder}`")
     path = folder / MANIFEST
     if not path.is_file():
-        raise Phi4MMError(f"{folder} has no {MANIFEST}: it is not a phi4mm-edge artifact; export one with `phi4mm-edge export`")
+        raise Phi4MMError(f"{folder} has no {MANIFEST}: it is not a phi4mm-edge artifact; "
+                          f"export one with `phi4mm-edge export`")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:  # RecursionError: nested thousands deep
-        raise Phi4MMError(f"{path} is not valid JSON ({type(error).__name__}: {error}): re-export the artifact") from None
+        raise Phi4MMError(f"{path} is not valid JSON ({type(error).__name__}: {error}): "
+                          f"re-export the artifact") from None
     return manifest_from_json(data)

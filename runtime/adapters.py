@@ -105,7 +105,8 @@ class AdapterSet:
         for name, value in parameters.items():
             shape, expected = value.shape(), self.inputs[name]
             matrix = name.rsplit(".", 1)[1]
-            if len(shape) != 2 or (shape[0] if matrix == "A" else shape[1]) != (expected[0] if matrix == "A" else expected[1]):
+            if len(shape) != 2 \
+                    or (shape[0] if matrix == "A" else shape[1]) != (expected[0] if matrix == "A" else expected[1]):
                 raise Phi4MMError(
                     f"adapter file {path}: tensor {name} has shape {shape}, the decoder expects {expected}; "
                     f"the adapter is from another model"

@@ -62,7 +62,8 @@ def log_mel_spectrogram(wave: np.ndarray, n_mels: int) -> np.ndarray:
     wave = np.asarray(wave, np.float32)
     index = np.arange(WIN_LENGTH)[None, :] + HOP_LENGTH * np.arange(frames)[:, None]
     chunks = wave[index]
-    previous = np.concatenate([chunks[:, :1], chunks[:, :-1]], axis=1)  # each frame's first sample is its own predecessor
+    # each frame's first sample is its own predecessor
+    previous = np.concatenate([chunks[:, :1], chunks[:, :-1]], axis=1)
     chunks = (chunks - PREEMPHASIS * previous) * PCM_SCALE
     spectrum = np.fft.rfft(_WINDOW * chunks, n=N_FFT, axis=1).astype(np.complex64)
     power = np.abs(spectrum) ** 2
@@ -70,7 +71,9 @@ def log_mel_spectrogram(wave: np.ndarray, n_mels: int) -> np.ndarray:
 
 
 # -- loading -------------------------------------------------------------------------------------
-MAX_SAMPLE = 1e3  # float PCM is [-1, 1] (a hot recording a little more); beyond this it is damaged, and the 16-bit scaled power overflows float32
+# float PCM is [-1, 1] (a hot recording a little more); beyond this it is damaged, and the 16-bit
+# scaled power overflows float32
+MAX_SAMPLE = 1e3
 MAX_CHANNELS = 32  # more "channels" than this is a [channels, samples] array read the wrong way round
 DECODE_BLOCK = 1 << 16  # frames decoded (and mixed down) at a time: memory stays one block wide
 BYTESIO = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
@@ -183,7 +186,8 @@ def load_audio(source, sample_rate: int | None = None, max_seconds: float = MAX_
             raise Phi4MMError("the audio is empty (0 bytes)")
         samples, rate = _decode(io.BytesIO(source), "the audio", max_seconds)
     else:
-        raise Phi4MMError(f"unsupported audio input {type(source).__name__}: pass a path, bytes or (array, sample_rate)")
+        raise Phi4MMError(f"unsupported audio input {type(source).__name__}: "
+                          f"pass a path, bytes or (array, sample_rate)")
     if samples.size == 0:
         raise Phi4MMError("the audio has no samples")
     if not np.all(np.isfinite(samples)):

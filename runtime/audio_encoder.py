@@ -48,7 +48,8 @@ class AudioEncoder:
         """`graph(entry, provider)` makes how the artifact's audio graph is fed (a ClipGraph);
         `reads`: its data files' sha256 (Manifest.data_hashes); `check(session)` runs on it once opened."""
         if entry.sample_rate != SAMPLE_RATE:
-            raise Phi4MMError(f"the artifact's audio encoder takes {entry.sample_rate} Hz features; this runtime computes "
+            raise Phi4MMError(f"the artifact's audio encoder takes {entry.sample_rate} Hz features; "
+                              f"this runtime computes "
                               f"them at {SAMPLE_RATE} Hz only: re-export from a {SAMPLE_RATE} Hz checkpoint")
         self.entry, self.max_seconds = entry, max_seconds
         self.session = LazySession(folder / entry.graph, options, provider, reads, check)

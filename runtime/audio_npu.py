@@ -41,7 +41,8 @@ def window_feeds(features: np.ndarray, window_frames: int, context: int, chunk_f
     count = -(-tokens // window_tokens)
     if count > 1 and window_frames != chunk_frames:
         raise Phi4MMError(f"the audio is {frames * HOP_LENGTH / SAMPLE_RATE:.1f} s long; this NPU audio graph takes "
-                          f"{window_frames * HOP_LENGTH / SAMPLE_RATE:g} s at most: split the clip, or re-export with the "
+                          f"{window_frames * HOP_LENGTH / SAMPLE_RATE:g} s at most: "
+                          f"split the clip, or re-export with the "
                           f"default window ({chunk_frames * HOP_LENGTH / SAMPLE_RATE:g} s, any length)")
     feeds = []
     for k in range(count):

@@ -50,7 +50,8 @@ def physical_cores() -> int:
     for cpu in allowed:
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         try:
-            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+            cores.add(((topology / "physical_package_id").read_text().strip(),
+                       (topology / "core_id").read_text().strip()))
         except OSError:  # not Linux, or no sysfs: count logical CPUs
             return max(1, len(list(allowed)))
     return max(1, len(cores))
@@ -74,7 +75,8 @@ def choose_prefill_precision(requested: str, has_int8_graph: bool, features: dic
     if requested not in PREFILL_PRECISIONS:
         raise Phi4MMError(f"prefill precision {requested!r} is not one of {PREFILL_PRECISIONS}")
     if requested == "int8" and not has_int8_graph:
-        raise Phi4MMError("this artifact has no int8 prompt graph: re-export it with `--prefill int8`, or use --prefill int4")
+        raise Phi4MMError("this artifact has no int8 prompt graph: re-export it with `--prefill int8`, "
+                          "or use --prefill int4")
     if int8_weight_bits not in (7, 8):
         raise Phi4MMError(f"the manifest says the int8 prompt graph has {int8_weight_bits}-bit weights; this runtime "
                           f"knows 7 and 8: re-export the artifact")

@@ -12,8 +12,8 @@ sequence.py's CachedSequence, which the NPU decoder holds too.
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import (ATTENTION_MASK, AUDIO_FEATURES, IMAGE_FEATURES, INPUT_IDS, INPUTS_EMBEDS, LOGITS, LOGITS_TO_KEEP,
-                        past_key_name)
+from ..artifact import (ATTENTION_MASK, AUDIO_FEATURES, IMAGE_FEATURES, INPUT_IDS, INPUTS_EMBEDS, LOGITS,
+                        LOGITS_TO_KEEP, past_key_name)
 from ..manifest import TextConfig
 from ..errors import Phi4MMError
 from .adapters import AdapterSet
@@ -51,8 +51,8 @@ class Decoder:
         declared = input_types(decoder)
         self.embeds_type, self.logits_type = declared[INPUTS_EMBEDS], output_types(decoder)[LOGITS]
         self._embedding_inputs = input_types(embedding)
-        self.cache = KVCache(text.num_layers, text.num_kv_heads, text.head_dim, context_length, declared[past_key_name(0)],
-                             device)
+        self.cache = KVCache(text.num_layers, text.num_kv_heads, text.head_dim, context_length,
+                             declared[past_key_name(0)], device)
         self.no_features = np.zeros((0, text.hidden_size), self._embedding_inputs[IMAGE_FEATURES])
         self._mask = np.ones((1, context_length), np.int64)
         # Decode-step buffers, allocated once: token id in, embedding (on the device: written by
@@ -106,7 +106,8 @@ class Decoder:
         cache holds as a fresh prefill would compute them (CachedSequence.reusable_prefix)."""
         return self.sequence.reusable_prefix(keys)
 
-    def prefill(self, embeds: np.ndarray, start: int = 0, keep: int | None = None, keys: np.ndarray | None = None) -> np.ndarray:
+    def prefill(self, embeds: np.ndarray, start: int = 0, keep: int | None = None,
+                keys: np.ndarray | None = None) -> np.ndarray:
         """Run inputs_embeds [1, n, hidden] at positions start..start+n-1 over the cached prefix;
         return the logits of the last `keep` positions (all by default), [1, keep, vocab].
         `keys` (n of them) say what the positions are computed from, so a later prompt that

@@ -131,6 +131,7 @@ def stream_text(outcome: Outcome, tokens: Iterator[int], detokenizer, stop_ids: 
         timings=Timings(
             load_ms=round(load_ms, 2),
             ttft_ms=round((first_token_at - started) * 1000, 2),
-            decode_tokens_per_s=round((len(token_ids) - 1) / decode_s, 2) if len(token_ids) > 1 and decode_s > 0 else None,
+            decode_tokens_per_s=(round((len(token_ids) - 1) / decode_s, 2) if len(token_ids) > 1 and decode_s > 0
+                                 else None),
         ),
     )

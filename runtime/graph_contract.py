@@ -10,8 +10,8 @@ import re
 
 import onnxruntime as ort
 
-from ..artifact import (ATTENTION_MASK, AUDIO_FEATURES, CROP_FEATURES, IMAGE_FEATURES, INPUT_FEATURES, INPUTS_EMBEDS, LOGITS,
-                        PIXEL_VALUES, SPEECH_FEATURES, VISION_SPEECH_FEATURES)
+from ..artifact import (ATTENTION_MASK, AUDIO_FEATURES, CROP_FEATURES, IMAGE_FEATURES, INPUT_FEATURES, INPUTS_EMBEDS,
+                        LOGITS, PIXEL_VALUES, SPEECH_FEATURES, VISION_SPEECH_FEATURES)
 from ..errors import Phi4MMError
 from ..manifest import Manifest
 

@@ -100,7 +100,8 @@ def load_image(source) -> Image.Image:
     if isinstance(source, Image.Image):
         _check_pixels(source.size)
         return to_rgb(ImageOps.exif_transpose(source))
-    raise Phi4MMError(f"unsupported image input {type(source).__name__}: pass a path, bytes, a PIL image or an HxWx3 array")
+    raise Phi4MMError(f"unsupported image input {type(source).__name__}: pass a path, bytes, a PIL "
+                      f"image or an HxWx3 array")
 
 
 def _decode(file, name: str) -> Image.Image:
@@ -213,7 +214,8 @@ def preprocess(image: Image.Image, geometry: VisionEntry) -> ImageInput:
 
     global_view = resize_bicubic(normalized, crop, crop)
     tiles = normalized.reshape(3, rows, crop, columns, crop).transpose(1, 3, 0, 2, 4).reshape(-1, 3, crop, crop)
-    tile_masks = mask.reshape(rows, mask_size, columns, mask_size).transpose(0, 2, 1, 3).reshape(-1, mask_size, mask_size)
+    tile_masks = (mask.reshape(rows, mask_size, columns, mask_size).transpose(0, 2, 1, 3)
+                  .reshape(-1, mask_size, mask_size))
 
     # Tokens: the sub-image features after 2x2 pooling keep the real rows/columns, plus one
     # separator per row; then the fixed global part.

@@ -74,7 +74,8 @@ class Phi4MMEdge:
         kept by content, up to `media_cache_mb` (0: none), so a conversation encodes each once."""
         started = time.perf_counter()
         if not max_audio_seconds > 0:  # NaN too
-            raise Phi4MMError(f"max_audio_seconds {max_audio_seconds}: give a number of seconds above 0 (inf: no limit)")
+            raise Phi4MMError(f"max_audio_seconds {max_audio_seconds}: "
+                              f"give a number of seconds above 0 (inf: no limit)")
         if isinstance(media_cache_mb, bool) or not isinstance(media_cache_mb, (int, float)) or not media_cache_mb >= 0:
             raise Phi4MMError(f"media_cache_mb {media_cache_mb!r}: give megabytes, 0 or more (0 keeps no media)")
         folder = Path(folder)
@@ -165,7 +166,8 @@ class Phi4MMEdge:
         """The token ids of a text-only prompt."""
         return self.prompt(messages).token_ids
 
-    def generate(self, messages, images=(), audios=(), options: GenerationOptions | None = None, **changes) -> Generation:
+    def generate(self, messages, images=(), audios=(), options: GenerationOptions | None = None,
+                 **changes) -> Generation:
         """Stream an answer. `messages` is a string or a list of {role, content}. `images` are paths,
         bytes, PIL images or HxWx3 BGR arrays (<|image_1|> ...); `audios` are paths, bytes or
         (array, sample_rate) pairs (<|audio_1|> ...). `options` (GenerationOptions: max_new_tokens,
@@ -198,10 +200,12 @@ class Phi4MMEdge:
         except (TypeError, ValueError):
             raise Phi4MMError("ids must be a list of token ids (whole numbers)") from None
         prompt = Prompt(ids, image_features, audio_features)
-        adapter = choose_adapter(options.adapter, has_image=image_features is not None, has_audio=audio_features is not None)
+        adapter = choose_adapter(options.adapter, has_image=image_features is not None,
+                                 has_audio=audio_features is not None)
         return self._generate(prompt, options.max_new_tokens, options.sampling, adapter, started)
 
-    def _generate(self, prompt: Prompt, max_new_tokens: int, sampling: Sampling, adapter: str, started: float) -> Generation:
+    def _generate(self, prompt: Prompt, max_new_tokens: int, sampling: Sampling, adapter: str,
+                  started: float) -> Generation:
         self.adapters.check(adapter)
         ids, capacity = prompt.token_ids, self.decoder.cache.capacity
         if not ids:
@@ -217,11 +221,13 @@ class Phi4MMEdge:
                 self.decoder.activate(adapter)
                 keys = position_keys(ids, {self.text.image_token_id: prompt.image_features,
                                            self.text.audio_token_id: prompt.audio_features},
-                                     {self.text.image_token_id: prompt.image_keys, self.text.audio_token_id: prompt.audio_keys})
+                                     {self.text.image_token_id: prompt.image_keys,
+                                      self.text.audio_token_id: prompt.audio_keys})
                 reused = self.decoder.reusable_prefix(keys)
                 outcome.cached_prompt_tokens = reused
                 embeds = self.decoder.embed(np.array([ids], np.int64), prompt.image_features, prompt.audio_features)
-                yield from generate_tokens(self.decoder, embeds, keys, reused, sampling.chooser(), max_new_tokens, self.stop_ids)
+                yield from generate_tokens(self.decoder, embeds, keys, reused, sampling.chooser(),
+                                           max_new_tokens, self.stop_ids)
             finally:
                 self._streaming_thread = None
                 self._streaming.release()

@@ -15,8 +15,8 @@ sequence's bookkeeping, sequence.py's CachedSequence, which the CPU Decoder hold
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact import (ATTENTION_BIAS, INPUT_IDS, INPUTS_EMBEDS, LOGITS, LOGITS_INDEX, NPU_MASKED_SCORE, ROTARY_COS, ROTARY_SIN,
-                        past_key_name, past_value_name, present_key_name, present_value_name)
+from ..artifact import (ATTENTION_BIAS, INPUT_IDS, INPUTS_EMBEDS, LOGITS, LOGITS_INDEX, NPU_MASKED_SCORE, ROTARY_COS,
+                        ROTARY_SIN, past_key_name, past_value_name, present_key_name, present_value_name)
 from ..errors import Phi4MMError
 from ..manifest import NpuShapes, TextConfig
 from .adapters import AdapterSet
@@ -86,7 +86,8 @@ class NpuDecoder:
         rows = [self.embedding.run([INPUTS_EMBEDS], {INPUT_IDS: padded[None, i:i + chunk]})[0]
                 for i in range(0, len(padded), chunk)]
         embeds = np.concatenate(rows, axis=1)[:, :len(ids)]
-        for token_id, features in ((self.text.image_token_id, image_features), (self.text.audio_token_id, audio_features)):
+        for token_id, features in ((self.text.image_token_id, image_features),
+                                   (self.text.audio_token_id, audio_features)):
             where = np.flatnonzero(ids == token_id)
             count = 0 if features is None else len(features)
             if len(where) != count and (count or features is not None):

@@ -29,8 +29,10 @@ class GenerationOptions:
                 or self.max_new_tokens < 1:
             raise Phi4MMError(f"max_new_tokens {self.max_new_tokens!r}: give a whole number of at least 1")
         if not isinstance(self.adapter, str):
-            raise Phi4MMError(f"adapter {self.adapter!r}: give 'auto', 'none' or the name of an adapter of the artifact")
-        if self.max_crops is not None and (isinstance(self.max_crops, bool) or not isinstance(self.max_crops, numbers.Integral)
+            raise Phi4MMError(f"adapter {self.adapter!r}: give 'auto', 'none' or the name of an "
+                              f"adapter of the artifact")
+        if self.max_crops is not None and (isinstance(self.max_crops, bool)
+                                           or not isinstance(self.max_crops, numbers.Integral)
                                            or self.max_crops < 1):
             raise Phi4MMError(f"max_crops {self.max_crops!r}: give a whole number of tiles, at least 1")
         self.sampling  # validates temperature, top_p, top_k and seed

@@ -49,8 +49,8 @@ def place_media(messages: list[dict], images: int, audios: int) -> list[dict]:
             raise Phi4MMError(f"the prompt refers to <|{kind}_{used[-1]}|> but {count} {kind}(s) were given")
         missing = sorted(set(range(1, count + 1)) - set(used))
         if missing:
-            raise Phi4MMError(f"{kind} {missing[0]} was given but the prompt has no <|{kind}_{missing[0]}|> placeholder "
-                              f"(use one for every {kind}, or none at all)")
+            raise Phi4MMError(f"{kind} {missing[0]} was given but the prompt has no "
+                              f"<|{kind}_{missing[0]}|> placeholder (use one for every {kind}, or none at all)")
     return messages
 
 
@@ -94,7 +94,8 @@ def as_messages(messages) -> list[dict]:
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     if not isinstance(messages, (list, tuple)):
-        raise Phi4MMError(f"messages must be a string or a list of {{'role', 'content'}} dicts, not {type(messages).__name__}")
+        raise Phi4MMError(f"messages must be a string or a list of {{'role', 'content'}} dicts, not "
+                          f"{type(messages).__name__}")
     if not messages:
         raise Phi4MMError("there are no messages: give a prompt, or at least one {'role', 'content'} message")
     for message in messages:
@@ -150,7 +151,8 @@ def build_prompt(messages, images, audios, tokenizer: ChatTokenizer, text: TextC
         raise Phi4MMError("this artifact has no vision.onnx: re-export it from a checkpoint with the vision encoder")
     if audios and audio is None:
         raise Phi4MMError("this artifact has no audio.onnx: re-export it from a checkpoint with the audio encoder")
-    prepared = {"image": [vision.prepare(image, max_crops) for image in images], "audio": [audio.prepare(clip) for clip in audios]}
+    prepared = {"image": [vision.prepare(image, max_crops) for image in images],
+                "audio": [audio.prepare(clip) for clip in audios]}
     token_ids = {"image": text.image_token_id, "audio": text.audio_token_id}
     parts = tokenizer.render_parts(place_media(messages, len(images), len(audios)))
     counts = {kind: [item.num_tokens for item in items] for kind, items in prepared.items()}
@@ -175,6 +177,7 @@ def build_prompt(messages, images, audios, tokenizer: ChatTokenizer, text: TextC
         keys[kind] = np.concatenate([item_row_keys(*encoded[n]) for n in order[kind]]) if items else None
         expected = 0 if features[kind] is None else features[kind].shape[0]
         if ids.count(token_ids[kind]) != expected:  # the template itself wrote a media token
-            raise Phi4MMError(f"the prompt holds {ids.count(token_ids[kind])} {kind} tokens for {expected} feature rows: "
+            raise Phi4MMError(f"the prompt holds {ids.count(token_ids[kind])} {kind} tokens for "
+                              f"{expected} feature rows: "
                               f"the artifact's chat template writes {tokenizer.token_string(token_ids[kind])!r} itself")
     return Prompt(ids, features["image"], features["audio"], keys["image"], keys["audio"])

@@ -17,8 +17,8 @@ if TYPE_CHECKING:  # targets.py imports the decoders, which import this module
     from .targets import RuntimeTarget
 
 AUTO, CPU = "auto", "cpu"
-DML_MISSING = ("DirectML needs Windows and onnxruntime-directml (pip install onnxruntime-directml, in place of onnxruntime, "
-               "on Windows); this ONNX Runtime has no DirectML execution provider")
+DML_MISSING = ("DirectML needs Windows and onnxruntime-directml (pip install onnxruntime-directml, in "
+               "place of onnxruntime, on Windows); this ONNX Runtime has no DirectML execution provider")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,8 @@ def _ort_session(path, options: ort.SessionOptions, provider: str, reads: dict |
 
 
 def _htp_session(path, options: ort.SessionOptions, provider: str, reads: dict | None = None) -> ort.InferenceSession:
-    return qnn.open_htp_session(path, lambda: fresh_options(options), reads)[0]  # reads fingerprint its compiled context
+    # reads fingerprint its compiled context
+    return qnn.open_htp_session(path, lambda: fresh_options(options), reads)[0]
 
 
 def _dml_session(path, options: ort.SessionOptions, provider: str, reads: dict | None = None) -> ort.InferenceSession:

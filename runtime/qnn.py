@@ -35,7 +35,8 @@ EP_NAME = "QNNExecutionProvider"
 DEFAULT_SOC_MODEL = "60"
 CONTEXT_SUFFIX = COMPILED_CONTEXT_MARK + ".onnx"
 CONTEXT_RECORD_SUFFIX = COMPILED_CONTEXT_MARK + ".json"
-MISSING = "the QNN execution provider is not installed: pip install onnxruntime-qnn (x86_64 runs Qualcomm's HTP simulator)"
+MISSING = ("the QNN execution provider is not installed: "
+           "pip install onnxruntime-qnn (x86_64 runs Qualcomm's HTP simulator)")
 
 _registered = None  # None: not tried; True/False after the first try
 compilations = 0  # graphs compiled for the HTP in this process (a cached context does not count)
@@ -63,7 +64,8 @@ def available() -> bool:
                 _registered = any(d.ep_name == EP_NAME for d in ort.get_ep_devices())
                 if not _registered:
                     raise Phi4MMError(f"onnxruntime-qnn is installed but does not register with onnxruntime "
-                                      f"{ort.__version__} ({error}): install the onnxruntime version it was built for") from None
+                                      f"{ort.__version__} ({error}): "
+                                      f"install the onnxruntime version it was built for") from None
     return _registered
 
 
@@ -127,7 +129,8 @@ def cached_context(graph: Path, reads: dict[str, str] | None = None) -> Path | N
     context, record = context_paths(graph)
     try:
         saved = json.loads(record.read_text())
-        if not context.is_file() or not isinstance(saved, dict) or saved.get("compiled_from") != _fingerprint(graph, reads or {}):
+        if not context.is_file() or not isinstance(saved, dict) \
+                or saved.get("compiled_from") != _fingerprint(graph, reads or {}):
             return None
         written = saved.get("compiled_files")
         present = {p.name: p for p in compiled_files(graph)}
@@ -141,7 +144,8 @@ def cached_context(graph: Path, reads: dict[str, str] | None = None) -> Path | N
         return None
 
 
-def open_htp_session(graph: Path, options_factory, reads: dict[str, str] | None = None) -> tuple[ort.InferenceSession, bool]:
+def open_htp_session(graph: Path, options_factory,
+                     reads: dict[str, str] | None = None) -> tuple[ort.InferenceSession, bool]:
     """An HTP session for `graph`, from its compiled context when a whole one is cached for the
     same inputs; returns the session and whether it was compiled now. `options_factory()` gives
     fresh base options; `reads` the sha256 of the files the graph reads, by name (the manifest's)."""

@@ -26,7 +26,8 @@ class Sampling:
             raise Phi4MMError(f"top_p {self.top_p!r}: give a number in (0, 1] (1 = no filter)")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 0:
             raise Phi4MMError(f"top_k {self.top_k!r}: give a whole number >= 0 (0 = no filter)")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0):
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)
+                                      or self.seed < 0):
             raise Phi4MMError(f"seed {self.seed!r}: give a whole number >= 0, or none")
 
     def chooser(self):

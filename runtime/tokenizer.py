@@ -86,9 +86,10 @@ class ChatTokenizer:
             self.template = environment.from_string(template or FALLBACK_TEMPLATE)
         except (jinja2.exceptions.TemplateError, TypeError, ValueError, RecursionError) as error:
             raise Phi4MMError(f"the artifact's chat template is not a valid Jinja template ({type(error).__name__}: "
-                              f"{error}): fix chat_template.jinja / tokenizer_config.json's chat_template, or re-export "
-                              f"from the checkpoint") from None
-        self.special = {"bos_token": _token_text(config.get("bos_token")), "eos_token": _token_text(config.get("eos_token"))}
+                              f"{error}): fix chat_template.jinja / tokenizer_config.json's "
+                              f"chat_template, or re-export from the checkpoint") from None
+        self.special = {"bos_token": _token_text(config.get("bos_token")),
+                        "eos_token": _token_text(config.get("eos_token"))}
         self.control_tokens = [t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special]
         self.text_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
         self.text_tokenizer.encode_special_tokens = True  # control-token strings in text stay text
@@ -154,7 +155,8 @@ class ChatTokenizer:
             return False
         counted = 0
         for start in range(0, len(text), COUNT_CHUNK_CHARS):
-            counted += len(self.text_tokenizer.encode(text[start:start + COUNT_CHUNK_CHARS], add_special_tokens=False).ids)
+            counted += len(self.text_tokenizer.encode(text[start:start + COUNT_CHUNK_CHARS],
+                                                      add_special_tokens=False).ids)
             if counted > tokens + 2 * (start // COUNT_CHUNK_CHARS + 1):
                 return True
         return False

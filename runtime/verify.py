@@ -47,7 +47,8 @@ def check_graph_data(manifest: Manifest, folder: Path) -> None:
                                   f"verified): the artifact was altered; re-export it")
         if reads != set(manifest.graph_data.get(graph, ())):
             raise Phi4MMError(f"manifest.json's graph_data for {graph} does not name the data files the graph reads "
-                              f"({', '.join(sorted(reads)) or 'none'}): the manifest was altered; re-export the artifact")
+                              f"({', '.join(sorted(reads)) or 'none'}): the manifest was altered; "
+                              f"re-export the artifact")
 
 
 def verify_artifact(folder, mode: str = "cached") -> Manifest:
@@ -63,7 +64,8 @@ def verify_artifact(folder, mode: str = "cached") -> Manifest:
     root = folder.resolve()
     for name in files_read(manifest, folder):
         if name not in manifest.files:
-            raise Phi4MMError(f"{folder / name} is read by the runtime but manifest.json does not list it (so it cannot "
+            raise Phi4MMError(f"{folder / name} is read by the runtime but manifest.json does not "
+                              f"list it (so it cannot "
                               f"be verified): the artifact was altered; re-export it, or remove that file")
     stamp_path = folder / STAMP
     try:

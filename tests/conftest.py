@@ -103,7 +103,8 @@ def is_int4_exported(name: str) -> bool:
         return True
     if name.startswith("model.layers.") and name.endswith("proj.weight"):
         return True
-    if name.startswith(VISION + "img_processor.encoder.layers.") and name.endswith(("proj.weight", "fc1.weight", "fc2.weight")):
+    if name.startswith(VISION + "img_processor.encoder.layers.") \
+            and name.endswith(("proj.weight", "fc1.weight", "fc2.weight")):
         return True
     if name.startswith(AUDIO) and name.endswith(AUDIO_LINEARS) and "dw_conv" not in name:
         return True

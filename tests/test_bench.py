@@ -11,20 +11,24 @@ def test_bench_quick_reports_every_figure(tmp_path):
     results = json.loads((tmp_path / "results" / "bench.json").read_text())
     spreads = [results["load_s"], results["adapter_swap_ms"], *results["ttft_s"].values(),
                *results["decode_tokens_per_s"].values(), *results["vision_encoder_s"].values(),
-               *results["audio_encoder_s"].values(), *(results["media_ttft_s"][k] for k in ("photo_448", "photo_follow_up", "audio_30s"))]
+               *results["audio_encoder_s"].values(),
+               *(results["media_ttft_s"][k] for k in ("photo_448", "photo_follow_up", "audio_30s"))]
     assert "ttft photo 448x448 + question" in out and "ttft photo follow-up / first turn" in out
     assert results["media_ttft_s"]["follow_up_over_first"] > 0
     assert set(results["ttft_s"]) == {"128", "512", "1024"}
     assert set(results["prefill_tokens_per_s"]) == {results["prefill_precision"]}  # the demo artifact: int4 only
     kernels = results["gemm_ceiling"]["kernels"]
-    assert set(kernels) == {"int4 MatMulNBits", "fp32 MatMul", "int8 DynamicQuantizeMatMul", "int8 row-scaled (prompt graph)"}
+    assert set(kernels) == {"int4 MatMulNBits", "fp32 MatMul", "int8 DynamicQuantizeMatMul",
+                            "int8 row-scaled (prompt graph)"}
     assert all(k["layer_gflops"] > 0 for k in kernels.values())
     assert set(results["decode_tokens_per_s"]) == {"none", "vision", "speech"}
-    assert set(results["vision_encoder_s"]) == {"1_tiles", "4_tiles"} and set(results["audio_encoder_s"]) == {"10s", "30s"}
+    assert set(results["vision_encoder_s"]) == {"1_tiles", "4_tiles"} \
+           and set(results["audio_encoder_s"]) == {"10s", "30s"}
     assert all(0 < s["min"] <= s["median"] <= s["max"] for s in spreads)
     assert results["adapter_swap_ms"]["n"] == 100
     own = results["own_process"]  # one load in a fresh process: the figures compared with the peers'
-    assert 0 < own["load_s"] < 60 and own["peak_rss_mb"] > 50 and set(own["adapter_decode_tokens_per_s"]) == {"vision", "speech"}
+    assert 0 < own["load_s"] < 60 and own["peak_rss_mb"] > 50 \
+           and set(own["adapter_decode_tokens_per_s"]) == {"vision", "speech"}
     assert results["peak_rss_mb"] > 0 and results["artifact_mb"]["decoder.onnx.data"] > 0
     assert (tmp_path / "results" / "bench.png").stat().st_size > 10_000
     roof = results["roofline"]
@@ -44,7 +48,8 @@ def test_genai_peer_checkpoint_is_the_same_text_model(checkpoints, reference, tm
 
     from phi4mm_edge.benchmarks.genai_peer import write_phi3
 
-    peer = AutoModelForCausalLM.from_pretrained(write_phi3(checkpoints["original"], tmp_path / "phi3"), dtype=torch.float32)
+    peer = AutoModelForCausalLM.from_pretrained(write_phi3(checkpoints["original"], tmp_path / "phi3"),
+                                                dtype=torch.float32)
     assert type(peer).__name__ == "Phi3ForCausalLM"
     ids = torch.tensor([np.random.default_rng(0).integers(0, 199_000, 100).tolist()])  # past the LongRoPE switch
     with torch.no_grad(), reference.disable_adapter():
@@ -62,7 +67,8 @@ def test_bench_measures_both_prefill_paths_and_a_peer_in_one_run(artifacts, chec
     from phi4mm_edge.benchmarks.genai_peer import write_phi3
 
     phi3 = write_phi3(checkpoints["native"], tmp_path / "phi3")
-    out = phi4mm_edge("bench", artifacts["int4"], "--repeats", "1", "--torch", phi3, "--out", tmp_path / "results").stdout
+    out = phi4mm_edge("bench", artifacts["int4"], "--repeats", "1", "--torch", phi3,
+                      "--out", tmp_path / "results").stdout
     results = json.loads((tmp_path / "results" / "bench.json").read_text())
     assert set(results["prefill_tokens_per_s"]) == {"int4", "int8"} and results["prefill_precision"] == "int8"
     for path in ("int4", "int8"):

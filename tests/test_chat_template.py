@@ -52,7 +52,8 @@ def test_an_ordinary_template_renders_as_jinja_does():
               "{{ '{}!'.format('ok') }}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
     variables = dict(messages=[{"role": "user", "content": " hi " * 1000}, {"role": "assistant", "content": "yo"}],
                      add_generation_prompt=True)
-    expected = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(source).render(**variables)
+    expected = (ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(source)
+                .render(**variables))
     assert render(template(source), **variables) == expected
 
 

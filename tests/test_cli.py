@@ -100,7 +100,8 @@ def test_the_wheel_installs_only_the_phi4mm_edge_package(tmp_path):
     # Built from a copy: setuptools writes build/ next to the sources, which must stay clean.
     source = tmp_path / "source"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info", "__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(source)],
                    check=True, timeout=300)
     wheel = next(tmp_path.glob("phi4mm_edge-*.whl"))
     top_level = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}

@@ -42,7 +42,8 @@ from conftest import prompt_ids
 from reference_steps import max_relative_error, paired_logits, relative_l2
 from test_speech import espeak
 
-INT4_EXACT = Precision(weights="int4", block_size=32, accuracy_level=0)  # fp32 activations on the CPU EP, as "int4-exact"
+# fp32 activations on the CPU EP, as "int4-exact"
+INT4_EXACT = Precision(weights="int4", block_size=32, accuracy_level=0)
 FP32 = Precision(weights="fp32")
 STEPS = 4  # greedy decode steps after the prompt
 QUESTION = [{"role": "user", "content": "Describe the picture and the sound in detail, please."}]
@@ -161,7 +162,8 @@ def test_every_node_of_every_dml_graph_is_one_directml_registers(dml_artifacts, 
 
 
 def one_node_model(tmp_path, node, inputs, initializers=()):
-    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT16, None)],
+    graph = helper.make_graph([node], "g", inputs,
+                              [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT16, None)],
                               list(initializers))
     model = helper.make_model(graph, ir_version=IR_VERSION,
                               opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)])
@@ -175,7 +177,8 @@ def test_the_check_reads_tensor_types_and_support_queries(tmp_path):
     weight = numpy_helper.from_array(np.zeros((8, 8), np.int8), "w")
     scale = numpy_helper.from_array(np.ones(1, np.float16), "s")
     node = helper.make_node("DynamicQuantizeMatMul", ["x", "w", "s"], ["y"], domain=MS_DOMAIN, name="dqmm")
-    found = unregistered_nodes(one_node_model(tmp_path, node, [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 8])],
+    found = unregistered_nodes(one_node_model(tmp_path, node,
+                                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 8])],
                                               [weight, scale]))
     assert [(n.node, n.op_type) for n in found] == [("dqmm", "DynamicQuantizeMatMul")] and "float16" in found[0].reason
     # its MatMulNBits takes K only in whole blocks: SigLIP's 4304 at block 32 is not
@@ -188,7 +191,8 @@ def matmul_nbits_model(tmp_path, k: int, pad: bool):
     quantized = int4.quantize(weight, 32)
     graph = Graph("linear", ExternalData(tmp_path / f"linear{pad}.onnx.data", float16=True))
     x = graph.input("x", TensorProto.FLOAT16, [3, k])
-    y = graph.op("MatMulNBits", [x, graph.weight("w", quantized.packed), graph.weight("s", quantized.scales.astype(np.float16))],
+    y = graph.op("MatMulNBits",
+                 [x, graph.weight("w", quantized.packed), graph.weight("s", quantized.scales.astype(np.float16))],
                  outputs=["y"], domain=MS_DOMAIN, K=k, N=16, bits=4, block_size=32, accuracy_level=0)
     graph.output(y, TensorProto.FLOAT16, [3, 16])
     if pad:
@@ -257,17 +261,20 @@ def media(cpu_models):
     rng = np.random.default_rng(5)
     image = Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).resize((500, 300), Image.BILINEAR)
     seconds = np.arange(16000 * 41) / 16000
-    clip = 0.3 * np.sin(2 * np.pi * 220 * seconds) * (1 + np.sin(np.pi * seconds)) + 0.05 * rng.standard_normal(seconds.size)
+    clip = (0.3 * np.sin(2 * np.pi * 220 * seconds) * (1 + np.sin(np.pi * seconds))
+            + 0.05 * rng.standard_normal(seconds.size))
     return model.vision.prepare(image), model.audio.prepare((clip.astype(np.float32), 16000))
 
 
 def image_features(path, image, dtype) -> np.ndarray:
-    return session(path).run(None, {"pixel_values": image.pixel_values.astype(dtype), "attention_mask": image.attention_mask.astype(dtype),
+    return session(path).run(None, {"pixel_values": image.pixel_values.astype(dtype),
+                                    "attention_mask": image.attention_mask.astype(dtype),
                                     "crop_grid": np.array(image.crop_grid, np.int64)})[0]
 
 
 def audio_features(path, audio, dtype, vision_mode: bool) -> np.ndarray:
-    return session(path).run(None, {"input_features": audio.features[None].astype(dtype), "vision_mode": np.array(vision_mode)})[0]
+    return session(path).run(None, {"input_features": audio.features[None].astype(dtype),
+                                    "vision_mode": np.array(vision_mode)})[0]
 
 
 @pytest.mark.parametrize("weights", ["fp32", "int4"])
@@ -287,12 +294,14 @@ def test_dml_encoders_compute_what_the_cpu_encoders_do(dml_artifacts, artifacts,
     for vision_mode in (False, True):
         features = audio_features(dml / artifact.DML_AUDIO_GRAPH, audio, np.float16, vision_mode)
         assert features.shape[0] == audio.num_tokens > 500  # two chunks: the bias expanded to both
-        assert relative_l2(features, audio_features(cpu / artifact.AUDIO_GRAPH, audio, np.float32, vision_mode)) < FEATURES_BOUND
+        assert relative_l2(features,
+                           audio_features(cpu / artifact.AUDIO_GRAPH, audio, np.float32, vision_mode)) < FEATURES_BOUND
 
 
 def test_dml_embedding_places_features_as_the_cpu_artifact_does(cpu_models, dml_text):
     cpu, rng = cpu_models["fp32"], np.random.default_rng(7)
-    image_rows, audio_rows = (rng.standard_normal((count, cpu.text.hidden_size)).astype(np.float32) for count in (30, 20))
+    image_rows, audio_rows = (rng.standard_normal((count, cpu.text.hidden_size)).astype(np.float32)
+                              for count in (30, 20))
     ids = np.array([[1, 2] + [cpu.text.image_token_id] * 30 + [5] + [cpu.text.audio_token_id] * 20 + [7]])
     expected = cpu.decoder.embed(ids, image_rows, audio_rows)
     for dml in dml_text.values():  # int4 too: the DirectML token table is fp16 at any precision
@@ -317,7 +326,8 @@ def test_the_dml_manifest_and_adapters(dml_artifacts):
 ])
 def test_dml_export_refuses_cpu_only_options(checkpoints, tmp_path, options, message):
     with pytest.raises(Phi4MMError, match=message):
-        export(checkpoints["native"], tmp_path / "out", ExportOptions(INT4_EXACT, target="dml", **options), show_progress=False)
+        export(checkpoints["native"], tmp_path / "out", ExportOptions(INT4_EXACT, target="dml", **options),
+               show_progress=False)
 
 
 def test_dml_export_refuses_to_finish_with_a_node_directml_lacks(checkpoints, tmp_path, monkeypatch):
@@ -405,7 +415,8 @@ def test_on_directml_the_cache_adapters_and_step_row_live_on_the_device(dml_arti
     lora_inputs = len(gpu.decoder.adapters.inputs)
     assert fake.placed.count((cache_shape, np.dtype(np.float16))) == 2 * text.num_layers
     assert fake.placed.count(((1, 1, text.hidden_size), np.dtype(np.float16))) == 1
-    assert len(fake.placed) == 2 * text.num_layers + 1 + lora_inputs * len(gpu.manifest.adapters)  # "none" is empty: nothing to place
+    # "none" is empty: nothing to place
+    assert len(fake.placed) == 2 * text.num_layers + 1 + lora_inputs * len(gpu.manifest.adapters)
     with pytest.raises(Phi4MMError, match="lives on the dml device"):
         gpu.decoder.cache.arrays()
     placed_at_load = len(fake.placed)
@@ -424,8 +435,9 @@ def test_on_directml_the_cache_adapters_and_step_row_live_on_the_device(dml_arti
 
 
 def test_provider_dml_without_directml_is_a_clear_error(dml_artifacts, artifacts):
-    result = subprocess.run([sys.executable, "-m", "phi4mm_edge.cli", "run", str(dml_artifacts["int4"]), "--provider", "dml",
-                             "--prompt", "hi"], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run([sys.executable, "-m", "phi4mm_edge.cli", "run", str(dml_artifacts["int4"]),
+                             "--provider", "dml", "--prompt", "hi"], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2 and not result.stdout
     assert "DirectML needs Windows and onnxruntime-directml" in result.stderr
     with pytest.raises(Phi4MMError, match="--target dml"):

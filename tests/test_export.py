@@ -29,7 +29,8 @@ def test_artifact_layout_and_manifest(artifacts):
         assert entry["sha256"] == sha256_of(folder / name)
     assert manifest["adapters"]["vision"]["rank"] != manifest["adapters"]["speech"]["rank"]
     assert manifest["model"]["num_kv_heads"] < manifest["model"]["num_heads"]
-    assert manifest["precision"] == {"weights": "int4", "block_size": 32, "symmetric": True, "accuracy_level": 4, "adapters": "int4"}
+    assert manifest["precision"] == {"weights": "int4", "block_size": 32, "symmetric": True, "accuracy_level": 4,
+                                     "adapters": "int4"}
     assert len(manifest["source"]["config_sha256"]) == 64
 
 

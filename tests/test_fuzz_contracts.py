@@ -70,7 +70,8 @@ def test_any_change_to_a_manifest_number_is_refused_or_harmless(fuzzed_artifact,
     try:
         model = Phi4MMEdge.load(folder)
         model.generate("hi", max_new_tokens=2).text()
-        model.generate("what is this?", images=[photo], audios=[clip], options=GenerationOptions(max_new_tokens=2)).text()
+        model.generate("what is this?", images=[photo], audios=[clip],
+                       options=GenerationOptions(max_new_tokens=2)).text()
     except Phi4MMError:
         pass  # a clear refusal: what a damaged manifest must get
 
@@ -80,13 +81,15 @@ def chat_bodies():
     scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**64, 2**64), st.floats(allow_nan=True),
                         st.text(max_size=20))
     json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                                st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                                                                st.dictionaries(st.text(max_size=8), inner,
+                                                                                max_size=4)),
                                max_leaves=12)
     message = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "developer", "tool", 1]),
                                      "content": st.one_of(st.text(max_size=40), json_values)})
     fields = {
         "model": st.text(max_size=8), "messages": st.one_of(st.lists(message, min_size=1, max_size=3), json_values),
-        "max_tokens": st.one_of(st.integers(-5, 40), json_values), "temperature": st.one_of(st.floats(-1, 3), json_values),
+        "max_tokens": st.one_of(st.integers(-5, 40), json_values),
+        "temperature": st.one_of(st.floats(-1, 3), json_values),
         "top_p": st.one_of(st.floats(-0.5, 1.5), json_values), "seed": st.one_of(st.integers(-5, 2**70), json_values),
         "stop": st.one_of(st.text(max_size=5), st.lists(st.text(max_size=5), max_size=6), json_values),
         "stream": st.one_of(st.booleans(), json_values), "stream_options": json_values,

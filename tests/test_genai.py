@@ -158,15 +158,18 @@ def test_export_writes_genai_files_from_the_manifest_without_copying_weights(exp
     text = manifest.model
     assert (config["eos_token_id"], config["context_length"], config["vocab_size"]) == \
            (text.eos_token_ids, text.max_position_embeddings, text.vocab_size)
-    assert (config["decoder"]["num_hidden_layers"], config["decoder"]["hidden_size"]) == (text.num_layers, text.hidden_size)
-    vision = json.loads((folder / genai.VISION_PROCESSOR).read_text())["processor"]["transforms"][1]["operation"]["attrs"]
+    assert (config["decoder"]["num_hidden_layers"], config["decoder"]["hidden_size"]) == \
+           (text.num_layers, text.hidden_size)
+    vision = json.loads(
+        (folder / genai.VISION_PROCESSOR).read_text())["processor"]["transforms"][1]["operation"]["attrs"]
     assert vision == {"dynamic_hd": manifest.vision.max_crops, "dyhd_base_resolution": manifest.vision.crop_size}
     # No weight twice: every genai graph names only data files the artifact already had (its
     # graphs' data and its adapter files), and holds nothing inline above the exporter's inline
     # limit (small constants).
     for kind in exports:
         manifest = read_manifest(exports[kind])
-        existing = {name for files in manifest.graph_data.values() for name in files} | {a.file for a in manifest.adapters.values()}
+        existing = ({name for files in manifest.graph_data.values() for name in files}
+                    | {a.file for a in manifest.adapters.values()})
         for name in (genai.DECODER, genai.SPEECH_DECODER, genai.TEXT, genai.VISION, genai.AUDIO):
             tensors = initializers(onnx.load(str(exports[kind] / name), load_external_data=False).graph)
             locations = {e.value for t in tensors for e in t.external_data if e.key == "location"}
@@ -209,7 +212,8 @@ def test_text_greedy_ids_equal_ours_with_every_adapter(exports, ours, genai_mode
     for name in ADAPTERS[1:]:
         adapters.load(adapter_file(exports[kind], name), name)
     expected = {name: our_greedy(ours(kind), ids, name) for name in ADAPTERS}
-    assert len({tuple(v) for v in expected.values()}) == 3  # the adapters change the answer: the test can tell them apart
+    # the adapters change the answer: the test can tell them apart
+    assert len({tuple(v) for v in expected.values()}) == 3
     for name in (*ADAPTERS, "none"):  # and back to none: one model, adapters switched per generator
         assert genai_greedy(model, ids, adapters=adapters, adapter=name) == expected[name], name
 
@@ -224,7 +228,8 @@ def vision_features(folder, inputs) -> np.ndarray:
     for pixel_values, mask, size in zip(pixels, masks, sizes):
         grid = size // crop
         crops = 1 + int(grid.prod())
-        features.append(session.run(None, {"pixel_values": pixel_values[:crops], "attention_mask": mask[:crops], "crop_grid": grid})[0])
+        features.append(session.run(None, {"pixel_values": pixel_values[:crops], "attention_mask": mask[:crops],
+                                           "crop_grid": grid})[0])
     return np.concatenate(features)
 
 
@@ -232,7 +237,8 @@ def audio_features(folder, inputs, with_image: bool) -> np.ndarray:
     """Our audio.onnx on genai's log-mel features, one clip at a time, its own frames only."""
     session = ort.InferenceSession(str(folder / "audio.onnx"))
     embeds, mask = inputs["audio_embeds"].as_numpy(), inputs["audio_attention_mask"].as_numpy()
-    return np.concatenate([session.run(None, {"input_features": clip[None, :frames.sum()], "vision_mode": np.array(with_image)})[0]
+    return np.concatenate([session.run(None, {"input_features": clip[None, :frames.sum()],
+                                              "vision_mode": np.array(with_image)})[0]
                            for clip, frames in zip(embeds, mask)])
 
 
@@ -257,7 +263,8 @@ def test_media_prompts_equal_ours_fed_genais_preprocessing(exports, ours, genai_
     images, clips, text, overlay, adapter = MEDIA_PROMPTS[case]
     folder = exports["int4"]
     model = genai_models("int4", overlay)
-    tags = "".join(f"<|image_{i + 1}|>" for i in range(len(images))) + "".join(f"<|audio_{i + 1}|>" for i in range(len(clips)))
+    tags = ("".join(f"<|image_{i + 1}|>" for i in range(len(images)))
+            + "".join(f"<|audio_{i + 1}|>" for i in range(len(clips))))
     inputs = model.create_multimodal_processor()(
         chat(tags + text), images=og.Images.open(*[str(media / i) for i in images]) if images else None,
         audios=og.Audios.open(*[str(media / c) for c in clips]) if clips else None)
@@ -290,11 +297,13 @@ def test_genai_image_preprocessing_differs_from_ours_by_a_measured_amount(export
     fails the test when genai's preprocessing changes (then re-measure)."""
     manifest = read_manifest(exports["int4"])
     processor = genai_models("int4").create_multimodal_processor()
-    theirs = processor(chat("<|image_1|>Describe."), images=og.Images.open(str(media / "tall.png")))["pixel_values"].as_numpy()[0]
+    theirs = processor(chat("<|image_1|>Describe."),
+                       images=og.Images.open(str(media / "tall.png")))["pixel_values"].as_numpy()[0]
     mine = preprocess(load_image(media / "tall.png"), manifest.vision).pixel_values
     assert theirs.shape == mine.shape
     tiles, overall = np.abs(theirs[1:] - mine[1:]).max(), np.abs(theirs - mine).max()
-    print(f"\npixel values: relative L2 {relative_l2(theirs, mine):.4f}, max abs {overall:.3f}, tiles max abs {tiles:.4f}")
+    print(f"\npixel values: relative L2 {relative_l2(theirs, mine):.4f}, "
+          f"max abs {overall:.3f}, tiles max abs {tiles:.4f}")
     assert tiles <= 2 * 2 / 255
     assert 1e-3 < relative_l2(theirs, mine) < 0.02 and overall < 0.7
 
@@ -309,7 +318,8 @@ def test_genai_audio_preprocessing_differs_from_ours_by_a_measured_amount(export
     measured figure, and above a tenth of it (so a change in genai's features is noticed)."""
     manifest = read_manifest(exports["int4"])
     processor = genai_models("int4").create_multimodal_processor()
-    theirs = processor(chat("<|audio_1|>Transcribe."), audios=og.Audios.open(str(media / clip)))["audio_embeds"].as_numpy()[0]
+    theirs = processor(chat("<|audio_1|>Transcribe."),
+                       audios=og.Audios.open(str(media / clip)))["audio_embeds"].as_numpy()[0]
     mine = log_mel_spectrogram(load_audio(media / clip), manifest.audio.mel_bins)
     assert theirs.shape == mine.shape
     print(f"\n{clip} log-mel: relative L2 {relative_l2(theirs, mine):.2e}, max abs {np.abs(theirs - mine).max():.3f}")

@@ -135,7 +135,8 @@ def test_the_layers_form_no_cycle_and_the_arrows_are_seen():
 
 
 def test_the_checker_catches_what_it_forbids():
-    known = {"phi4mm_edge.export.convert", "phi4mm_edge.runtime.model", "phi4mm_edge.apps.chat", "phi4mm_edge.quant.int4"}
+    known = {"phi4mm_edge.export.convert", "phi4mm_edge.runtime.model", "phi4mm_edge.apps.chat",
+             "phi4mm_edge.quant.int4"}
     runtime = imports_of("phi4mm_edge.runtime.model", "import torch\nfrom ..export import convert\n", False)
     assert len(violations("phi4mm_edge.runtime.model", runtime, known)) == 2
     devices = imports_of("phi4mm_edge.runtime.model", "def f():\n    import cv2\n    import sounddevice\n", False)
@@ -143,5 +144,6 @@ def test_the_checker_catches_what_it_forbids():
     apps = imports_of("phi4mm_edge.apps.chat", "def f():\n    from ..quant import int4\n", False)
     assert violations("phi4mm_edge.apps.chat", apps, known) == [
         "phi4mm_edge.apps.chat (apps) imports phi4mm_edge.quant.int4 (quant)"]
-    assert not violations("phi4mm_edge.apps.chat", imports_of("phi4mm_edge.apps.chat", "from ..runtime import model\n", False),
+    assert not violations("phi4mm_edge.apps.chat",
+                          imports_of("phi4mm_edge.apps.chat", "from ..runtime import model\n", False),
                           known | {"phi4mm_edge.runtime"})

@@ -49,9 +49,11 @@ def npu_artifacts(small_crop_checkpoint, tmp_path_factory):
     fp32 CPU export of the same checkpoint."""
     root = tmp_path_factory.mktemp("npu_artifacts")
     made = {}
-    for name, precision, target in (("npu-int4", INT4_EXACT, "npu"), ("npu-fp32", FP32, "npu"), ("cpu-fp32", FP32, "cpu")):
+    for name, precision, target in (("npu-int4", INT4_EXACT, "npu"), ("npu-fp32", FP32, "npu"),
+                                    ("cpu-fp32", FP32, "cpu")):
         npu_shapes = dict(npu_context=CONTEXT, npu_audio_window=AUDIO_WINDOW) if target == "npu" else {}
-        export(small_crop_checkpoint, root / name, ExportOptions(precision, target=target, **npu_shapes), show_progress=False)
+        export(small_crop_checkpoint, root / name, ExportOptions(precision, target=target, **npu_shapes),
+               show_progress=False)
         made[name] = root / name
     return made
 
@@ -61,7 +63,8 @@ def route_logits(model: Phi4MMEdge, route: str, media, steps: int) -> tuple[list
     adapter, with_image, with_audio = ROUTES[route]
     image, clip = media
     content = ("<|image_1|>" if with_image else "") + ("<|audio_1|>" if with_audio else "") + QUESTION
-    prompt = model.prompt([{"role": "user", "content": content}], [image] if with_image else [], [clip] if with_audio else [])
+    prompt = model.prompt([{"role": "user", "content": content}], [image] if with_image else [],
+                          [clip] if with_audio else [])
     model.decoder.activate(adapter)
     embeds = model.decoder.embed(np.array([prompt.token_ids]), prompt.image_features, prompt.audio_features)
     logits = [model.decoder.prefill(embeds, keep=1)[0, -1].copy()]
@@ -115,7 +118,8 @@ def htp(npu_artifacts, media):
     first_load = time.perf_counter() - started
     compiled = qnn.compilations
     # One decode step on the text route only: a simulated int4 decoder run costs ~8 s.
-    runs = {route: route_logits(model, route, media, steps=int(route == "none")) for route in ROUTES}  # none -> vision -> speech -> vision
+    runs = {route: route_logits(model, route, media, steps=int(route == "none"))
+            for route in ROUTES}  # none -> vision -> speech -> vision
     swaps_compiled = qnn.compilations - compiled
     started = time.perf_counter()
     again = Phi4MMEdge.load(folder, provider="qnn", preload_encoders=True)
@@ -133,9 +137,11 @@ def test_every_npu_graph_runs_on_the_htp(htp):
     # load would have raised. Five graphs: embedding, prompt, decode, vision crop, speech window.
     model = htp["model"]
     assert model.provider == "qnn" and "QNN HTP" in model.provider_note
-    for graph in ("embedding_npu.onnx", "decoder_npu.onnx", "decoder_prompt_npu.onnx", "vision_crop.onnx", "audio_window.onnx"):
+    for graph in ("embedding_npu.onnx", "decoder_npu.onnx", "decoder_prompt_npu.onnx", "vision_crop.onnx",
+                  "audio_window.onnx"):
         assert qnn.cached_context(model.folder / graph, model.manifest.data_hashes(graph)) is not None, graph
-    print(f"HTP simulator: first load (compiles) {htp['first_load']:.1f} s, second (EP context) {htp['second_load']:.1f} s")
+    print(f"HTP simulator: first load (compiles) {htp['first_load']:.1f} s, second (EP context) "
+          f"{htp['second_load']:.1f} s")
 
 
 @pytest.mark.parametrize("route", list(ROUTES))

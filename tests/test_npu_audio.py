@@ -53,9 +53,11 @@ def windows(checkpoints, tmp_path_factory):
     made = {}
     for name, precision, tokens in (("fp32", Precision(weights="fp32"), WINDOW_TOKENS),
                                     ("fp32-short", Precision(weights="fp32"), SHORT_WINDOW_TOKENS),
-                                    ("int4-short", Precision(weights="int4", block_size=32, accuracy_level=0), SHORT_WINDOW_TOKENS)):
+                                    ("int4-short", Precision(weights="int4", block_size=32, accuracy_level=0),
+                                     SHORT_WINDOW_TOKENS)):
         folder = tmp_path_factory.mktemp(f"audio-window-{name}")
-        write_graph(folder, WINDOW_GRAPH, lambda graph: build_audio_window_encoder(checkpoint, graph, precision, tokens))
+        write_graph(folder, WINDOW_GRAPH, lambda graph: build_audio_window_encoder(checkpoint, graph,
+                                                                                   precision, tokens))
         made[name] = folder
     return made
 
@@ -63,7 +65,8 @@ def windows(checkpoints, tmp_path_factory):
 def encoder(folder, entry, provider):
     """The NPU encoder over the window graph in `folder`, with the audio entry an NPU export
     writes for it (its window read off the graph's input)."""
-    frames = onnx.load(str(folder / WINDOW_GRAPH), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    frames = (onnx.load(str(folder / WINDOW_GRAPH), load_external_data=False)
+              .graph.input[0].type.tensor_type.shape.dim[1].dim_value)
     entry = replace(entry, graph=WINDOW_GRAPH, window_frames=frames - entry.compression_rate,
                     chunk_frames=MAX_CHUNK * entry.compression_rate)
     return AudioEncoder(folder, entry, session_options(), provider, graph=ClipWindows)
@@ -114,7 +117,8 @@ def test_window_graph_equals_audio_onnx_on_the_cpu(artifacts, windows, audio_ent
     assert audio.num_tokens > WINDOW_TOKENS  # the long clip did take two windows
 
 
-def test_short_window_equals_audio_onnx_and_refuses_longer_clips(artifacts, windows, audio_entry, short_clip, long_clip):
+def test_short_window_equals_audio_onnx_and_refuses_longer_clips(artifacts, windows, audio_entry,
+                                                                 short_clip, long_clip):
     """A window shorter than the reference's chunk is exact for the clips it holds, and refuses
     longer ones with a message (its windows would not join: attention reaches across a chunk)."""
     cpu = AudioEncoder(artifacts["fp32-native"], audio_entry, session_options(), "cpu")

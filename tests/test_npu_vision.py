@@ -111,7 +111,8 @@ def test_crop_graph_compiles_and_runs_on_the_htp_without_cpu_fallback(htp_run):
 
 # (size, padded, distinct crops): a padded single tile differs from its global view (the view
 # stretches the image, the tile pads it); a square image's one tile is its global view.
-@pytest.mark.parametrize("size, padded, distinct", [((900, 500), True, 7), ((300, 200), True, 2), ((448, 448), False, 1)],
+@pytest.mark.parametrize("size, padded, distinct",
+                         [((900, 500), True, 7), ((300, 200), True, 2), ((448, 448), False, 1)],
                          ids=["3x2 tiles, padded", "one padded tile", "one tile equal to the global view"])
 def test_crop_graph_and_numpy_arrangement_equal_vision_onnx(crop_graphs, artifacts, fp32_entry, size, padded, distinct):
     # The same fp32 math in another order (plain-op attention per crop vs the fused kernel over
@@ -185,7 +186,8 @@ def test_htp_positions_equal_vision_onnx_for_every_padded_extent(checkpoints, tm
     for name, positions in (("npu", static_position_ids), ("cpu", position_ids)):
         def build(graph, positions=positions):
             mask = graph.input("attention_mask", TensorProto.FLOAT, [1, side, side])
-            as_float = graph.cast(positions(VisionBuilder(graph, FP32, vision, fused_attention=False), mask), TensorProto.FLOAT)
+            as_float = graph.cast(positions(VisionBuilder(graph, FP32, vision, fused_attention=False), mask),
+                                  TensorProto.FLOAT)
             graph.op("Identity", [as_float], outputs=["positions"])
             graph.output("positions", TensorProto.FLOAT, [1, side * side])
         write_graph(tmp_path, f"{name}.onnx", build)

@@ -217,7 +217,8 @@ def test_the_int8_prompt_graph_runs_the_adapters_on_int8_copies_as_faithfully_as
         none, ref_none, _, _ = paired_logits(model, reference, "none", ids, steps=1)
         for adapter in ("vision", "speech"):
             ours, ref, _, _ = paired_logits(model, reference, adapter, ids, steps=1)
-            errors[path, adapter] = float(np.median([relative_l2(o - n, r - rn) for o, n, r, rn in zip(ours, none, ref, ref_none)]))
+            errors[path, adapter] = float(np.median([relative_l2(o - n, r - rn)
+                                                     for o, n, r, rn in zip(ours, none, ref, ref_none)]))
     for adapter in ("vision", "speech"):
         assert errors["int8", adapter] <= 1.2 * errors["int4", adapter], errors
     assert max(errors["int8", adapter] for adapter in ("vision", "speech")) < 0.75, errors

@@ -24,7 +24,8 @@ from reference_steps import paired_logits
 @pytest.fixture(scope="module")
 def eight_bit(checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("prefill8") / "int4-prefill8"
-    export(checkpoints["native"], out, ExportOptions(Precision(), prefill="int8", prefill_weight_bits=8), show_progress=False)
+    export(checkpoints["native"], out, ExportOptions(Precision(), prefill="int8", prefill_weight_bits=8),
+           show_progress=False)
     return out
 
 
@@ -85,7 +86,8 @@ def test_8_bit_prompts_keep_the_int8_paths_contract(eight_bit, artifacts, refere
     for path, folder in (("int4", artifacts["int4"]), ("int8", eight_bit)):
         model = Phi4MMEdge.load(folder, prefill=path)
         prefill, ref_prefill, _, _ = paired_logits(model, reference, "none", prompt_ids(100), steps=1)
-        errors[path] = float(np.median([np.linalg.norm(p - r) / np.linalg.norm(r) for p, r in zip(prefill, ref_prefill)]))
+        errors[path] = float(np.median([np.linalg.norm(p - r) / np.linalg.norm(r)
+                                        for p, r in zip(prefill, ref_prefill)]))
     assert errors["int8"] <= errors["int4"], errors
 
 

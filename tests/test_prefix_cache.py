@@ -99,7 +99,8 @@ def test_media_are_encoded_once_per_content(artifacts, photo, clip):
             return original(outputs, feeds)
         encoder.run = counting
     answer(model, "Describe.", images=[photo], audios=[clip])
-    answer(model, conversation("It is noise.", "Again?", first="<|image_1|><|audio_1|>Describe."), images=[photo], audios=[clip])
+    answer(model, conversation("It is noise.", "Again?", first="<|image_1|><|audio_1|>Describe."),
+           images=[photo], audios=[clip])
     assert runs == {"vision": 1, "audio": 1}
     other = Image.open(io.BytesIO(photo)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     answer(model, "Describe.", images=[other])

@@ -254,7 +254,8 @@ def test_prefill_path_is_chosen_from_the_cpu_and_can_be_forced(artifacts):
     for features in (avx2, vnni, {"AVX2": True, "avx_vnni": True}, {"AVX2": True, "amx_int8": True},
                      {"ASIMD": True, "ASIMDDP": True}, {"SSE42": True}):
         bits = int8_weight_bits_for(features)
-        assert bits == (8 if choose_prefill_precision("auto", True, features, int8_weight_bits=8) == "int8" else 7), features
+        assert bits == (8 if choose_prefill_precision("auto", True, features, int8_weight_bits=8) == "int8"
+                        else 7), features
     with pytest.raises(Phi4MMError, match="8-bit weights, which need a CPU with VNNI"):
         choose_prefill_precision("int8", True, avx2, int8_weight_bits=8)
     # Forced paths load the graphs they name; the int4-only artifact refuses int8.

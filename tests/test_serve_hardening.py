@@ -217,7 +217,8 @@ def test_a_stop_sequence_keeps_the_usage_streamed_or_not(real_server):
     events = [e.removeprefix("data: ") for e in body.decode().split("\n\n") if e.startswith("data: ")]
     assert status == 200 and events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == whole[:whole.index(stop)]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == \
+           whole[:whole.index(stop)]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
 
 

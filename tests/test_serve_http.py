@@ -49,11 +49,14 @@ MALFORMED = {  # body, content type -> a 400 (each was a 500 before)
     "garbage": (b"\x00\xff garbage \r\n\r\n--", MULTIPART),
     "truncated": (form(field("prompt", b"hi"))[:-20], MULTIPART),
     "empty body": (b"", MULTIPART),
-    "nested multipart": (form(b'Content-Disposition: form-data; name="inner"\r\nContent-Type: multipart/mixed; boundary=in\r\n\r\n'
-                              b"--in\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nhi\r\n--in--"), MULTIPART),
+    "nested multipart": (form(b'Content-Disposition: form-data; name="inner"\r\n'
+                              b'Content-Type: multipart/mixed; boundary=in\r\n\r\n'
+                              b"--in\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nhi\r\n--in--"),
+                         MULTIPART),
     "100 KB part header": (form(b"X-Long: " + b"a" * 100_000 + b"\r\n" + field("prompt", b"hi")), MULTIPART),
     "a JSON body": (json.dumps({"prompt": "hi"}).encode(), "application/json"),
-    "max_new_tokens as a superscript two": (form(field("prompt", b"hi"), field("max_new_tokens", "²".encode())), MULTIPART),
+    "max_new_tokens as a superscript two": (form(field("prompt", b"hi"), field("max_new_tokens", "²".encode())),
+                                            MULTIPART),
     "max_new_tokens far too large": (form(field("prompt", b"hi"), field("max_new_tokens", b"9" * 40)), MULTIPART),
 }
 
@@ -94,7 +97,8 @@ def test_a_rebound_host_name_is_refused_even_when_it_starts_with_127(server, hos
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.1.2.3", "[::1]"])
 def test_loopback_names_are_served(server, host):
     port = server.base.rsplit(":", 1)[1].strip("/")
-    status, body = raw(server, form(field("prompt", b"hi"), field("max_new_tokens", b"2")), MULTIPART, host=f"{host}:{port}")
+    status, body = raw(server, form(field("prompt", b"hi"), field("max_new_tokens", b"2")), MULTIPART,
+                       host=f"{host}:{port}")
     assert status == 200 and "event: done" in body
 
 
@@ -138,7 +142,8 @@ def test_ctrl_c_stops_a_server_started_with_sigint_ignored(artifacts):
     import subprocess
     import sys
 
-    process = subprocess.Popen([sys.executable, "-m", "phi4mm_edge.cli", "serve", str(artifacts["int4"]), "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "phi4mm_edge.cli", "serve", str(artifacts["int4"]),
+                                "--port", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))

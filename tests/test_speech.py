@@ -62,7 +62,8 @@ def test_log_mel_equals_transformers(extractor, rate, seconds, channels):
 
 def test_containers_rates_and_pcm_types_decode():
     samples = tone(1.0, 16000)
-    for container, subtype in (("WAV", "PCM_16"), ("WAV", "FLOAT"), ("FLAC", "PCM_24"), ("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")):
+    for container, subtype in (("WAV", "PCM_16"), ("WAV", "FLOAT"), ("FLAC", "PCM_24"), ("OGG", "VORBIS"),
+                               ("MP3", "MPEG_LAYER_III")):
         wave = load_audio(wav_bytes(samples, 16000, subtype, container))
         assert abs(wave.size - 16000) < 1200  # lossy codecs add a little padding
     as_int16 = (samples * 32767).astype(np.int16)
@@ -88,7 +89,8 @@ def test_bad_audio_gets_clear_errors(tmp_path):
     ]
     for source, message in cases:
         with pytest.raises(Phi4MMError, match=message):
-            log_mel_spectrogram(load_audio(source, 16000) if isinstance(source, np.ndarray) else load_audio(source), MEL_BINS)
+            log_mel_spectrogram(load_audio(source, 16000) if isinstance(source, np.ndarray) else load_audio(source),
+                                MEL_BINS)
     with pytest.raises(Phi4MMError, match="limit is 30 s"):
         load_audio(wav_bytes(tone(31.0, 8000), 8000), max_seconds=30)
     with pytest.raises(Phi4MMError, match="needs its sample rate"):
@@ -134,7 +136,8 @@ def reference_greedy(reference, adapter, ids, steps, **inputs):
 
     with torch.no_grad(), reference_adapter(reference, adapter):
         if "inputs_embeds" in inputs:  # generate() then returns the new tokens only
-            out = reference.generate(max_new_tokens=steps, do_sample=False, eos_token_id=[199999, 200020], pad_token_id=199999, **inputs)
+            out = reference.generate(max_new_tokens=steps, do_sample=False, eos_token_id=[199999, 200020],
+                                     pad_token_id=199999, **inputs)
             return out[0].tolist()
         out = reference.generate(torch.tensor([ids]), max_new_tokens=steps, do_sample=False,
                                  eos_token_id=[199999, 200020], pad_token_id=199999, **inputs)
@@ -152,7 +155,8 @@ def test_one_clip_greedy_ids_equal_reference(vision_speech_models, reference, tm
     assert generation.result.adapter == "speech"
     ids, _, _ = model.prompt(prompt, audios=[clip])
     audio = model.audio.prepare(clip)
-    expected = reference_greedy(reference, "speech", ids, 16, audio_input_features=torch.from_numpy(audio.features[None]),
+    expected = reference_greedy(reference, "speech", ids, 16,
+                                audio_input_features=torch.from_numpy(audio.features[None]),
                                 audio_embed_sizes=torch.tensor([audio.num_tokens]))
     assert generation.result.token_ids == expected
 
@@ -173,7 +177,8 @@ def test_two_clips_greedy_ids_equal_reference(vision_speech_models, reference, t
     with torch.no_grad():
         embeds = reference.get_input_embeddings()(torch.tensor([ids]))
         embeds[0, torch.tensor(ids) == 200011] = torch.from_numpy(rows)
-    expected = reference_greedy(reference, "speech", ids, 16, inputs_embeds=embeds, attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    expected = reference_greedy(reference, "speech", ids, 16, inputs_embeds=embeds,
+                                attention_mask=torch.ones(1, len(ids), dtype=torch.long))
     assert generation.result.token_ids == expected
 
 
@@ -229,8 +234,8 @@ def plain_attention_features(checkpoint, folder, features: np.ndarray, vision_mo
     from phi4mm_edge.export.graph_blocks import Precision
     from phi4mm_edge.export.audio_encoder import build_audio_encoder
 
-    write_graph(folder, "audio.onnx", lambda g: build_audio_encoder(Checkpoint(checkpoint), g, Precision(weights="fp32"),
-                                                                    fused_attention=False))
+    write_graph(folder, "audio.onnx", lambda g: build_audio_encoder(Checkpoint(checkpoint), g,
+                                                                    Precision(weights="fp32"), fused_attention=False))
     session = ort.InferenceSession(str(folder / "audio.onnx"), providers=["CPUExecutionProvider"])
     return session.run(None, {"input_features": features[None], "vision_mode": np.array(vision_mode)})[0]
 
@@ -335,8 +340,10 @@ def test_run_audio_cli(artifacts, tmp_path):
     from test_runtime import phi4mm_edge
 
     clip = espeak("Translate this sentence to French.", tmp_path / "t.wav")
-    result = json.loads(phi4mm_edge("run", artifacts["int4"], "--audio", clip, "--prompt", "Translate the audio to French.",
+    result = json.loads(phi4mm_edge("run", artifacts["int4"], "--audio", clip,
+                                    "--prompt", "Translate the audio to French.",
                                     "--max-new-tokens", 4, "--json").stdout)
     assert result["adapter"] == "speech"
-    too_long = phi4mm_edge("run", artifacts["int4"], "--audio", clip, "--max-audio-seconds", "0.5", "--prompt", "hi", check=False)
+    too_long = phi4mm_edge("run", artifacts["int4"], "--audio", clip, "--max-audio-seconds", "0.5",
+                           "--prompt", "hi", check=False)
     assert too_long.returncode == 2 and "the limit is 0.5 s" in too_long.stderr

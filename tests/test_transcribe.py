@@ -129,10 +129,12 @@ def test_transcribe_and_translate_a_recording(artifacts, tmp_path):
     segments = split_segments(samples)
     assert len(segments) == 2
     for segment, (start, end) in zip(segments, known):
-        assert abs(segment.start_seconds - start) <= SPEECH_TOLERANCE_S and abs(segment.end_seconds - end) <= SPEECH_TOLERANCE_S
+        assert abs(segment.start_seconds - start) <= SPEECH_TOLERANCE_S \
+               and abs(segment.end_seconds - end) <= SPEECH_TOLERANCE_S
 
     transcript = tmp_path / "transcript.txt"
-    out = phi4mm_edge("transcribe", artifacts["int4"], "--input", recording, "--output", transcript, "--max-new-tokens", 6).stdout
+    out = phi4mm_edge("transcribe", artifacts["int4"], "--input", recording, "--output", transcript,
+                      "--max-new-tokens", 6).stdout
     assert "2 segment(s) appended" in out and "RANDOM weights" not in out  # an artifact was given
     phi4mm_edge("transcribe", artifacts["int4"], "--input", recording, "--output", transcript, "--max-new-tokens", 6,
                 "--translate", "French")
@@ -144,7 +146,8 @@ def test_transcribe_and_translate_a_recording(artifacts, tmp_path):
     for line, (segment, prompt) in zip(lines, [(s, transcribe_app.task_prompt()) for s in segments]
                                        + [(s, transcribe_app.task_prompt("French")) for s in segments]):
         start, end, text = parse(line)
-        assert abs(start - segment.start_seconds) <= 0.005 and abs(end - segment.end_seconds) <= 0.005  # printed to 10 ms
+        assert abs(start - segment.start_seconds) <= 0.005 \
+               and abs(end - segment.end_seconds) <= 0.005  # printed to 10 ms
         generation = model.generate(prompt, audios=[(segment.samples, RATE)], adapter="speech", max_new_tokens=6)
         assert text == " ".join(generation.text().split())  # greedy: the app's answer is the model's, exactly
         assert generation.result.adapter == "speech"
@@ -215,8 +218,8 @@ def test_ctrl_c_while_listening_flushes_the_open_segment(monkeypatch):
 
 
 def test_bad_options_are_clear_errors(artifacts, tmp_path):
-    missing = phi4mm_edge("transcribe", artifacts["int4"], "--input", tmp_path / "nope.wav", "--output", tmp_path / "t.txt",
-                          check=False)
+    missing = phi4mm_edge("transcribe", artifacts["int4"], "--input", tmp_path / "nope.wav",
+                          "--output", tmp_path / "t.txt", check=False)
     assert missing.returncode == 2 and "audio file" in missing.stderr and "does not exist" in missing.stderr
     unwritable = phi4mm_edge("transcribe", artifacts["int4"], "--input", tmp_path / "nope.wav",
                              "--output", tmp_path / "no-such-dir" / "t.txt", check=False)
@@ -242,7 +245,8 @@ def test_a_missing_microphone_is_said_before_the_model_loads(artifacts, monkeypa
     def no_device(**settings):
         raise RuntimeError("Error querying device -1")
 
-    monkeypatch.setitem(sys.modules, "sounddevice", types.SimpleNamespace(InputStream=None, check_input_settings=no_device))
+    monkeypatch.setitem(sys.modules, "sounddevice",
+                        types.SimpleNamespace(InputStream=None, check_input_settings=no_device))
     assert main(["transcribe", str(artifacts["int4"])]) == 2
     captured = capsys.readouterr()
     assert "cannot record from the default microphone" in captured.err and "loaded" not in captured.out

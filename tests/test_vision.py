@@ -64,7 +64,8 @@ IMAGES = {
 
 
 # transformers' Phi4MultimodalImageProcessor defaults, which are Phi-4-multimodal's geometry.
-PROCESSOR_GEOMETRY = VisionEntry(graph="vision.onnx", crop_size=448, patch_size=14, max_crops=36, mean=0.5, std=0.5, encoder={})
+PROCESSOR_GEOMETRY = VisionEntry(graph="vision.onnx", crop_size=448, patch_size=14, max_crops=36, mean=0.5,
+                                 std=0.5, encoder={})
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,8 @@ def reference_features(reference, processor, images):
     embed = reference.base_model.model.model.embed_tokens_extend.image_embed
     hidden = reference.config.hidden_size
     with torch.no_grad():
-        return embed(torch.full((1, count), 200010), torch.zeros(1, count, hidden), image_pixel_values=batch["image_pixel_values"],
+        return embed(torch.full((1, count), 200010), torch.zeros(1, count, hidden),
+                     image_pixel_values=batch["image_pixel_values"],
                      image_sizes=batch["image_sizes"], image_attention_mask=batch["image_attention_mask"])[0].numpy()
 
 
@@ -177,7 +179,8 @@ def reference_greedy(reference, processor, ids, images, steps):
     with torch.no_grad(), reference_adapter(reference, "vision"):
         out = reference.generate(torch.tensor([ids]), image_pixel_values=batch["image_pixel_values"],
                                  image_sizes=batch["image_sizes"], image_attention_mask=batch["image_attention_mask"],
-                                 max_new_tokens=steps, do_sample=False, eos_token_id=[199999, 200020], pad_token_id=199999)
+                                 max_new_tokens=steps, do_sample=False, eos_token_id=[199999, 200020],
+                                 pad_token_id=199999)
     return out[0, len(ids):].tolist()
 
 
@@ -230,8 +233,8 @@ def plain_attention_features(checkpoint, folder, image_input) -> np.ndarray:
     from phi4mm_edge.export.graph_blocks import Precision
     from phi4mm_edge.export.vision_encoder import build_vision_encoder
 
-    write_graph(folder, "vision.onnx", lambda g: build_vision_encoder(Checkpoint(checkpoint), g, Precision(weights="fp32"),
-                                                                      fused_attention=False))
+    write_graph(folder, "vision.onnx", lambda g: build_vision_encoder(Checkpoint(checkpoint), g,
+                                                                      Precision(weights="fp32"), fused_attention=False))
     session = ort.InferenceSession(str(folder / "vision.onnx"), providers=["CPUExecutionProvider"])
     return session.run(None, {"pixel_values": image_input.pixel_values, "attention_mask": image_input.attention_mask,
                               "crop_grid": np.array(image_input.crop_grid, np.int64)})[0]
@@ -270,7 +273,8 @@ def test_int4_exports_store_int8_encoders_by_default(artifacts, encoder_artifact
 
     assert {"MatMulIntegerToFloat", "MultiHeadAttention"} <= op_types(artifacts["int4"])
     assert "MatMulNBits" not in op_types(artifacts["int4"])
-    assert "MatMulNBits" in op_types(encoder_artifacts["int4"]) and "MatMulIntegerToFloat" not in op_types(encoder_artifacts["int4"])
+    assert "MatMulNBits" in op_types(encoder_artifacts["int4"]) \
+           and "MatMulIntegerToFloat" not in op_types(encoder_artifacts["int4"])
     assert {"MatMul", "MultiHeadAttention"} <= op_types(artifacts["fp32-native"])  # fp32 exports keep fp32 encoders
 
 
@@ -294,7 +298,8 @@ def test_int8_image_features_are_closer_to_float_than_int4(vision_models, encode
     # blocks, and per-row activation rounding gives back only a little of that.
     image = load_image(IMAGES["1920x1080"]())
     expected = reference_features(reference, processor, [image])
-    int8_error = relative_l2(vision_models["int4"].vision.features(vision_models["int4"].vision.prepare(image)), expected)
+    int8_error = relative_l2(vision_models["int4"].vision.features(vision_models["int4"].vision.prepare(image)),
+                             expected)
     int4_model = Phi4MMEdge.load(encoder_artifacts["int4"])
     int4_error = relative_l2(int4_model.vision.features(int4_model.vision.prepare(image)), expected)
     assert int8_error <= 0.5 * int4_error  # measured 3.3% vs 20.7%
@@ -313,7 +318,8 @@ def int8_linear_session(weight: np.ndarray, row_scales: bool):
             return "proj"
 
     precision = Precision(weights="int8", int8_row_scales=row_scales)
-    return built_session(lambda graph, x: linear(Builder(graph, precision), x, OneWeight()), weight.shape[1], weight.shape[0])
+    return built_session(lambda graph, x: linear(Builder(graph, precision), x, OneWeight()), weight.shape[1],
+                         weight.shape[0])
 
 
 def test_int8_linear_rounds_activations_per_row():
@@ -335,7 +341,8 @@ def test_int8_linear_rounds_activations_per_row():
     for rows in (slice(0, 1), slice(5, 6), slice(100, 137)):
         np.testing.assert_array_equal(row_scaled.run(None, {"x": x[rows]})[0], per_row[rows])
     per_tensor = int8_linear_session(weight, False).run(None, {"x": x})[0]
-    assert relative_l2(per_row[ordinary], expected[ordinary]) <= 0.015  # measured 0.8% (1.1% per tensor without the outlier)
+    # measured 0.8% (1.1% per tensor without the outlier)
+    assert relative_l2(per_row[ordinary], expected[ordinary]) <= 0.015
     assert relative_l2(per_tensor[ordinary], expected[ordinary]) >= 0.1  # measured 34%: what per-row scales avoid
 
 
@@ -371,7 +378,8 @@ def test_run_with_image_and_camera_video(artifacts, tmp_path):
     writer.release()
     picture = tmp_path / "picture.png"
     noise_image(500, 300).save(picture)
-    result = json.loads(phi4mm_edge("run", artifacts["int4"], "--prompt", "What changed between <|image_1|> and <|image_2|>?",
+    result = json.loads(phi4mm_edge("run", artifacts["int4"],
+                                    "--prompt", "What changed between <|image_1|> and <|image_2|>?",
                                     "--image", picture, "--camera", video, "--max-new-tokens", 4, "--json").stdout)
     assert result["adapter"] == "vision"
     model = Phi4MMEdge.load(artifacts["int4"])

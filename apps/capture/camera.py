@@ -12,7 +12,8 @@ def import_cv2():
     try:
         import cv2
     except ImportError:
-        raise Phi4MMError('the camera needs opencv: pip install -e ".[camera]" in the phi4mm-edge folder (opencv-python-headless)') from None
+        raise Phi4MMError('the camera needs opencv: pip install -e ".[camera]" in the phi4mm-edge folder '
+                          '(opencv-python-headless)') from None
     return cv2
 
 
@@ -27,7 +28,8 @@ def open_video(source="0"):
     if not capture.isOpened():
         capture.release()
         what = f"camera {source}" if is_index else f"video file {source}"
-        raise Phi4MMError(f"cannot open {what}: check that it exists and is not in use (list cameras with `ls /dev/video*`)")
+        raise Phi4MMError(f"cannot open {what}: check that it exists and is not in use (list cameras "
+                          f"with `ls /dev/video*`)")
     return capture
 
 

@@ -18,7 +18,8 @@ def _sounddevice():
     except ImportError:
         raise Phi4MMError('recording needs sounddevice: pip install -e ".[mic]" in the phi4mm-edge folder') from None
     except OSError as error:  # sounddevice raises OSError when the PortAudio library is missing
-        raise Phi4MMError(f"recording needs the PortAudio library ({error}): install it, e.g. apt-get install libportaudio2") from None
+        raise Phi4MMError(f"recording needs the PortAudio library ({error}): "
+                          f"install it, e.g. apt-get install libportaudio2") from None
     return sounddevice
 
 
@@ -45,7 +46,8 @@ def record(seconds: float, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, 
     sounddevice = _sounddevice()
     wanted, blocks = int(seconds * sample_rate), []
     try:
-        with sounddevice.InputStream(samplerate=sample_rate, channels=1, dtype="float32", blocksize=BLOCK_FRAMES) as stream:
+        with sounddevice.InputStream(samplerate=sample_rate, channels=1, dtype="float32",
+                                     blocksize=BLOCK_FRAMES) as stream:
             while sum(len(b) for b in blocks) < wanted:
                 block, _overflowed = stream.read(min(BLOCK_FRAMES, wanted - sum(len(b) for b in blocks)))
                 blocks.append(np.asarray(block).reshape(-1))

@@ -31,7 +31,8 @@ for path in ("int4", "int8"):
     run = max((e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"), key=lambda e: e["ts"])
     by_op = collections.Counter()
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and run["ts"] <= e["ts"] <= run["ts"] + run["dur"]:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") \
+                and run["ts"] <= e["ts"] <= run["ts"] + run["dur"]:
             by_op[e["args"].get("op_name", "?")] += e["dur"]
     kernels = sum(by_op.values())
     print(f"prefill {path}, {tokens} tokens: {run['dur'] / 1e6:.2f} s wall, {tokens / run['dur'] * 1e6:.1f} tokens/s")
