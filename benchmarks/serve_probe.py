@@ -135,7 +135,8 @@ def probe(artifact) -> list[Outcome]:
     try:
         def during_stop_string():
             pool = concurrent.futures.ThreadPoolExecutor(1)
-            slow = pool.submit(served.request, "POST", "/v1/chat/completions", chat("hi", max_tokens=8, stop=["x" * 2**20]))
+            slow = pool.submit(served.request, "POST", "/v1/chat/completions",
+                               chat("hi", max_tokens=8, stop=["x" * 2**20]))
             time.sleep(0.2)
             models, seconds = timed(lambda: served.request("GET", "/v1/models"))
             return f"stop {slow.result()}, /v1/models {models} in {seconds} s"
@@ -185,7 +186,8 @@ def probe(artifact) -> list[Outcome]:
 
     served = Served(artifact, "--lan", "--host", "127.0.0.1")
     try:
-        status, seconds = timed(lambda: served.request("GET", "/api/config", headers={"X-Access-Token": "\udcff\udcfe"}))
+        status, seconds = timed(lambda: served.request("GET", "/api/config",
+                                                       headers={"X-Access-Token": "\udcff\udcfe"}))
         outcomes.append(Outcome("--lan: a token header that is not UTF-8 (#12)", str(status), seconds, None,
                                 served.process.poll() is None))
     finally:
@@ -193,7 +195,8 @@ def probe(artifact) -> list[Outcome]:
 
     for name, options in (("serve --temperature nan (#12)", ["--temperature", "nan"]),
                           ("serve --max-crops 0 (#12)", ["--max-crops", "0"])):
-        done = subprocess.run([sys.executable, "-m", "phi4mm_edge.cli", "serve", str(artifact), "--port", "0", *options],
+        done = subprocess.run([sys.executable, "-m", "phi4mm_edge.cli", "serve", str(artifact), "--port", "0",
+                               *options],
                               capture_output=True, text=True, timeout=300)
         outcomes.append(Outcome(name, f"exit {done.returncode}: {done.stderr.strip()[-100:]}", 0, None, False))
     return outcomes
