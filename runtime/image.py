@@ -30,6 +30,7 @@ MAX_PIXELS = 64_000_000  # larger images are refused (a decompression bomb costs
 # decoding): concurrent uploads of large images wait for each other instead of exhausting memory
 # (issue 32: three 8000x8000 PNGs of 249 KB each decoded in parallel gave MemoryError).
 DECODED_PIXELS = MAX_PIXELS
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of how the camera was held
 DECODE_WAIT_SECONDS = 120.0
 
 
@@ -99,7 +100,7 @@ def load_image(source) -> Image.Image:
         return _decode(io.BytesIO(source), "the image")
     if isinstance(source, Image.Image):
         _check_pixels(source.size)
-        return to_rgb(ImageOps.exif_transpose(source))
+        return to_rgb(upright(source))
     raise Phi4MMError(f"unsupported image input {type(source).__name__}: pass a path, bytes, a PIL "
                       f"image or an HxWx3 array")
 
@@ -113,7 +114,7 @@ def _decode(file, name: str) -> Image.Image:
             pixels = opened.size[0] * opened.size[1]
             DECODED.hold(pixels, DECODE_WAIT_SECONDS)
             opened.load()  # the first frame; the file is closed on leaving, the pixels stay
-        return DECODED.charge(to_rgb(ImageOps.exif_transpose(opened)), pixels)
+        return DECODED.charge(to_rgb(upright(opened)), pixels)
     except BaseException as error:
         if pixels and not isinstance(error, ImagesBusy):
             DECODED.release(pixels)
@@ -126,6 +127,14 @@ def _decode(file, name: str) -> Image.Image:
             raise Phi4MMError(f"cannot decode {name} ({error}): it is damaged or truncated; pass a PNG, JPEG, WebP, "
                               f"BMP, GIF or TIFF file") from None
         raise
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """`image` turned as its EXIF orientation says: a new image when it must turn, else `image`
+    itself, never modified (ImageOps.exif_transpose copies every image: 192 MB for 64 MP)."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def _check_pixels(size) -> None:
