@@ -174,20 +174,29 @@ def _preprocessor_config(config: dict) -> dict:
 
 def write_reference(folder: Path, seed: int = 0, layout: str = "native", dtype: str = "BF16", config: dict | None = None) -> Path:
     """Write a reference checkpoint folder and return its path. `layout` is 'native' or 'original'."""
+    config = config or tiny_config(seed)
+    return write_checkpoint(folder, config, layout, dtype, lambda name, shape: tensor_values(name, shape, seed),
+                            build_tokenizer_json())
+
+
+def write_checkpoint(folder: Path, config: dict, layout: str, dtype: str, value_of, tokenizer_json: str) -> Path:
+    """Write a checkpoint folder of `config`'s tensors in `layout` ('native' or 'original'), each
+    one's float32 values from `value_of(native name, shape)` (a LoRA matrix's name is
+    `<adapter>:<PEFT key>`), so both layouts hold identical weights; and the tokenizer and
+    processor files around them."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = config or tiny_config(seed)
     shapes = architecture.all_tensors(config)
 
     if layout == "native":
         (folder / "config.json").write_text(json.dumps(layouts.native_config(config), indent=2))
-        write_safetensors(folder / "model.safetensors", shapes, lambda name: tensor_values(name, shapes[name], seed), dtype)
+        write_safetensors(folder / "model.safetensors", shapes, lambda name: value_of(name, shapes[name]), dtype)
     elif layout == "original":
         original = layouts.original_tensor_shapes(config)
         (folder / "config.json").write_text(json.dumps(layouts.original_config(config), indent=2))
 
         def produce(name):  # values keyed by the native name, so both layouts hold the same weights
-            return tensor_values(layouts.original_to_native(name), original[name], seed)
+            return value_of(layouts.original_to_native(name), original[name])
 
         layouts.write_sharded(folder, original, produce, dtype)
     else:
@@ -200,10 +209,10 @@ def write_reference(folder: Path, seed: int = 0, layout: str = "native", dtype: 
         lora_shapes = lora_tensors(config, adapter)
         write_safetensors(
             lora_folder / "adapter_model.safetensors", lora_shapes,
-            lambda name, a=adapter: tensor_values(f"{a}:{name}", lora_shapes[name], seed), dtype,
+            lambda name, a=adapter: value_of(f"{a}:{name}", lora_shapes[name]), dtype,
         )
 
-    (folder / "tokenizer.json").write_text(build_tokenizer_json())
+    (folder / "tokenizer.json").write_text(tokenizer_json)
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2))
     (folder / "generation_config.json").write_text(json.dumps(_generation_config(), indent=2))
     (folder / "preprocessor_config.json").write_text(json.dumps(_preprocessor_config(config), indent=2))

@@ -77,7 +77,14 @@ def build_tokenizer_json() -> str:
         vocab_size=2000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     tokenizer.train_from_iterator(_CORPUS * 20, trainer)
-    spec = json.loads(tokenizer.to_str())
+    return fill_vocabulary(tokenizer.to_str())
+
+
+def fill_vocabulary(trained: str) -> str:
+    """A small trained BPE's tokenizer.json text -> Phi-4-multimodal's: the vocabulary padded with
+    unreachable pseudo-words (no merge makes them) up to id 199998, the special tokens at their
+    real ids. The trained entries keep their ids."""
+    spec = json.loads(trained)
     vocab = spec["model"]["vocab"]
     index = 0
     while len(vocab) < ENDOFTEXT_ID:
