@@ -42,6 +42,13 @@ TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG, "generation_config.json")
 # Files the runtime opens by name rather than through the manifest: each present one must be
 # listed in the manifest (and so verified), or the artifact is refused.
 READ_BY_NAME = (TOKENIZER_JSON, TOKENIZER_CONFIG, CHAT_TEMPLATE)
+# The trained reference model's held-out task set (tasks/task_set.py): make-reference --trained
+# writes it into the checkpoint, export copies it into the artifact (listed in the manifest),
+# eval and the demo read it. One JSON file of tasks, one zip of their pictures and clips (the
+# manifest lists plain file names only, so the media travel as one file).
+HELDOUT_TASKS = "heldout_tasks.json"
+HELDOUT_MEDIA = "heldout_media.zip"
+TASK_SET_FILES = (HELDOUT_TASKS, HELDOUT_MEDIA)
 SAMPLE_RATE = 16000  # Hz: the audio encoder's log-mel features are made from audio at this rate
 
 # -- graph inputs and outputs ------------------------------------------------------------------

@@ -15,19 +15,26 @@ PACKAGE = "phi4mm_edge"
 # where export and runtime meet.
 CORE = {f"{PACKAGE}", f"{PACKAGE}.errors", f"{PACKAGE}.artifact", f"{PACKAGE}.manifest"}
 CLI = {f"{PACKAGE}.cli", f"{PACKAGE}.export_command", f"{PACKAGE}.bundled_model"}
+# tasks: the trained reference model's task generators and held-out task set, torch-free, so eval
+# and the demo (apps) read the task set on a machine without torch or espeak-ng. training: the one
+# layer that trains (torch, transformers, peft); nothing imports it, it is run as a module.
 ALLOWED = {  # layer -> the project layers it may import (itself included)
     "core": {"core"},
     "quant": {"core", "quant"},
-    "export": {"core", "quant", "export"},
+    "tasks": {"core", "tasks"},
+    "export": {"core", "quant", "tasks", "export"},
     "runtime": {"core", "runtime"},
-    "apps": {"core", "runtime", "apps"},
+    "apps": {"core", "runtime", "tasks", "apps"},
     "benchmarks": {"core", "quant", "export", "runtime", "benchmarks"},
-    "cli": {"core", "quant", "export", "runtime", "apps", "benchmarks", "cli"},
+    "cli": {"core", "quant", "tasks", "export", "runtime", "apps", "benchmarks", "cli"},
+    "training": {"core", "quant", "tasks", "export", "training"},
 }
+TORCH = {"torch", "transformers", "peft", "onnx", "torchvision"}
 FORBIDDEN_LIBRARIES = {  # third-party packages a layer must never import
     # runtime/ is artifact -> tokens: reading a camera or a microphone is the apps' (apps/capture/)
-    "runtime": {"torch", "transformers", "peft", "onnx", "torchvision", "cv2", "sounddevice"},
-    "apps": {"torch", "transformers", "peft", "onnx", "torchvision"},
+    "runtime": TORCH | {"cv2", "sounddevice"},
+    "apps": TORCH,
+    "tasks": TORCH | {"onnxruntime"},
     "core": {"torch", "transformers", "peft", "onnx", "onnxruntime", "numpy"},
 }
 
@@ -132,6 +139,12 @@ def test_the_layers_form_no_cycle_and_the_arrows_are_seen():
 
     for layer in graph:
         visit(layer, [])
+
+
+def test_nothing_imports_training():
+    """Training is run (`python -m phi4mm_edge.training`), never imported: its torch stays out of
+    every command and of the expansion of the trained weights."""
+    assert [layer for layer, allowed in ALLOWED.items() if "training" in allowed] == ["training"]
 
 
 def test_the_checker_catches_what_it_forbids():
