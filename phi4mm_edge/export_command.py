@@ -11,8 +11,18 @@ def add_make_reference_arguments(parser) -> None:
                         help="default: native (tiny), original (--full-size)")
     parser.add_argument("--dtype", choices=["bf16", "f16", "f32"], default="bf16")
     parser.add_argument("--full-size", action="store_true", help="the real sizes (~11 GB of bf16), streamed to disk")
+    parser.add_argument("--trained", action="store_true",
+                        help="the trained tiny model (answers the project's synthetic tasks) and its held-out task set")
+
 
 def make_reference(args):
+    if args.trained:  # the shipped trained weights, expanded with numpy (export/trained_reference.py)
+        from .export.trained_reference import write_trained_reference
+
+        layout = args.layout or "native"
+        folder = write_trained_reference(args.dir, layout=layout, dtype=args.dtype.upper())
+        print(f"wrote the trained tiny Phi-4-multimodal and its held-out tasks ({layout} layout) to {folder}")
+        return
     from .export.reference_checkpoint import full_size_config, write_reference
 
     # The full-size checkpoint is what users download: the original layout, bf16, sharded.

@@ -19,7 +19,8 @@ MODALITIES = (TEXT, IMAGE, AUDIO, IMAGE_AUDIO)
 @dataclass
 class Task:
     """A question with one exact answer. `prompt` is the user message, media placeholders
-    (`<|image_1|>`, `<|audio_1|>`) first; `images` are PIL images, `audios` encoded clip bytes."""
+    (`<|image_1|>`, `<|audio_1|>`) first; `images` are PIL images, `audios` encoded clip bytes,
+    `transcript` what the clip says (training's speech-recognition target for the encoder)."""
 
     kind: str
     modality: str
@@ -28,6 +29,7 @@ class Task:
     key: str
     images: list = field(default_factory=list)
     audios: list = field(default_factory=list)
+    transcript: str = ""
 
 
 def is_heldout(key: str) -> bool:

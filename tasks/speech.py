@@ -74,7 +74,7 @@ def _choice(rng, options):
 
 
 def _spoken_task(kind: str, prompt: str, answer: str, key: str, text: str, voice: Voice) -> Task:
-    return Task(kind, AUDIO, "<|audio_1|>" + prompt, answer, key, audios=[speak(text, voice)])
+    return Task(kind, AUDIO, "<|audio_1|>" + prompt, answer, key, audios=[speak(text, voice)], transcript=text)
 
 
 def speech_digits(rng, heldout: bool) -> Task:
@@ -122,8 +122,8 @@ def audio_image(rng, heldout: bool) -> Task:
         key = f"audio_image:{scene!r}:{asked}:{voice!r}"
 
         def make():
-            clip = speak(f"what colour is the {kinds[asked]}", voice)
+            question = f"what colour is the {kinds[asked]}"
             return Task("audio_image", IMAGE_AUDIO, "<|image_1|><|audio_1|>" + ANSWER_ABOUT_PICTURE, colours[asked], key,
-                        images=[scenes.render(scene)], audios=[clip])
+                        images=[scenes.render(scene)], audios=[speak(question, voice)], transcript=question)
         return key, make
     return draw(rng, heldout, propose)

@@ -1,0 +1,65 @@
+"""`phi4mm-edge make-reference --trained`: the trained tiny Phi-4-multimodal, written from the
+compact files in data/trained_reference/ with numpy alone (no torch), in either layout.
+
+What ships (training/ writes it: `python -m phi4mm_edge.training`):
+- `weights.safetensors`: every trained tensor in bf16 under its native name (LoRA matrices as
+  `<adapter>:<PEFT key>`); the token table holds only the rows of `token_ids`;
+- `model.json`: the sizes (config), `token_ids` (the real id of each stored table row), the
+  seed of the untrained rows, and how the model was trained and how well it answers;
+- `tokenizer.json`: the trained byte-level BPE, filled here to the 200064-entry vocabulary;
+- the held-out task set (tasks/task_set.py), copied into the checkpoint and bound to it.
+
+The ~199.5k table rows no token reaches are deterministic and tiny (N(0, 1e-3)): they never win
+an argmax (training/model.py says how training keeps it so; training/evaluate.py checks it).
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+from ..artifact import TASK_SET_FILES
+from ..errors import Phi4MMError
+from ..tasks.task_set import stamp_model
+from .reference_checkpoint import tensor_values, write_checkpoint
+from .reference_tokenizer import fill_vocabulary
+from .safetensors_file import SafetensorsFile
+
+DATA = Path(__file__).resolve().parent / "data" / "trained_reference"
+WEIGHTS, MODEL, TOKENIZER = "weights.safetensors", "model.json", "tokenizer.json"
+TOKEN_TABLE = "model.embed_tokens.weight"
+UNUSED_ROW_SCALE = 0.01  # tensor_values draws token rows with std 0.1: untrained rows get 1e-3
+
+
+def read_model(data: Path = DATA) -> dict:
+    """model.json of the shipped compact files; a clear error when they are missing."""
+    path = Path(data) / MODEL
+    if not path.is_file():
+        raise Phi4MMError(f"the trained reference's files are missing ({path}): reinstall phi4mm-edge, or retrain "
+                          f"them with `python -m phi4mm_edge.training`")
+    return json.loads(path.read_text())
+
+
+def write_trained_reference(folder, layout: str = "native", dtype: str = "BF16", data: Path = DATA) -> Path:
+    """Write the trained reference checkpoint and its held-out task set into `folder`."""
+    data = Path(data)
+    model = read_model(data)
+    config, token_ids = model["config"], model["token_ids"]
+    weights = SafetensorsFile(data / WEIGHTS)
+    stored = set(weights.names())
+
+    def value_of(name: str, shape: tuple):
+        if name == TOKEN_TABLE:
+            table = tensor_values(name, shape, model["untrained_rows_seed"])
+            table *= UNUSED_ROW_SCALE
+            table[token_ids] = weights.read(name)
+            return table
+        if name not in stored:
+            raise Phi4MMError(f"{data / WEIGHTS} has no {name}: the trained reference's files do not match its "
+                              f"model.json; retrain them with `python -m phi4mm_edge.training`")
+        return weights.read(name)
+
+    folder = write_checkpoint(folder, config, layout, dtype, value_of, fill_vocabulary((data / TOKENIZER).read_text()))
+    for name in TASK_SET_FILES:
+        shutil.copyfile(data / name, Path(folder) / name)
+    stamp_model(folder)
+    return folder

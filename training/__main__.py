@@ -1,0 +1,3 @@
+from .train_reference import main
+
+main()

@@ -1,0 +1,223 @@
+"""The three training stages, as Phi-4-multimodal was trained: the text model; then, with it
+frozen, the vision encoder + projector + vision LoRA; then, with both frozen, the audio encoder +
+both audio projections + speech LoRA (audio heard with a picture runs the frozen vision LoRA and
+the vision-mode projection, as the model routes it).
+
+Everything is seeded and runs on fixed thread counts with deterministic kernels, so a stage
+given the same steps gives the same weights bit for bit on the same machine.
+"""
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..tasks import catalog
+from ..tasks.items import AUDIO, IMAGE, IMAGE_AUDIO, TEXT
+from .batches import IGNORE, Batch, Preprocessor, decode_clip
+from .model import ADAPTER_PREFIXES, round_to_bf16
+
+THREADS = 1
+
+
+def make_deterministic(seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.set_num_threads(THREADS)
+    torch.use_deterministic_algorithms(True)
+
+
+@dataclass
+class Stage:
+    """One stage's schedule: `steps` AdamW steps of `batch_size` items at peak `learning_rate`
+    (linear warm-up over the first 5%, cosine decay to a tenth)."""
+
+    name: str
+    steps: int
+    batch_size: int
+    learning_rate: float
+
+
+def trainable_names(model, stage: str) -> list[str]:
+    """The parameters a stage trains. text: the decoder and the token table (the LoRAs and the
+    encoders stay); vision / speech: that encoder, its projection(s) and that adapter."""
+    names = []
+    for name, _ in model.named_parameters():
+        if ".lora_" in name:
+            chosen = stage != "text" and f".{stage}." in name
+        elif stage == "text":
+            chosen = "embed_tokens_extend" not in name
+        else:
+            chosen = ADAPTER_PREFIXES[stage] in name
+        if chosen:
+            names.append(name)
+    return names
+
+
+@contextlib.contextmanager
+def adapter(model, name: str, trainable: set[str]):
+    """Run with one adapter (or none); PEFT's set_adapter marks the active adapter trainable, so
+    the stage's own choice is put back."""
+    if name == "none":
+        with model.disable_adapter():
+            yield
+        return
+    model.set_adapter(name)
+    for parameter_name, parameter in model.named_parameters():
+        parameter.requires_grad_(parameter_name in trainable)
+    yield
+
+
+def loss_of(model, batch: Batch, unused_logit: float, trainable: set[str]) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens over the compact vocabulary plus one logit of
+    `unused_logit` standing for every untrained row (training/model.py says why)."""
+    with adapter(model, batch.adapter, trainable):
+        hidden = model.base_model.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                              **batch.media).last_hidden_state
+    targets = batch.labels[:, 1:]
+    keep = targets != IGNORE
+    logits = model.base_model.model.lm_head(hidden[:, :-1][keep])
+    rest = torch.full((logits.shape[0], 1), unused_logit)
+    return (torch.logsumexp(torch.cat([logits, rest], dim=1), dim=1) - logits.gather(1, targets[keep][:, None])[:, 0]).mean()
+
+
+def learning_rate(stage: Stage, step: int) -> float:
+    warmup = max(1, stage.steps // 20)
+    if step < warmup:
+        return stage.learning_rate * (step + 1) / warmup
+    progress = (step - warmup) / max(1, stage.steps - warmup)
+    return stage.learning_rate * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def recognition_head(model, classes: int) -> torch.nn.Linear:
+    """Training only: the conformer's output -> the compact vocabulary + a CTC blank. The real
+    audio encoder was trained for speech recognition before it met the language model; here the
+    same objective runs beside the answer loss in the speech stage, so every audio frame gets a
+    gradient from the first step (without it the encoder barely moves and the adapter learns
+    the answers' prior: measured, 0% of clips right after 600 steps). Not part of the checkpoint."""
+    width = _audio_encoder(model).config.hidden_size
+    return torch.nn.Linear(width, classes + 1)
+
+
+def _audio_encoder(model):
+    return model.base_model.model.model.embed_tokens_extend.audio_embed.encoder
+
+
+def recognition_loss(head, encoded: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """CTC of each clip's transcript on the encoder's frames (blank: the last class)."""
+    log_probs = torch.log_softmax(head(encoded), dim=-1).transpose(0, 1)
+    targets = torch.tensor([i for ids in batch.transcripts for i in ids])
+    lengths = torch.full((encoded.shape[0],), encoded.shape[1], dtype=torch.long)
+    return torch.nn.functional.ctc_loss(log_probs, targets, lengths, torch.tensor([len(t) for t in batch.transcripts]),
+                                        blank=head.out_features - 1, zero_infinity=True)
+
+
+def train_stage(model, stage: Stage, batches, unused_logit: float, log=print, head=None) -> float:
+    """Run one stage; returns its seconds. `batches` yields Batch values; `head` (speech stage):
+    the recognition head, trained beside and then dropped."""
+    names = set(trainable_names(model, stage.name))
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in names)
+    parameters = [p for n, p in model.named_parameters() if n in names]
+    extra = list(head.parameters()) if head is not None else []
+    optimizer = torch.optim.AdamW(parameters + extra, lr=stage.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
+    encoded = []
+    hook = _audio_encoder(model).register_forward_hook(lambda module, inputs, output: encoded.append(output)) \
+        if head is not None else None
+    started, losses = time.perf_counter(), []
+    for step in range(stage.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(stage, step)
+        batch = next(batches)
+        encoded.clear()
+        loss = loss_of(model, batch, unused_logit, names)
+        if head is not None and batch.transcripts:
+            loss = loss + recognition_loss(head, encoded[-1], batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters + extra, 1.0)
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if log and ((step + 1) % 25 == 0 or step + 1 == stage.steps):
+            log(f"{stage.name} step {step + 1}/{stage.steps}: loss {np.mean(losses[-25:]):.3f} "
+                f"({time.perf_counter() - started:.0f} s)")
+    if hook is not None:
+        hook.remove()
+    round_to_bf16(parameters)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return time.perf_counter() - started
+
+
+# -- where batches come from -------------------------------------------------------------------
+
+def media_shape(task) -> tuple:
+    """Items batch together when their pictures have one size and their clips one length."""
+    image = task.images[0].size if task.images else None
+    clip = len(decode_clip(task.audios[0])) if task.audios else None
+    return image, clip
+
+
+def bucketed(draw, batch_size: int, preprocessor: Preprocessor):
+    """Batches of one media shape: items are drawn one by one into per-shape buckets, and a
+    bucket that fills is emitted (the rest wait for later batches)."""
+    buckets = {}
+    while True:
+        shape, task = draw()
+        bucket = buckets.setdefault(shape, [])
+        bucket.append(task)
+        if len(bucket) == batch_size:
+            del buckets[shape]
+            yield preprocessor.batch(bucket)
+
+
+def fresh_tasks(modality: str, rng, shaped: bool = True, weights: dict | None = None):
+    """Training items of one modality, generated as they are needed; each kind drawn with
+    probability proportional to `weights` (default 1)."""
+    kinds = catalog.kinds_of(modality)
+    shares = np.array([(weights or {}).get(kind.name, 1.0) for kind in kinds])
+    shares /= shares.sum()
+
+    def draw():
+        task = kinds[int(rng.choice(len(kinds), p=shares))].generate(rng, False)
+        return (media_shape(task) if shaped else None), task
+    return draw
+
+
+def pooled_tasks(pool: list, rng):
+    """Items drawn at random from a made pool of (shape, task): spoken clips take espeak-ng
+    ~50 ms each, so each is made once and heard several times."""
+    def draw():
+        return pool[int(rng.integers(0, len(pool)))]
+    return draw
+
+
+def make_pool(modalities: tuple, per_kind: int, rng, log=print) -> list:
+    pool, started = [], time.perf_counter()
+    for modality in modalities:
+        for kind in catalog.kinds_of(modality):
+            for _ in range(per_kind):
+                task = kind.generate(rng, False)
+                pool.append((media_shape(task), task))
+    if log:
+            log(f"made {len(pool)} spoken training items in {time.perf_counter() - started:.0f} s")
+    return pool
+
+
+def fit_audio_normalization(model, pool: list, preprocessor: Preprocessor) -> None:
+    """The conformer's input normalization (global mean and inverse std per mel bin), measured
+    on the spoken training items as the real encoder's statistics were; bf16-exact, like the
+    checkpoint that stores them."""
+    features = np.concatenate([preprocessor.audio_inputs([task.audios[0]])[0]["audio_input_features"][0].numpy()
+                               for _, task in pool])
+    norm = model.base_model.model.model.embed_tokens_extend.audio_embed.encoder.encoder_embedding
+    with torch.no_grad():
+        norm.global_mean.copy_(torch.from_numpy(features.mean(axis=0)))
+        norm.global_invstd.copy_(torch.from_numpy(1.0 / np.maximum(features.std(axis=0), 1e-3)))
+    round_to_bf16([norm.global_mean, norm.global_invstd])
+
+
+MODALITIES_OF_STAGE = {"text": (TEXT,), "vision": (IMAGE,), "speech": (AUDIO, IMAGE_AUDIO)}
