@@ -47,7 +47,7 @@ def trained_config() -> dict:
     config["vision_config"].update(hidden_size=128, intermediate_size=512, num_hidden_layers=3, image_size=112,
                                    crop_size=112, patch_size=14)
     config["audio_config"].update(hidden_size=128, intermediate_size=256, num_blocks=3, num_attention_heads=4,
-                                  ext_pw_out_channel=128, depthwise_separable_out_channel=128, nemo_conv_channels=64)
+                                  ext_pw_out_channel=128, depthwise_separable_out_channel=128, nemo_conv_channels=32)
     config["lora"] = {"vision": {"r": 32, "lora_alpha": 64}, "speech": {"r": 40, "lora_alpha": 80}}
     return config
 
@@ -88,9 +88,22 @@ def build_model(config: dict, vocabulary: Vocabulary, seed: int):
     settings = Phi4MultimodalConfig(**layouts.native_config(compact_config(config, vocabulary)))
     settings._attn_implementation = "eager"
     base = Phi4MultimodalForCausalLM(settings).to(torch.float32)
+    _fan_in_init(base.model.embed_tokens_extend.audio_embed.encoder)
+    _fan_in_init(base.model.embed_tokens_extend.image_embed.img_processor)
     model = get_peft_model(base, lora_config(config, "vision"), adapter_name="vision")
     model.add_adapter("speech", lora_config(config, "speech"))
     return model.eval()
+
+
+def _fan_in_init(module) -> None:
+    """PyTorch's own fan-in initialization for every linear and convolution of an encoder.
+    transformers' initialization (measured on these sizes): the conformer's three subsampling
+    convolutions at N(0, 0.02) shrink 80 log-mel bins to ~4e-7, so its output hardly depends on
+    the clip and no objective moved it (0% of clips heard after 600 steps); SigLIP's hidden
+    states grow to std 225-423 over three layers. With fan-in weights both stay near 1."""
+    for layer in module.modules():
+        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)):
+            layer.reset_parameters()
 
 
 def native_name(peft_name: str) -> str:

@@ -20,7 +20,7 @@ from ..tasks.items import AUDIO, IMAGE, IMAGE_AUDIO, TEXT
 from .batches import IGNORE, Batch, Preprocessor, decode_clip
 from .model import ADAPTER_PREFIXES, round_to_bf16
 
-THREADS = 1
+THREADS = 2
 
 
 def make_deterministic(seed: int) -> None:
@@ -92,26 +92,62 @@ def learning_rate(stage: Stage, step: int) -> float:
 
 
 def recognition_head(model, classes: int) -> torch.nn.Linear:
-    """Training only: the conformer's output -> the compact vocabulary + a CTC blank. The real
-    audio encoder was trained for speech recognition before it met the language model; here the
-    same objective runs beside the answer loss in the speech stage, so every audio frame gets a
-    gradient from the first step (without it the encoder barely moves and the adapter learns
-    the answers' prior: measured, 0% of clips right after 600 steps). Not part of the checkpoint."""
-    width = _audio_encoder(model).config.hidden_size
-    return torch.nn.Linear(width, classes + 1)
+    """Training only: the conformer's frames -> the compact vocabulary, for spotting_loss. Not
+    part of the checkpoint."""
+    return torch.nn.Linear(_audio_encoder(model).config.hidden_size, classes)
 
 
 def _audio_encoder(model):
     return model.base_model.model.model.embed_tokens_extend.audio_embed.encoder
 
 
-def recognition_loss(head, encoded: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """CTC of each clip's transcript on the encoder's frames (blank: the last class)."""
-    log_probs = torch.log_softmax(head(encoded), dim=-1).transpose(0, 1)
-    targets = torch.tensor([i for ids in batch.transcripts for i in ids])
-    lengths = torch.full((encoded.shape[0],), encoded.shape[1], dtype=torch.long)
-    return torch.nn.functional.ctc_loss(log_probs, targets, lengths, torch.tensor([len(t) for t in batch.transcripts]),
-                                        blank=head.out_features - 1, zero_infinity=True)
+def spotting_loss(head, encoded: torch.Tensor, transcripts: list) -> torch.Tensor:
+    """Which tokens a clip says, from each token's loudest frame (max over time), as a
+    distribution over the vocabulary that puts equal mass on the clip's tokens: every frame gets
+    a gradient from the first step, and a word is detected where it is spoken."""
+    present = torch.zeros(encoded.shape[0], head.out_features)
+    for row, ids in enumerate(transcripts):
+        present[row, ids] = 1.0
+    present /= present.sum(dim=1, keepdim=True)
+    scores = torch.log_softmax(head(encoded).amax(dim=1), dim=-1)
+    return -(present * scores).sum(dim=1).mean()
+
+
+def pretrain_audio_encoder(model, head, pool: list, preprocessor: Preprocessor, steps: int, batch_size: int,
+                           peak_rate: float, seed: int, log=print) -> None:
+    """Word spotting alone on the conformer (spotting_loss through `head`), before it meets the
+    language model, as the real audio encoder was trained on speech recognition first. No
+    decoder runs, so a step costs a fraction of a speech-stage step."""
+    encoder = _audio_encoder(model)
+    parameters = list(encoder.parameters()) + list(head.parameters())
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(parameters, lr=peak_rate, betas=(0.9, 0.98), weight_decay=0.0)
+    clips = {}  # shape -> [(features, transcript ids)], the log-mel features made once per clip
+    for shape, task in pool:
+        features = preprocessor.audio_inputs([task.audios[0]])[0]["audio_input_features"][0]
+        clips.setdefault(shape, []).append((features, preprocessor.transcript_ids(task.transcript)))
+    shapes = sorted(clips, key=repr)
+    weights = np.array([len(clips[s]) for s in shapes], dtype=float)
+    rng, schedule = np.random.default_rng(seed), Stage("audio encoder", steps, batch_size, peak_rate)
+    started, losses = time.perf_counter(), []
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(schedule, step)
+        group_of_shape = clips[shapes[int(rng.choice(len(shapes), p=weights / weights.sum()))]]
+        chosen = [group_of_shape[int(i)] for i in rng.integers(0, len(group_of_shape), batch_size)]
+        encoded = encoder(torch.stack([features for features, _ in chosen]), None)
+        loss = spotting_loss(head, encoded, [ids for _, ids in chosen])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if log and ((step + 1) % 100 == 0 or step + 1 == steps):
+            log(f"audio encoder step {step + 1}/{steps}: spotting loss {np.mean(losses[-100:]):.3f} "
+                f"({time.perf_counter() - started:.0f} s)")
+    for parameter in parameters:
+        parameter.requires_grad_(False)
 
 
 def train_stage(model, stage: Stage, batches, unused_logit: float, log=print, head=None) -> float:
@@ -134,7 +170,7 @@ def train_stage(model, stage: Stage, batches, unused_logit: float, log=print, he
         encoded.clear()
         loss = loss_of(model, batch, unused_logit, names)
         if head is not None and batch.transcripts:
-            loss = loss + recognition_loss(head, encoded[-1], batch)
+            loss = loss + spotting_loss(head, encoded[-1], batch.transcripts)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters + extra, 1.0)
         optimizer.step()

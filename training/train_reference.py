@@ -32,10 +32,12 @@ DATA_SEEDS = {"text": 11, "vision": 12, "speech": 13}  # each stage's training i
 HELDOUT_SEED = 2024  # the shipped held-out set; --heldout-seed makes another
 HELDOUT_PER_KIND = {TEXT: 40, IMAGE: 30, AUDIO: 20, IMAGE_AUDIO: 20}  # 80 clips: ~0.4 MB in the repository
 STAGES = (
-    stages.Stage("text", steps=2000, batch_size=32, learning_rate=1e-3),
+    stages.Stage("text", steps=1000, batch_size=32, learning_rate=1e-3),
     stages.Stage("vision", steps=600, batch_size=16, learning_rate=1e-3),
     stages.Stage("speech", steps=600, batch_size=16, learning_rate=1e-3),
 )
+# The conformer's word-spotting pretraining before the speech stage: (steps, batch, peak rate).
+AUDIO_ENCODER_PRETRAINING = (1500, 32, 3e-3)
 SPOKEN_POOL_PER_KIND = 300  # spoken training items made per kind (each heard several times)
 QUICK_LOOK_PER_KIND = 8
 
@@ -55,7 +57,7 @@ def write_heldout(folder: Path, seed: int) -> None:
     write_task_set(folder, heldout_tasks(seed), seed, kinds_table())
 
 
-def stage_batches(stage: stages.Stage, model, preprocessor: Preprocessor, pool_per_kind: int, log) -> object:
+def stage_batches(stage: stages.Stage, model, preprocessor: Preprocessor, pool_per_kind: int, log, head) -> object:
     rng = np.random.default_rng(DATA_SEEDS[stage.name])
     if stage.name == "text":
         draw = stages.fresh_tasks(TEXT, rng, shaped=False)
@@ -64,6 +66,7 @@ def stage_batches(stage: stages.Stage, model, preprocessor: Preprocessor, pool_p
         return stages.bucketed(stages.fresh_tasks(IMAGE, rng), stage.batch_size, preprocessor)
     pool = stages.make_pool((AUDIO, IMAGE_AUDIO), pool_per_kind, rng, log)
     stages.fit_audio_normalization(model, pool, preprocessor)
+    stages.pretrain_audio_encoder(model, head, pool, preprocessor, *AUDIO_ENCODER_PRETRAINING, DATA_SEEDS["speech"], log)
     return stages.bucketed(stages.pooled_tasks(pool, rng), stage.batch_size, preprocessor)
 
 
@@ -87,8 +90,8 @@ def train(schedule=STAGES, pool_per_kind: int = SPOKEN_POOL_PER_KIND, log=print,
         schedule = schedule[names.index(resume_after) + 1:]
     for stage in schedule:
         started = time.perf_counter()
-        batches = stage_batches(stage, model, preprocessor, pool_per_kind, log)
         head = stages.recognition_head(model, len(vocabulary)) if stage.name == "speech" else None
+        batches = stage_batches(stage, model, preprocessor, pool_per_kind, log, head)
         stages.train_stage(model, stage, batches, unused_logit(vocabulary), log, head)
         seconds[stage.name] = round(time.perf_counter() - started, 1)
         if stage_dir:
