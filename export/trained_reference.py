@@ -39,8 +39,37 @@ def read_model(data: Path = DATA) -> dict:
     return json.loads(path.read_text())
 
 
-def write_trained_reference(folder, layout: str = "native", dtype: str = "BF16", data: Path = DATA) -> Path:
-    """Write the trained reference checkpoint and its held-out task set into `folder`."""
+# The outlier variant (`make-reference --trained --outliers`): as in LLMs' "massive activations",
+# a few hidden channels carry values ~100x the others into every decoder linear. Made without
+# changing the function: each RMSNorm gain of those channels is multiplied by OUTLIER_FACTOR and
+# the input column of every linear (and LoRA A) that reads the norm's output divided by it. A
+# power of two, so the bf16 checkpoint stays exact: the float model answers identically while
+# the quantizers see 128x channels (int4 weight blocks where one column is 128x smaller, int8
+# activation rows with one channel 128x larger).
+OUTLIER_FACTOR = 128.0
+OUTLIER_SHARES = (0.11, 0.62)  # which channels, as shares of the hidden size (the same in every layer)
+NORM_READERS = {"input_layernorm": "self_attn.qkv_proj", "post_attention_layernorm": "mlp.gate_up_proj"}
+
+
+def outlier_channels(hidden_size: int) -> list[int]:
+    return [int(share * hidden_size) for share in OUTLIER_SHARES]
+
+
+def with_outliers(name: str, values, hidden_size: int):
+    """`values` of tensor `name` in the outlier variant (a LoRA A as `<adapter>:<PEFT key>`)."""
+    channels = outlier_channels(hidden_size)
+    for norm, reader in NORM_READERS.items():
+        if name.endswith(f".{norm}.weight"):
+            values[channels] *= OUTLIER_FACTOR
+        elif name.endswith(f".{reader}.weight") or name.endswith(f".{reader}.lora_A.weight"):
+            values[:, channels] /= OUTLIER_FACTOR
+    return values
+
+
+def write_trained_reference(folder, layout: str = "native", dtype: str = "BF16", data: Path = DATA,
+                            outliers: bool = False) -> Path:
+    """Write the trained reference checkpoint and its held-out task set into `folder`;
+    `outliers`: its outlier variant (the same function, OUTLIER_FACTOR channels)."""
     data = Path(data)
     model = read_model(data)
     config, token_ids = model["config"], model["token_ids"]
@@ -48,6 +77,10 @@ def write_trained_reference(folder, layout: str = "native", dtype: str = "BF16",
     stored = set(weights.names())
 
     def value_of(name: str, shape: tuple):
+        values = trained_value(name, shape)
+        return with_outliers(name, values, config["hidden_size"]) if outliers else values
+
+    def trained_value(name: str, shape: tuple):
         if name == TOKEN_TABLE:
             table = tensor_values(name, shape, model["untrained_rows_seed"])
             table *= UNUSED_ROW_SCALE
@@ -60,6 +93,7 @@ def write_trained_reference(folder, layout: str = "native", dtype: str = "BF16",
 
     folder = write_checkpoint(folder, config, layout, dtype, value_of, fill_vocabulary((data / TOKENIZER).read_text()))
     for name in TASK_SET_FILES:
-        shutil.copyfile(data / name, Path(folder) / name)
+        if (data / name).is_file():  # the reference's answers: written after a first expansion
+            shutil.copyfile(data / name, Path(folder) / name)
     stamp_model(folder)
     return folder

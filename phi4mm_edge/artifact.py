@@ -48,7 +48,10 @@ READ_BY_NAME = (TOKENIZER_JSON, TOKENIZER_CONFIG, CHAT_TEMPLATE)
 # manifest lists plain file names only, so the media travel as one file).
 HELDOUT_TASKS = "heldout_tasks.json"
 HELDOUT_MEDIA = "heldout_media.zip"
-TASK_SET_FILES = (HELDOUT_TASKS, HELDOUT_MEDIA)
+# The PyTorch reference's greedy answers to the shipped held-out tasks and its next-token
+# distributions along them (tasks/reference.py); absent for a task set drawn with another seed.
+HELDOUT_REFERENCE = "heldout_reference.npz"
+TASK_SET_FILES = (HELDOUT_TASKS, HELDOUT_MEDIA, HELDOUT_REFERENCE)
 SAMPLE_RATE = 16000  # Hz: the audio encoder's log-mel features are made from audio at this rate
 
 # -- graph inputs and outputs ------------------------------------------------------------------

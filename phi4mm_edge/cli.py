@@ -53,7 +53,8 @@ class Command:
 
 
 COMMANDS = {
-    "make-reference": Command("write a tiny random-weight Phi-4-multimodal checkpoint", "phi4mm_edge.export_command",
+    "make-reference": Command("write a tiny Phi-4-multimodal checkpoint (random weights, or --trained)",
+                              "phi4mm_edge.export_command",
                               add_arguments="add_make_reference_arguments", main="make_reference"),
     "export": Command("export a checkpoint folder to an artifact folder", "phi4mm_edge.export_command"),
     "run": Command("answer one prompt with an exported artifact", "phi4mm_edge.apps.run", resolve_artifact),
@@ -61,6 +62,9 @@ COMMANDS = {
     "bench": Command("latency and memory of an artifact (min/median/max), table + JSON + PNG",
                      "phi4mm_edge.benchmarks.bench", bundled_artifact_when_quick,
                      more_arguments=(add_provider_argument,)),
+    "eval": Command("answer quality of an export of the trained reference: accuracy, agreement and KL against "
+                    "the PyTorch reference", "phi4mm_edge.benchmarks.evaluate",
+                    more_arguments=(add_provider_argument,)),
     "demo": Command("make the reference model, export it and answer with each adapter", "phi4mm_edge.apps.demo",
                     bundled_artifact_always),
     "chat": Command("a terminal chat: history, streaming, /image /audio /snap /rec", "phi4mm_edge.apps.chat",

@@ -1,6 +1,7 @@
 """`phi4mm-edge make-reference` and `phi4mm-edge export`: the export side's commands, which need the
 export extra (onnx). Each module a command names owns its options (`add_arguments`) and its work."""
 
+from .errors import Phi4MMError
 from .manifest import TARGETS
 
 
@@ -13,15 +14,21 @@ def add_make_reference_arguments(parser) -> None:
     parser.add_argument("--full-size", action="store_true", help="the real sizes (~11 GB of bf16), streamed to disk")
     parser.add_argument("--trained", action="store_true",
                         help="the trained tiny model (answers the project's synthetic tasks) and its held-out task set")
+    parser.add_argument("--outliers", action="store_true",
+                        help="with --trained: its outlier variant (the same answers in float; a few hidden channels "
+                             "128x larger, as in real LLMs, for the quantizers to meet)")
 
 
 def make_reference(args):
+    if args.outliers and not args.trained:
+        raise Phi4MMError("--outliers makes a variant of the trained model: give it with --trained")
     if args.trained:  # the shipped trained weights, expanded with numpy (export/trained_reference.py)
         from .export.trained_reference import write_trained_reference
 
         layout = args.layout or "native"
-        folder = write_trained_reference(args.dir, layout=layout, dtype=args.dtype.upper())
-        print(f"wrote the trained tiny Phi-4-multimodal and its held-out tasks ({layout} layout) to {folder}")
+        folder = write_trained_reference(args.dir, layout=layout, dtype=args.dtype.upper(), outliers=args.outliers)
+        variant = " (outlier variant)" if args.outliers else ""
+        print(f"wrote the trained tiny Phi-4-multimodal{variant} and its held-out tasks ({layout} layout) to {folder}")
         return
     from .export.reference_checkpoint import full_size_config, write_reference
 

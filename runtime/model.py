@@ -214,24 +214,47 @@ class Phi4MMEdge:
             raise Phi4MMError(f"prompt token ids must be in 0..{self.text.vocab_size - 1}")
         check_fits(len(ids), capacity, self.text)
         outcome = Outcome()
-
-        def tokens():
-            self._take_model()
-            try:
-                self.decoder.activate(adapter)
-                keys = position_keys(ids, {self.text.image_token_id: prompt.image_features,
-                                           self.text.audio_token_id: prompt.audio_features},
-                                     {self.text.image_token_id: prompt.image_keys,
-                                      self.text.audio_token_id: prompt.audio_keys})
-                reused = self.decoder.reusable_prefix(keys)
-                outcome.cached_prompt_tokens = reused
-                embeds = self.decoder.embed(np.array([ids], np.int64), prompt.image_features, prompt.audio_features)
-                yield from generate_tokens(self.decoder, embeds, keys, reused, sampling.chooser(),
-                                           max_new_tokens, self.stop_ids)
-            finally:
-                self._streaming_thread = None
-                self._streaming.release()
-
-        pieces = stream_text(outcome, tokens(), StreamingDetokenizer(self.tokenizer), self.stop_ids,
+        tokens = self._tokens(prompt, adapter, sampling.chooser(), max_new_tokens, self.stop_ids, outcome)
+        pieces = stream_text(outcome, tokens, StreamingDetokenizer(self.tokenizer), self.stop_ids,
                              adapter, len(ids), self.load_ms, started)
         return Generation(pieces, adapter, outcome)
+
+    def _tokens(self, prompt: Prompt, adapter: str, choose, max_new_tokens: int, stop_ids: set[int],
+                outcome: Outcome):
+        """The token loop over `prompt` with `adapter`, holding the model while it runs."""
+        ids = prompt.token_ids
+        self._take_model()
+        try:
+            self.decoder.activate(adapter)
+            keys = position_keys(ids, {self.text.image_token_id: prompt.image_features,
+                                       self.text.audio_token_id: prompt.audio_features},
+                                 {self.text.image_token_id: prompt.image_keys,
+                                  self.text.audio_token_id: prompt.audio_keys})
+            reused = self.decoder.reusable_prefix(keys)
+            outcome.cached_prompt_tokens = reused
+            embeds = self.decoder.embed(np.array([ids], np.int64), prompt.image_features, prompt.audio_features)
+            yield from generate_tokens(self.decoder, embeds, keys, reused, choose, max_new_tokens, stop_ids)
+        finally:
+            self._streaming_thread = None
+            self._streaming.release()
+
+    def forced_logits(self, prompt: Prompt, forced_ids: list[int], adapter: str = AUTO) -> np.ndarray:
+        """Teacher forcing: the next-token logits [len(forced_ids), vocab] before each of
+        `forced_ids`, the answer fed token by token as generation feeds its own choices (the same
+        prompt graph, cache and decode steps; a prompt that starts like the previous one reuses
+        the cache). `prompt` from `Phi4MMEdge.prompt`; adapter 'auto' decides by its media."""
+        adapter = choose_adapter(adapter, has_image=prompt.image_features is not None,
+                                 has_audio=prompt.audio_features is not None)
+        self.adapters.check(adapter)
+        forced = [int(i) for i in forced_ids]
+        if not forced or any(not 0 <= i < self.text.vocab_size for i in forced + prompt.token_ids):
+            raise Phi4MMError(f"forced ids must be a non-empty list of ids in 0..{self.text.vocab_size - 1}")
+        check_fits(len(prompt.token_ids) + len(forced), self.decoder.cache.capacity, self.text)
+        rows, upcoming = [], iter(forced)
+
+        def choose(logits: np.ndarray) -> int:
+            rows.append(np.array(logits, np.float32))
+            return next(upcoming)
+        for _ in self._tokens(prompt, adapter, choose, len(forced), set(), Outcome()):
+            pass
+        return np.stack(rows)

@@ -3,6 +3,8 @@ guessing uniformly among the answers a question of that kind can have)."""
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import scenes, speech, text_tasks, world
 from .items import AUDIO, IMAGE, IMAGE_AUDIO, TEXT
 
@@ -38,3 +40,19 @@ KINDS = {k.name: k for k in (
 
 def kinds_of(modality: str) -> list[Kind]:
     return [k for k in KINDS.values() if k.modality == modality]
+
+
+# The shipped held-out set: items per kind of each modality (80 clips: ~0.4 MB in the repository).
+HELDOUT_SEED = 2024
+HELDOUT_PER_KIND = {TEXT: 40, IMAGE: 30, AUDIO: 20, IMAGE_AUDIO: 20}
+
+
+def heldout_tasks(seed: int, per_kind: dict = HELDOUT_PER_KIND) -> list:
+    """The held-out generator: items on the held-out side of the split, `per_kind[modality]` of
+    each kind, drawn from `seed` (spoken kinds need espeak-ng)."""
+    rng = np.random.default_rng([seed, 7])
+    return [kind.generate(rng, True) for kind in KINDS.values() for _ in range(per_kind[kind.modality])]
+
+
+def kinds_table() -> dict:
+    return {k.name: {"modality": k.modality, "chance": k.chance, "chance_note": k.chance_note} for k in KINDS.values()}

@@ -123,7 +123,8 @@ def audio_image(rng, heldout: bool) -> Task:
 
         def make():
             question = f"what colour is the {kinds[asked]}"
-            return Task("audio_image", IMAGE_AUDIO, "<|image_1|><|audio_1|>" + ANSWER_ABOUT_PICTURE, colours[asked], key,
+            prompt = "<|image_1|><|audio_1|>" + ANSWER_ABOUT_PICTURE
+            return Task("audio_image", IMAGE_AUDIO, prompt, colours[asked], key,
                         images=[scenes.render(scene)], audios=[speak(question, voice)], transcript=question)
         return key, make
     return draw(rng, heldout, propose)

@@ -98,11 +98,12 @@ def model_fingerprint(folder: Path) -> dict:
     return {"config_sha256": _sha256(folder / CONFIG_JSON), "tokenizer_sha256": _sha256(folder / TOKENIZER_JSON)}
 
 
-def stamp_model(folder: Path) -> None:
-    """Bind the task set in checkpoint `folder` to the model beside it."""
+def stamp_model(folder: Path, model_folder: Path | None = None) -> None:
+    """Bind the task set in `folder` to the model in `model_folder` (default: the checkpoint
+    beside it)."""
     path = Path(folder) / HELDOUT_TASKS
     data = json.loads(path.read_text())
-    data["model"] = model_fingerprint(folder)
+    data["model"] = model_fingerprint(model_folder if model_folder is not None else folder)
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 
@@ -136,7 +137,8 @@ def load_task_set(folder, model_folder=None) -> TaskSet:
     if missing:
         _refuse(folder, f"{HELDOUT_MEDIA} lacks {missing[0]} (and {len(missing) - 1} more); {MAKE_IT}")
     if not data.get("model"):
-        _refuse(folder, f"the held-out task set is not bound to a model (make-reference --trained stamps it); {MAKE_IT}")
+        _refuse(folder, "the held-out task set is not bound to a model (make-reference --trained stamps it); "
+                        + MAKE_IT)
     if model_fingerprint(model_folder) != data["model"]:
         _refuse(model_folder, "this is not the trained reference model the held-out tasks were made for (its "
                               "config.json or tokenizer.json differs), so their answers do not apply; " + MAKE_IT)

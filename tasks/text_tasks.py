@@ -42,7 +42,8 @@ def count_letter(rng, heldout: bool) -> Task:
             letters[position] = target
         text = " ".join(letters)
         key = f"count:{target}:{text}"
-        return key, lambda: Task("count_letter", TEXT, f"How many times does {target} appear in: {text}?", str(count), key)
+        prompt = f"How many times does {target} appear in: {text}?"
+        return key, lambda: Task("count_letter", TEXT, prompt, str(count), key)
     return draw(rng, heldout, propose)
 
 

@@ -39,7 +39,8 @@ FACTS = {
 FACT_QUESTIONS = {
     "town": ("Where does {p} live?", "In which town does {p} live?", "What is the home town of {p}?"),
     "pet": ("What pet does {p} have?", "Which animal does {p} keep?", "What animal is the pet of {p}?"),
-    "colour": ("What is the favourite colour of {p}?", "Which colour does {p} like best?", "What colour does {p} love?"),
+    "colour": ("What is the favourite colour of {p}?", "Which colour does {p} like best?",
+               "What colour does {p} love?"),
 }
 # The spoken form of each relation's question (speech_question): lower case, as a person says it.
 SPOKEN_FACT_QUESTIONS = {"town": "where does {p} live", "pet": "what pet does {p} have",

@@ -25,7 +25,7 @@ ALLOWED = {  # layer -> the project layers it may import (itself included)
     "export": {"core", "quant", "tasks", "export"},
     "runtime": {"core", "runtime"},
     "apps": {"core", "runtime", "tasks", "apps"},
-    "benchmarks": {"core", "quant", "export", "runtime", "benchmarks"},
+    "benchmarks": {"core", "quant", "tasks", "export", "runtime", "benchmarks"},
     "cli": {"core", "quant", "tasks", "export", "runtime", "apps", "benchmarks", "cli"},
     "training": {"core", "quant", "tasks", "export", "training"},
 }

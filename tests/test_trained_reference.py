@@ -125,7 +125,8 @@ def test_the_crop_layouts_give_the_runtimes_token_counts():
 
     config = read_model()["config"]
     vision = config["vision_config"]
-    entry = VisionEntry(graph="vision.onnx", crop_size=vision["crop_size"], patch_size=vision["patch_size"], max_crops=36,
+    entry = VisionEntry(graph="vision.onnx", crop_size=vision["crop_size"], patch_size=vision["patch_size"],
+                        max_crops=36,
                         mean=0.5, std=0.5, encoder={})
     preprocessor = Preprocessor(Vocabulary((DATA / TOKENIZER).read_text()), config)
     for width, height in scenes.SIZES:
@@ -149,16 +150,19 @@ def test_training_is_deterministic():
     from phi4mm_edge.training.model import build_model, trained_tensors
     from phi4mm_edge.training.train_reference import MODEL_SEED, train
 
-    schedule = (stages.Stage("text", 2, 4, 1e-3), stages.Stage("vision", 1, 2, 1e-3), stages.Stage("speech", 1, 2, 1e-3))
+    schedule = (stages.Stage("text", 2, 4, 1e-3), stages.Stage("vision", 1, 2, 1e-3),
+                stages.Stage("speech", 1, 2, 1e-3))
     tokenizer = (DATA / TOKENIZER).read_text()
     runs = []
     for _ in range(2):
-        model, vocabulary, config, _, _ = train(schedule, pool_per_kind=1, log=None, look=False, tokenizer_json=tokenizer)
+        model, vocabulary, config, _, _ = train(schedule, pool_per_kind=1, log=None, look=False,
+                                                tokenizer_json=tokenizer, encoder_pretraining=(2, 2, 3e-3))
         runs.append(trained_tensors(model, config))
     assert runs[0].keys() == runs[1].keys()
     for name, values in runs[0].items():
         np.testing.assert_array_equal(values, runs[1][name], err_msg=name)
     untrained = trained_tensors(build_model(config, vocabulary, MODEL_SEED), config)
-    for part in ("model.layers.0.mlp.down_proj.weight", "model.embed_tokens_extend.image_embed.img_projection_up.weight",
+    for part in ("model.layers.0.mlp.down_proj.weight",
+                 "model.embed_tokens_extend.image_embed.img_projection_up.weight",
                  "model.embed_tokens_extend.audio_embed.up_proj_for_speech.weight"):
         assert not np.array_equal(runs[0][part], untrained[part]), f"{part}: the stage did not train"

@@ -108,6 +108,27 @@ def evaluate(model, preprocessor: Preprocessor, tasks: list, real_ids: bool = Fa
     return accuracy
 
 
+def reference_answers(model, preprocessor: Preprocessor, task_set) -> tuple[dict, dict]:
+    """The expanded checkpoint's greedy answers (real ids, argmax over all 200064 rows) to the
+    task set, and the binned next-token log-probabilities before each answer token, teacher-forced
+    (tasks/reference.py): what `phi4mm-edge eval` compares an export with."""
+    from ..tasks.reference import binned_logprobs
+
+    vocabulary = preprocessor.vocabulary
+    rows = np.array(vocabulary.real_ids)
+    answers, logprobs = {}, {}
+    causal_lm = model.base_model.model
+    for entry, task in zip(task_set.tasks, as_tasks(task_set)):
+        batch = preprocessor.batch([task])
+        prompt = [vocabulary.real_ids[i] for i in batch.input_ids[0][batch.labels[0] == -100].tolist()]
+        answer, _ = greedy(model, prompt, batch.media, batch.adapter, END)
+        with torch.no_grad(), _adapter(model, batch.adapter):
+            logits = causal_lm(input_ids=torch.tensor([prompt + answer[:-1]]), **batch.media).logits[0]
+        answers[entry.id] = answer
+        logprobs[entry.id] = binned_logprobs(logits[len(prompt) - 1:].double().numpy(), rows)
+    return answers, logprobs
+
+
 def as_tasks(task_set) -> list:
     """A held-out TaskSet (files) -> Task values, pictures decoded, clips as their bytes."""
     from PIL import Image

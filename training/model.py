@@ -23,7 +23,8 @@ from .batches import ENDOFTEXT, END, Vocabulary
 
 VOCAB_SIZE = 200064
 LORA_TARGETS = r"model.layers.\d+.((self_attn.(qkv|o)_proj)|(mlp.(gate_up|down)_proj))"
-ADAPTER_PREFIXES = {"vision": "model.embed_tokens_extend.image_embed.", "speech": "model.embed_tokens_extend.audio_embed."}
+ADAPTER_PREFIXES = {"vision": "model.embed_tokens_extend.image_embed.",
+                    "speech": "model.embed_tokens_extend.audio_embed."}
 
 
 def trained_config() -> dict:

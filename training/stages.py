@@ -80,7 +80,8 @@ def loss_of(model, batch: Batch, unused_logit: float, trainable: set[str]) -> to
     keep = targets != IGNORE
     logits = model.base_model.model.lm_head(hidden[:, :-1][keep])
     rest = torch.full((logits.shape[0], 1), unused_logit)
-    return (torch.logsumexp(torch.cat([logits, rest], dim=1), dim=1) - logits.gather(1, targets[keep][:, None])[:, 0]).mean()
+    right = logits.gather(1, targets[keep][:, None])[:, 0]
+    return (torch.logsumexp(torch.cat([logits, rest], dim=1), dim=1) - right).mean()
 
 
 def learning_rate(stage: Stage, step: int) -> float:

@@ -20,17 +20,16 @@ from ..export.safetensors_file import write_safetensors
 from ..export.trained_reference import DATA, MODEL, TOKEN_TABLE, TOKENIZER, WEIGHTS, write_trained_reference
 from ..tasks import catalog
 from ..tasks.items import AUDIO, IMAGE, IMAGE_AUDIO, TEXT
+from ..tasks.reference import write_reference
 from ..tasks.task_set import write_task_set
 from . import stages
 from .batches import Preprocessor, Vocabulary
-from .evaluate import as_tasks, evaluate, sample_tasks
+from .evaluate import as_tasks, evaluate, reference_answers, sample_tasks
 from .model import build_model, trained_config, trained_tensors, unused_logit
 from .tokenizer import train_tokenizer
 
 MODEL_SEED = 0  # the initial weights (and the untrained token rows)
 DATA_SEEDS = {"text": 11, "vision": 12, "speech": 13}  # each stage's training items
-HELDOUT_SEED = 2024  # the shipped held-out set; --heldout-seed makes another
-HELDOUT_PER_KIND = {TEXT: 40, IMAGE: 30, AUDIO: 20, IMAGE_AUDIO: 20}  # 80 clips: ~0.4 MB in the repository
 STAGES = (
     stages.Stage("text", steps=1000, batch_size=32, learning_rate=1e-3),
     stages.Stage("vision", steps=600, batch_size=16, learning_rate=1e-3),
@@ -42,22 +41,12 @@ SPOKEN_POOL_PER_KIND = 300  # spoken training items made per kind (each heard se
 QUICK_LOOK_PER_KIND = 8
 
 
-def heldout_tasks(seed: int, per_kind: dict = HELDOUT_PER_KIND) -> list:
-    """The held-out generator: items on the held-out side of the split, `per_kind[modality]` of each kind."""
-    rng = np.random.default_rng([seed, 7])
-    return [kind.generate(rng, True) for kind in catalog.KINDS.values() for _ in range(per_kind[kind.modality])]
-
-
-def kinds_table() -> dict:
-    return {k.name: {"modality": k.modality, "chance": k.chance, "chance_note": k.chance_note}
-            for k in catalog.KINDS.values()}
-
-
 def write_heldout(folder: Path, seed: int) -> None:
-    write_task_set(folder, heldout_tasks(seed), seed, kinds_table())
+    write_task_set(folder, catalog.heldout_tasks(seed), seed, catalog.kinds_table())
 
 
-def stage_batches(stage: stages.Stage, model, preprocessor: Preprocessor, pool_per_kind: int, log, head) -> object:
+def stage_batches(stage: stages.Stage, model, preprocessor: Preprocessor, pool_per_kind: int, log, head,
+                  encoder_pretraining: tuple = AUDIO_ENCODER_PRETRAINING) -> object:
     rng = np.random.default_rng(DATA_SEEDS[stage.name])
     if stage.name == "text":
         draw = stages.fresh_tasks(TEXT, rng, shaped=False)
@@ -66,12 +55,13 @@ def stage_batches(stage: stages.Stage, model, preprocessor: Preprocessor, pool_p
         return stages.bucketed(stages.fresh_tasks(IMAGE, rng), stage.batch_size, preprocessor)
     pool = stages.make_pool((AUDIO, IMAGE_AUDIO), pool_per_kind, rng, log)
     stages.fit_audio_normalization(model, pool, preprocessor)
-    stages.pretrain_audio_encoder(model, head, pool, preprocessor, *AUDIO_ENCODER_PRETRAINING, DATA_SEEDS["speech"], log)
+    stages.pretrain_audio_encoder(model, head, pool, preprocessor, *encoder_pretraining, DATA_SEEDS["speech"], log)
     return stages.bucketed(stages.pooled_tasks(pool, rng), stage.batch_size, preprocessor)
 
 
 def train(schedule=STAGES, pool_per_kind: int = SPOKEN_POOL_PER_KIND, log=print, look: bool = True,
-          tokenizer_json: str | None = None, stage_dir: Path | None = None, resume_after: str | None = None) -> tuple:
+          tokenizer_json: str | None = None, stage_dir: Path | None = None, resume_after: str | None = None,
+          encoder_pretraining: tuple = AUDIO_ENCODER_PRETRAINING) -> tuple:
     """(model, vocabulary, config, tokenizer json, seconds per stage), deterministically. `look`:
     a quick held-out accuracy after each stage (on the compact model, logged); `tokenizer_json`:
     the trained tokenizer when it is at hand (training it is deterministic too); `stage_dir`: each
@@ -91,7 +81,7 @@ def train(schedule=STAGES, pool_per_kind: int = SPOKEN_POOL_PER_KIND, log=print,
     for stage in schedule:
         started = time.perf_counter()
         head = stages.recognition_head(model, len(vocabulary)) if stage.name == "speech" else None
-        batches = stage_batches(stage, model, preprocessor, pool_per_kind, log, head)
+        batches = stage_batches(stage, model, preprocessor, pool_per_kind, log, head, encoder_pretraining)
         stages.train_stage(model, stage, batches, unused_logit(vocabulary), log, head)
         seconds[stage.name] = round(time.perf_counter() - started, 1)
         if stage_dir:
@@ -105,7 +95,8 @@ def train(schedule=STAGES, pool_per_kind: int = SPOKEN_POOL_PER_KIND, log=print,
 
 def write_compact(out: Path, model, vocabulary: Vocabulary, config: dict, tokenizer_json: str, record: dict) -> None:
     tensors = trained_tensors(model, config)
-    write_safetensors(out / WEIGHTS, {name: values.shape for name, values in tensors.items()}, tensors.__getitem__, "BF16")
+    shapes = {name: values.shape for name, values in tensors.items()}
+    write_safetensors(out / WEIGHTS, shapes, tensors.__getitem__, "BF16")
     (out / TOKENIZER).write_text(tokenizer_json)
     model_json = {"config": config, "token_ids": vocabulary.real_ids, "untrained_rows_seed": MODEL_SEED, **record}
     (out / MODEL).write_text(json.dumps(model_json, indent=1) + "\n")
@@ -113,7 +104,8 @@ def write_compact(out: Path, model, vocabulary: Vocabulary, config: dict, tokeni
 
 
 def evaluate_expanded(out: Path, log=print) -> dict:
-    """Held-out accuracy of the expanded native checkpoint with the PyTorch reference, greedy."""
+    """Held-out accuracy of the expanded native checkpoint with the PyTorch reference, greedy; its
+    answers and next-token distributions written to `out` (tasks/reference.py) for eval."""
     import torch
     from peft import PeftModel
     from transformers import Phi4MultimodalForCausalLM
@@ -129,6 +121,8 @@ def evaluate_expanded(out: Path, log=print) -> dict:
         vocabulary = Vocabulary((out / TOKENIZER).read_text())
         preprocessor = Preprocessor(vocabulary, json.loads((out / MODEL).read_text())["config"])
         accuracy = evaluate(model.eval(), preprocessor, as_tasks(task_set), real_ids=True)
+        answers, logprobs = reference_answers(model, preprocessor, task_set)
+        write_reference(out, vocabulary.real_ids, answers, logprobs)
     log(accuracy.table())
     return {"by_kind": {k: round(v, 4) for k, v in accuracy.by_kind().items()},
             "by_modality": {k: round(v, 4) for k, v in accuracy.by_modality().items()},
@@ -139,7 +133,7 @@ def evaluate_expanded(out: Path, log=print) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m phi4mm_edge.training", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DATA, help=f"where the compact files go (default {DATA})")
-    parser.add_argument("--heldout-seed", type=int, default=HELDOUT_SEED,
+    parser.add_argument("--heldout-seed", type=int, default=catalog.HELDOUT_SEED,
                         help="write only a held-out task set from this seed (never trained on) and stop")
     parser.add_argument("--no-eval", action="store_true", help="skip the expanded checkpoint's held-out accuracy")
     parser.add_argument("--stage-dir", type=Path, help="save each stage's weights here (PyTorch files)")
@@ -153,7 +147,7 @@ def main(argv=None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     write_heldout(out, args.heldout_seed)
-    if args.heldout_seed != HELDOUT_SEED:
+    if args.heldout_seed != catalog.HELDOUT_SEED:
         print(f"wrote a held-out task set (seed {args.heldout_seed}) to {out}")
         return
     if args.stage_dir:
