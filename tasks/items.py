@@ -20,7 +20,7 @@ MODALITIES = (TEXT, IMAGE, AUDIO, IMAGE_AUDIO)
 class Task:
     """A question with one exact answer. `prompt` is the user message, media placeholders
     (`<|image_1|>`, `<|audio_1|>`) first; `images` are PIL images, `audios` encoded clip bytes,
-    `transcript` what the clip says (training's speech-recognition target for the encoder)."""
+    `transcript` what the clip says or the picture shows (the encoders' pretraining targets)."""
 
     kind: str
     modality: str

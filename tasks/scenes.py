@@ -98,8 +98,18 @@ def place_shapes(rng, width: int, height: int, kinds_colours: list, radius_share
     return tuple(placed)
 
 
+def caption(scene: Scene) -> str:
+    """What the picture shows, as words: each shape's colour and kind, and the text drawn (digits
+    one by one). Training's target for the vision encoder's pretraining."""
+    words = [f"{shape.colour} {shape.kind}" for shape in scene.shapes]
+    if scene.text:
+        words.append(" ".join(scene.text) if scene.text.isdigit() else scene.text)
+    return " ".join(words)
+
+
 def _scene_task(kind: str, prompt: str, answer: str, scene: Scene) -> Task:
-    return Task(kind, IMAGE, "<|image_1|>" + prompt, answer, f"{kind}:{scene!r}", images=[render(scene)])
+    return Task(kind, IMAGE, "<|image_1|>" + prompt, answer, f"{kind}:{scene!r}", images=[render(scene)],
+                transcript=f"{caption(scene)} {answer}")
 
 
 def _propose_scene(kind, make_scene):

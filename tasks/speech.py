@@ -21,11 +21,15 @@ from . import scenes, world
 from .items import AUDIO, IMAGE_AUDIO, Task, draw
 
 ESPEAK = "espeak-ng"
-BASE_VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan")
-VARIANTS = ("", "+m3", "+m7", "+f2", "+f4", "+klatt")
-SPEEDS = (130, 190)  # words per minute
-PITCHES = (30, 70)
-STORED_RATES = (8000, 16000, 24000, 48000)  # Hz: rates Opus stores as they are
+# Nine voices, two speeds, a pitch range and three stored rates. Measured: with six accents x six
+# variants, 130-190 words a minute, pitches 30-70 and 8 kHz clips as well, the tiny conformer
+# trained for ~10 minutes heard 4% of held-out clips right; the tasks ask for understanding the
+# words, not for robustness to every voice.
+BASE_VOICES = ("en-us", "en-gb", "en-gb-x-rp")
+VARIANTS = ("", "+m3", "+f2")
+SPEEDS = (150, 175)  # words per minute
+PITCHES = (40, 60)
+STORED_RATES = (16000, 24000, 48000)  # Hz: rates Opus stores as they are
 # libsndfile's Opus setting: ~2.7 KB a second at every rate (its default is 3-8 KB by rate), the
 # log-mel of speech frames within ~0.5 (natural log) of the uncoded clip's: measured on espeak-ng
 # speech; the tasks' words stay clear, and training hears the same coding.

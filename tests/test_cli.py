@@ -2,6 +2,7 @@
 provider options; and the packaging."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -85,15 +86,20 @@ def test_a_command_imports_only_its_own_module():
     assert not {m for m in listing if m.startswith(("phi4mm_edge.runtime", "phi4mm_edge.export"))}, listing
 
 
-def test_demo_answers_with_each_adapter_and_says_the_weights_are_random(tmp_path):
-    first = phi4mm_edge("demo", "--cache-dir", tmp_path, "--max-new-tokens", 6)
+def test_demo_asks_the_trained_model_with_each_adapter_and_marks_its_answers(tmp_path):
+    """The demo answers a held-out text, picture and clip question with the bundled trained model,
+    each routed to its adapter, and says of each answer whether it is the expected one."""
+    first = phi4mm_edge("demo", "--cache-dir", tmp_path)
     out = first.stdout
-    assert "RANDOM weights" in out and "exporting" in first.stderr  # progress goes to stderr
-    for adapter in ("none", "vision", "speech"):
-        assert f"[adapter: {adapter}]" in out
-    assert out.count("tokens/s") == 3
-    again = phi4mm_edge("demo", "--cache-dir", tmp_path, "--max-new-tokens", 6)
+    assert "trained on the project's synthetic tasks" in out and "exporting" in first.stderr  # progress on stderr
+    for modality, adapter in (("text", "none"), ("image", "vision"), ("audio", "speech")):
+        assert f"[{modality}, adapter: {adapter}]" in out
+    verdicts = re.findall(r"-> '.*': (right|WRONG)", out)
+    assert len(verdicts) == 3
+    assert f"{verdicts.count('right')} of 3 right" in out
+    again = phi4mm_edge("demo", "--cache-dir", tmp_path)
     assert "exporting" not in again.stderr + again.stdout  # the second run reuses the verified artifact
+    assert again.stdout.count("right") == out.count("right")  # greedy: the same answers
 
 
 def test_the_wheel_installs_only_the_phi4mm_edge_package(tmp_path):

@@ -156,7 +156,8 @@ def test_training_is_deterministic():
     runs = []
     for _ in range(2):
         model, vocabulary, config, _, _ = train(schedule, pool_per_kind=1, log=None, look=False,
-                                                tokenizer_json=tokenizer, encoder_pretraining=(2, 2, 3e-3))
+                                                tokenizer_json=tokenizer,
+                                                encoder_pretraining={"vision": (1, 2, 3e-3), "audio": (2, 2, 3e-3)})
         runs.append(trained_tensors(model, config))
     assert runs[0].keys() == runs[1].keys()
     for name, values in runs[0].items():

@@ -144,7 +144,7 @@ class Preprocessor:
             labels[row, : len(ids)] = torch.tensor(targets)
             attention_mask[row, : len(ids)] = 1
         adapter = "vision" if tasks[0].images else ("speech" if tasks[0].audios else "none")
-        transcripts = [self.transcript_ids(task.transcript) for task in tasks] if tasks[0].audios else []
+        transcripts = [self.transcript_ids(task.transcript) for task in tasks] if tasks[0].transcript else []
         return Batch(input_ids, attention_mask, labels, adapter, media, transcripts)
 
     def transcript_ids(self, text: str) -> list[int]:

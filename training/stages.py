@@ -151,6 +151,47 @@ def pretrain_audio_encoder(model, head, pool: list, preprocessor: Preprocessor, 
         parameter.requires_grad_(False)
 
 
+def _image_embed(model):
+    return model.base_model.model.model.embed_tokens_extend.image_embed
+
+
+def vision_head(model, classes: int) -> torch.nn.Linear:
+    """Training only: SigLIP's compressed patch features -> the compact vocabulary."""
+    return torch.nn.Linear(_image_embed(model).image_dim_out, classes)
+
+
+def pretrain_vision_encoder(model, head, batches, steps: int, peak_rate: float, log=print) -> None:
+    """Spotting what a picture shows (its caption's tokens: each shape's colour and kind, the
+    text drawn, the answer) from SigLIP's patch features alone, max over crops and patches: the
+    real vision encoder met language models pretrained on image-text pairs; here the cheap
+    analogue, with no decoder run, before the vision stage."""
+    embed = _image_embed(model)
+    parameters = list(embed.img_processor.parameters()) + list(embed.image_token_compression.parameters()) \
+        + list(head.parameters())
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(parameters, lr=peak_rate, betas=(0.9, 0.98), weight_decay=0.0)
+    schedule, started, losses = Stage("vision encoder", steps, 0, peak_rate), time.perf_counter(), []
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(schedule, step)
+        batch = next(batches)
+        pixels, mask = batch.media["image_pixel_values"], batch.media["image_attention_mask"]
+        features = embed.get_img_features(pixels.flatten(0, 1), attention_mask=mask.flatten(0, 1).bool())
+        features = features.reshape(pixels.shape[0], -1, features.shape[-1])
+        loss = spotting_loss(head, features, batch.transcripts)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if log and ((step + 1) % 100 == 0 or step + 1 == steps):
+            log(f"vision encoder step {step + 1}/{steps}: spotting loss {np.mean(losses[-100:]):.3f} "
+                f"({time.perf_counter() - started:.0f} s)")
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+
+
 def train_stage(model, stage: Stage, batches, unused_logit: float, log=print, head=None) -> float:
     """Run one stage; returns its seconds. `batches` yields Batch values; `head` (speech stage):
     the recognition head, trained beside and then dropped."""
