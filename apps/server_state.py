@@ -23,7 +23,7 @@ class ServeSettings:
     token: str | None = None   # set in --lan mode: every request must carry it
     tls: bool = False
     model_name: str = ""
-    random_weights: bool = False  # the bundled reference model: the page says its words mean nothing
+    random_weights: bool = False  # the bundled reference model: the page says it knows only its training tasks
     max_queue: int = 8  # requests waiting or answering at once; more get 503 (the API) / 503 (the page)
     # A connection that has not sent a whole request's headers this long after it opened (or after
     # its last answer) is closed: idle or slow ("slowloris") connections once held the server until

@@ -43,6 +43,7 @@ class Row:
     provider: str = "cpu"
     follow_up: bool = False
     genai: bool = False
+    limit: int | None = None  # held-out items per kind for this row, when fewer than the table's
 
 
 def int4(block=32, symmetric=True, level=4) -> dict:
@@ -61,7 +62,8 @@ ROWS = [
           {"prefill": "int8", "prefill_weight_bits": bits}, follow_up=follow)
       for bits in (7, 8) for follow in (False, True)],
     Row("npu graphs, CPU EP", {"target": "npu"}),
-    Row("npu graphs, QNN HTP simulator", {"target": "npu"}, provider="qnn"),
+    # Qualcomm's simulator runs the HTP's instructions on this CPU: ~20 s an item; 2 items per kind.
+    Row("npu graphs, QNN HTP simulator", {"target": "npu"}, provider="qnn", limit=2),
     Row("dml graphs, CPU EP", {"target": "dml"}),
     Row("onnxruntime-genai over the default export", genai=True),
 ]
@@ -117,7 +119,8 @@ def genai_text_scores(artifact: Path) -> dict:
     return {"modalities": {TEXT: summary}, "all": summary, "provider": "onnxruntime-genai cpu"}
 
 
-def measure(model_folder: Path, scratch: Path, rows: list[Row], limit: int | None, log) -> dict:
+def measure(model_folder: Path, scratch: Path, rows: list[Row], limit: int | None, log, threads: int | None = None,
+            save=lambda results: None) -> dict:
     results, exported = {}, {}
     for row in rows:
         key = export_key(row)
@@ -128,10 +131,13 @@ def measure(model_folder: Path, scratch: Path, rows: list[Row], limit: int | Non
         if row.genai:
             result = genai_text_scores(exported[key])
         else:
-            result = evaluate(exported[key], row.provider, follow_up=row.follow_up, limit=limit, progress=False)
+            row_limit = min(row.limit, limit or row.limit) if row.limit else limit
+            result = evaluate(exported[key], row.provider, follow_up=row.follow_up, limit=row_limit, progress=False,
+                              threads=threads)
             result.pop("answers")
         result["seconds"] = round(time.perf_counter() - started, 1)
         results[row.name] = result
+        save(results)
         log(f"  {row.name}: " + ", ".join(f"{m} {s['accuracy']:.1%}" for m, s in result["modalities"].items())
             + f", KL {result['all']['mean_kl']:.2e} ({result['seconds']} s)")
     return results
@@ -155,7 +161,8 @@ def markdown(results: dict) -> str:
             cells.append(f"{scores['accuracy']:.1%} ({share:.2f})")
         total = result["all"]
         mark = " **<95%**" if flagged else ""
-        lines.append(f"| {name}{mark} | " + " | ".join(cells)
+        items = f" ({total['items']} items)" if total["items"] != results["fp32"]["all"]["items"] else ""
+        lines.append(f"| {name}{items}{mark} | " + " | ".join(cells)
                      + f" | {total['agreement']:.1%} | {total['mean_kl']:.2e} |")
     return "\n".join(lines)
 
@@ -177,22 +184,36 @@ def main(argv=None) -> dict:
     parser.add_argument("--rows", nargs="*", help="only the rows whose name starts with one of these")
     parser.add_argument("--models", nargs="*", default=["trained", "outliers"], choices=["trained", "outliers"])
     parser.add_argument("--limit", type=int, help="the first N held-out items of each kind")
-    parser.add_argument("--json", help="write every score to this file")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads per session (1: run two tables side by side)")
+    parser.add_argument("--json", help="write every score to this file (after every row)")
+    parser.add_argument("--print", nargs="+", metavar="JSON", dest="saved",
+                        help="print the tables of saved --json files (e.g. two models run side by side) and stop")
     args = parser.parse_args(argv)
+    if args.saved:
+        reports = [json.loads(Path(path).read_text()) for path in args.saved]
+        for report in reports:
+            print(f"machine: {report['machine']}, {report['limit_per_kind'] or 'all'} held-out items per kind")
+            for name, results in report["models"].items():
+                print(f"\n{name} model\n{markdown(results)}")
+        return reports[0]
     rows = [r for r in ROWS if not args.rows or r.name == "fp32" or any(r.name.startswith(p) for p in args.rows)]
-    report = {"machine": machine(), "models": {}}
+    report = {"machine": machine(), "limit_per_kind": args.limit, "models": {}}
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models:
             folder = Path(scratch) / name
             write_trained_reference(folder, outliers=name == "outliers")
             print(f"{name}:", file=sys.stderr)
-            report["models"][name] = measure(folder, folder.with_name(f"{name}-exports"), rows, args.limit,
-                                             lambda line: print(line, file=sys.stderr, flush=True))
+            report["models"][name] = {}
+
+            def save(results, name=name):
+                report["models"][name] = results
+                if args.json:
+                    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+            measure(folder, folder.with_name(f"{name}-exports"), rows, args.limit,
+                    lambda line: print(line, file=sys.stderr, flush=True), args.threads, save)
     print(f"machine: {report['machine']}")
     for name, results in report["models"].items():
         print(f"\n{name} model\n{markdown(results)}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
