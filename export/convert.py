@@ -27,7 +27,8 @@ from .text_decoder import LORA_MODULES
 # Tokenizer and chat-template files copied next to the graphs when the checkpoint has them, and
 # the trained reference model's held-out task set (artifact.TASK_SET_FILES).
 TOKENIZER_FILES = artifact.TOKENIZER_FILES + ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-                                               "chat_template.json", "preprocessor_config.json") + artifact.TASK_SET_FILES
+                                               "chat_template.json", "preprocessor_config.json")
+TOKENIZER_FILES += artifact.TASK_SET_FILES
 MAX_CROPS = 36  # the processor's dynamic_hd when preprocessor_config.json does not say
 IMAGE_MEAN = IMAGE_STD = 0.5  # the processor normalizes each channel to [-1, 1]
 

@@ -189,10 +189,11 @@ class Phi4MMEdge:
         return self._generate(prompt, options.max_new_tokens, options.sampling, adapter, started)
 
     def generate_from_ids(self, ids: list[int], options: GenerationOptions | None = None, image_features=None,
-                          audio_features=None, **changes) -> Generation:
+                          audio_features=None, stop_at_end: bool = True, **changes) -> Generation:
         """Stream an answer to an already tokenized prompt (its placeholder rows filled from the
         feature arrays given). `options` as in generate; the adapter is 'none' unless named
-        ('auto' decides by the feature arrays given)."""
+        ('auto' decides by the feature arrays given). `stop_at_end=False` runs to max_new_tokens
+        past end tokens (benchmarks time a fixed number of decode steps)."""
         started = time.perf_counter()
         options = (options or GenerationOptions(adapter=AdapterSet.none)).but(**changes)
         try:
@@ -202,10 +203,10 @@ class Phi4MMEdge:
         prompt = Prompt(ids, image_features, audio_features)
         adapter = choose_adapter(options.adapter, has_image=image_features is not None,
                                  has_audio=audio_features is not None)
-        return self._generate(prompt, options.max_new_tokens, options.sampling, adapter, started)
+        return self._generate(prompt, options.max_new_tokens, options.sampling, adapter, started, stop_at_end)
 
     def _generate(self, prompt: Prompt, max_new_tokens: int, sampling: Sampling, adapter: str,
-                  started: float) -> Generation:
+                  started: float, stop_at_end: bool = True) -> Generation:
         self.adapters.check(adapter)
         ids, capacity = prompt.token_ids, self.decoder.cache.capacity
         if not ids:
@@ -214,8 +215,9 @@ class Phi4MMEdge:
             raise Phi4MMError(f"prompt token ids must be in 0..{self.text.vocab_size - 1}")
         check_fits(len(ids), capacity, self.text)
         outcome = Outcome()
-        tokens = self._tokens(prompt, adapter, sampling.chooser(), max_new_tokens, self.stop_ids, outcome)
-        pieces = stream_text(outcome, tokens, StreamingDetokenizer(self.tokenizer), self.stop_ids,
+        stops = self.stop_ids if stop_at_end else set()
+        tokens = self._tokens(prompt, adapter, sampling.chooser(), max_new_tokens, stops, outcome)
+        pieces = stream_text(outcome, tokens, StreamingDetokenizer(self.tokenizer), stops,
                              adapter, len(ids), self.load_ms, started)
         return Generation(pieces, adapter, outcome)
 
