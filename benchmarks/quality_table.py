@@ -79,7 +79,7 @@ def export_key(row: Row) -> str:
     return json.dumps(row.options, sort_keys=True)
 
 
-def genai_text_scores(artifact: Path) -> dict:
+def genai_text_scores(artifact: Path, limit: int | None = None) -> dict:
     """The text tasks through onnxruntime-genai over the artifact's own text decoder (genai_text.json)."""
     import onnxruntime_genai as og
 
@@ -92,7 +92,7 @@ def genai_text_scores(artifact: Path) -> dict:
     task_set, reference = load_task_set(artifact), read_reference(artifact)
     correct = agree = items = 0
     kls = []
-    for task in (t for t in task_set.tasks if t.modality == TEXT):
+    for task in (t for t in task_set.tasks if t.modality == TEXT and (limit is None or item_number(t) < limit)):
         ids = ours.prompt_ids(task.messages)
         params = og.GeneratorParams(model)
         params.set_search_options(do_sample=False, max_length=len(ids) + 16)
@@ -119,6 +119,11 @@ def genai_text_scores(artifact: Path) -> dict:
     return {"modalities": {TEXT: summary}, "all": summary, "provider": "onnxruntime-genai cpu"}
 
 
+def item_number(task) -> int:
+    """A held-out item's number within its kind (ids are `<kind>-<number>`)."""
+    return int(task.id.rsplit("-", 1)[1])
+
+
 def measure(model_folder: Path, scratch: Path, rows: list[Row], limit: int | None, log, threads: int | None = None,
             save=lambda results: None) -> dict:
     results, exported = {}, {}
@@ -129,7 +134,7 @@ def measure(model_folder: Path, scratch: Path, rows: list[Row], limit: int | Non
             export(model_folder, exported[key], export_options(row), show_progress=False)
         started = time.perf_counter()
         if row.genai:
-            result = genai_text_scores(exported[key])
+            result = genai_text_scores(exported[key], limit)
         else:
             row_limit = min(row.limit, limit or row.limit) if row.limit else limit
             result = evaluate(exported[key], row.provider, follow_up=row.follow_up, limit=row_limit, progress=False,
