@@ -20,7 +20,7 @@ from PIL import Image
 from phi4mm_edge import Phi4MMError
 from phi4mm_edge.runtime import GenerationOptions, Phi4MMEdge
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
