@@ -20,19 +20,9 @@ import torch
 
 from ..export.trained_reference import DATA, TOKENIZER, read_model
 from ..tasks.task_set import load_task_set
-from .evaluate import _adapter, as_tasks
+from .evaluate import _adapter, as_tasks, load_reference
 
 READERS = {"qkv_proj input": "input_layernorm", "gate_up_proj input": "post_attention_layernorm"}
-
-
-def load_reference(checkpoint: Path):
-    from peft import PeftModel
-    from transformers import Phi4MultimodalForCausalLM
-
-    base = Phi4MultimodalForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, attn_implementation="eager")
-    model = PeftModel.from_pretrained(base, checkpoint / "vision-lora", adapter_name="vision")
-    model.load_adapter(checkpoint / "speech-lora", adapter_name="speech")
-    return model.eval()
 
 
 def statistics(checkpoint, items_per_kind: int = 4) -> dict:

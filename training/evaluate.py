@@ -10,6 +10,7 @@ import contextlib
 import io
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -127,6 +128,18 @@ def reference_answers(model, preprocessor: Preprocessor, task_set) -> tuple[dict
         answers[entry.id] = answer
         logprobs[entry.id] = binned_logprobs(logits[len(prompt) - 1:].double().numpy(), rows)
     return answers, logprobs
+
+
+def load_reference(checkpoint: Path):
+    """The PyTorch reference of a checkpoint folder: transformers' model in fp32 with eager
+    attention and both LoRAs as PEFT adapters, as the parity tests load it."""
+    from peft import PeftModel
+    from transformers import Phi4MultimodalForCausalLM
+
+    base = Phi4MultimodalForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, attn_implementation="eager")
+    model = PeftModel.from_pretrained(base, checkpoint / "vision-lora", adapter_name="vision")
+    model.load_adapter(checkpoint / "speech-lora", adapter_name="speech")
+    return model.eval()
 
 
 def as_tasks(task_set) -> list:

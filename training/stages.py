@@ -114,41 +114,51 @@ def spotting_loss(head, encoded: torch.Tensor, transcripts: list) -> torch.Tenso
     return -(present * scores).sum(dim=1).mean()
 
 
-def pretrain_audio_encoder(model, head, pool: list, preprocessor: Preprocessor, steps: int, batch_size: int,
-                           peak_rate: float, seed: int, log=print) -> None:
-    """Word spotting alone on the conformer (spotting_loss through `head`), before it meets the
-    language model, as the real audio encoder was trained on speech recognition first. No
-    decoder runs, so a step costs a fraction of a speech-stage step."""
-    encoder = _audio_encoder(model)
-    parameters = list(encoder.parameters()) + list(head.parameters())
+def pretrain_spotting(name: str, parameters: list, head, next_batch, steps: int, peak_rate: float, log) -> None:
+    """`steps` AdamW steps of spotting_loss on an encoder alone (its `parameters`, `head`
+    included): `next_batch()` -> (encoded frames [B, T, width], transcripts). The parameters are
+    left frozen afterwards."""
     for parameter in parameters:
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(parameters, lr=peak_rate, betas=(0.9, 0.98), weight_decay=0.0)
-    clips = {}  # shape -> [(features, transcript ids)], the log-mel features made once per clip
-    for shape, task in pool:
-        features = preprocessor.audio_inputs([task.audios[0]])[0]["audio_input_features"][0]
-        clips.setdefault(shape, []).append((features, preprocessor.transcript_ids(task.transcript)))
-    shapes = sorted(clips, key=repr)
-    weights = np.array([len(clips[s]) for s in shapes], dtype=float)
-    rng, schedule = np.random.default_rng(seed), Stage("audio encoder", steps, batch_size, peak_rate)
-    started, losses = time.perf_counter(), []
+    schedule, started, losses = Stage(name, steps, 0, peak_rate), time.perf_counter(), []
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(schedule, step)
-        group_of_shape = clips[shapes[int(rng.choice(len(shapes), p=weights / weights.sum()))]]
-        chosen = [group_of_shape[int(i)] for i in rng.integers(0, len(group_of_shape), batch_size)]
-        encoded = encoder(torch.stack([features for features, _ in chosen]), None)
-        loss = spotting_loss(head, encoded, [ids for _, ids in chosen])
+        encoded, transcripts = next_batch()
+        loss = spotting_loss(head, encoded, transcripts)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
         if log and ((step + 1) % 100 == 0 or step + 1 == steps):
-            log(f"audio encoder step {step + 1}/{steps}: spotting loss {np.mean(losses[-100:]):.3f} "
+            log(f"{name} step {step + 1}/{steps}: spotting loss {np.mean(losses[-100:]):.3f} "
                 f"({time.perf_counter() - started:.0f} s)")
     for parameter in parameters:
         parameter.requires_grad_(False)
+
+
+def pretrain_audio_encoder(model, head, pool: list, preprocessor: Preprocessor, steps: int, batch_size: int,
+                           peak_rate: float, seed: int, log=print) -> None:
+    """Word spotting alone on the conformer (spotting_loss through `head`), before it meets the
+    language model, as the real audio encoder was trained on speech recognition first. No
+    decoder runs, so a step costs a fraction of a speech-stage step."""
+    encoder = _audio_encoder(model)
+    clips = {}  # shape -> [(features, transcript ids)], the log-mel features made once per clip
+    for shape, task in pool:
+        features = preprocessor.audio_inputs([task.audios[0]])[0]["audio_input_features"][0]
+        clips.setdefault(shape, []).append((features, preprocessor.transcript_ids(task.transcript)))
+    shapes = sorted(clips, key=repr)
+    weights = np.array([len(clips[s]) for s in shapes], dtype=float)
+    rng = np.random.default_rng(seed)
+
+    def next_batch():
+        group_of_shape = clips[shapes[int(rng.choice(len(shapes), p=weights / weights.sum()))]]
+        chosen = [group_of_shape[int(i)] for i in rng.integers(0, len(group_of_shape), batch_size)]
+        return encoder(torch.stack([features for features, _ in chosen]), None), [ids for _, ids in chosen]
+    pretrain_spotting("audio encoder", list(encoder.parameters()) + list(head.parameters()), head, next_batch, steps,
+                      peak_rate, log)
 
 
 def _image_embed(model):
@@ -166,30 +176,15 @@ def pretrain_vision_encoder(model, head, batches, steps: int, peak_rate: float, 
     real vision encoder met language models pretrained on image-text pairs; here the cheap
     analogue, with no decoder run, before the vision stage."""
     embed = _image_embed(model)
-    parameters = list(embed.img_processor.parameters()) + list(embed.image_token_compression.parameters()) \
-        + list(head.parameters())
-    for parameter in parameters:
-        parameter.requires_grad_(True)
-    optimizer = torch.optim.AdamW(parameters, lr=peak_rate, betas=(0.9, 0.98), weight_decay=0.0)
-    schedule, started, losses = Stage("vision encoder", steps, 0, peak_rate), time.perf_counter(), []
-    for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(schedule, step)
+
+    def next_batch():
         batch = next(batches)
         pixels, mask = batch.media["image_pixel_values"], batch.media["image_attention_mask"]
         features = embed.get_img_features(pixels.flatten(0, 1), attention_mask=mask.flatten(0, 1).bool())
-        features = features.reshape(pixels.shape[0], -1, features.shape[-1])
-        loss = spotting_loss(head, features, batch.transcripts)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        if log and ((step + 1) % 100 == 0 or step + 1 == steps):
-            log(f"vision encoder step {step + 1}/{steps}: spotting loss {np.mean(losses[-100:]):.3f} "
-                f"({time.perf_counter() - started:.0f} s)")
-    for parameter in parameters:
-        parameter.requires_grad_(False)
+        return features.reshape(pixels.shape[0], -1, features.shape[-1]), batch.transcripts
+    parameters = list(embed.img_processor.parameters()) + list(embed.image_token_compression.parameters()) \
+        + list(head.parameters())
+    pretrain_spotting("vision encoder", parameters, head, next_batch, steps, peak_rate, log)
 
 
 def train_stage(model, stage: Stage, batches, unused_logit: float, log=print, head=None) -> float:
