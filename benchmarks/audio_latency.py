@@ -26,7 +26,8 @@ from ..runtime.cpu import physical_cores
 from ..runtime.audio import SAMPLE_RATE, log_mel_spectrogram
 from ..export.reference_checkpoint import tiny_config
 from ..export.audio_encoder import build_audio_encoder
-from .encoder_variants import (AFTER, cpu_description, export_variants, main as encoder_benchmark, measure_variants,
+from ..machine import cpu_description
+from .encoder_variants import (AFTER, export_variants, main as encoder_benchmark, measure_variants,
                                profile, variant_lines)
 from .timing import median_seconds
 

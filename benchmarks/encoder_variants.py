@@ -104,19 +104,6 @@ def profile(graph: Path, feeds: dict, threads: int | None = None, runs: int = 3)
             for op, ms, share in op_type_shares(session.end_profiling(), runs)]
 
 
-def cpu_description() -> str:
-    """The CPU model name, its logical CPUs and which of the GEMM-relevant flags it has (Linux)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return "unknown CPU"
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-    cpus = sum(1 for line in lines if line.startswith("processor"))
-    return f"{model}, {cpus} CPUs; " + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in wanted)
-
-
 def variant_lines(variants: list, samples: dict, outputs: dict, estimates: dict, more: int, unit: str,
                   part: str) -> list[str]:
     """One line per variant: the `more`-part graph's median (and its median per-round ratio to

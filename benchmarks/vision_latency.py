@@ -27,7 +27,8 @@ from ..runtime.cpu import physical_cores
 from ..manifest import VisionEntry
 from ..runtime.image import preprocess
 from ..export.vision_encoder import build_vision_encoder
-from .encoder_variants import (AFTER, cpu_description, export_variants, main as encoder_benchmark, measure_variants,
+from ..machine import cpu_description
+from .encoder_variants import (AFTER, export_variants, main as encoder_benchmark, measure_variants,
                                profile, variant_lines)
 from .timing import median_seconds
 

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "phi4mm_edge"
 # The package root holds the shared contract (core) and the command line (cli), the one place
 # where export and runtime meet.
-CORE = {f"{PACKAGE}", f"{PACKAGE}.errors", f"{PACKAGE}.artifact", f"{PACKAGE}.manifest"}
+CORE = {f"{PACKAGE}", f"{PACKAGE}.errors", f"{PACKAGE}.artifact", f"{PACKAGE}.manifest", f"{PACKAGE}.machine"}
 CLI = {f"{PACKAGE}.cli", f"{PACKAGE}.export_command", f"{PACKAGE}.bundled_model"}
 # tasks: the trained reference model's task generators and held-out task set, torch-free, so eval
 # and the demo (apps) read the task set on a machine without torch or espeak-ng. training: the one

@@ -9,7 +9,6 @@ Needs espeak-ng (the spoken clips) and the test extra (torch, transformers, peft
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export.safetensors_file import write_safetensors
+from ..machine import cpu_description
 from ..export.trained_reference import DATA, MODEL, TOKEN_TABLE, TOKENIZER, WEIGHTS, write_trained_reference
 from ..tasks import catalog
 from ..tasks.items import AUDIO, IMAGE, IMAGE_AUDIO, TEXT
@@ -24,7 +24,7 @@ from ..tasks.reference import write_reference
 from ..tasks.task_set import write_task_set
 from . import stages
 from .batches import Preprocessor, Vocabulary
-from .evaluate import as_tasks, evaluate, reference_answers, sample_tasks
+from .evaluate import as_tasks, evaluate, load_reference, reference_answers, sample_tasks
 from .model import build_model, trained_config, trained_tensors, unused_logit
 from .tokenizer import train_tokenizer
 
@@ -116,21 +116,15 @@ def write_compact(out: Path, model, vocabulary: Vocabulary, config: dict, tokeni
 def evaluate_expanded(out: Path, log=print) -> dict:
     """Held-out accuracy of the expanded native checkpoint with the PyTorch reference, greedy; its
     answers and next-token distributions written to `out` (tasks/reference.py) for eval."""
-    import torch
-    from peft import PeftModel
-    from transformers import Phi4MultimodalForCausalLM
-
     from ..tasks.task_set import load_task_set
 
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = write_trained_reference(Path(scratch) / "trained", data=out)
         task_set = load_task_set(checkpoint)
-        base = Phi4MultimodalForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, attn_implementation="eager")
-        model = PeftModel.from_pretrained(base, checkpoint / "vision-lora", adapter_name="vision")
-        model.load_adapter(checkpoint / "speech-lora", adapter_name="speech")
+        model = load_reference(checkpoint)
         vocabulary = Vocabulary((out / TOKENIZER).read_text())
         preprocessor = Preprocessor(vocabulary, json.loads((out / MODEL).read_text())["config"])
-        accuracy = evaluate(model.eval(), preprocessor, as_tasks(task_set), real_ids=True)
+        accuracy = evaluate(model, preprocessor, as_tasks(task_set), real_ids=True)
         answers, logprobs = reference_answers(model, preprocessor, task_set)
         write_reference(out, vocabulary.real_ids, answers, logprobs)
     log(accuracy.table())
@@ -138,22 +132,6 @@ def evaluate_expanded(out: Path, log=print) -> dict:
             "by_modality": {k: round(v, 4) for k, v in accuracy.by_modality().items()},
             "items": sum(accuracy.total.values()), "untrained_row_wins": accuracy.untrained_wins,
             "greedy_steps": accuracy.steps}
-
-
-def machine() -> str:
-    """The CPU's model name and its vector flags that matter here (lscpu), for the record."""
-    import subprocess
-
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name"))
-        flags = next(line.split(":", 1)[1].split() for line in lines if line.startswith("Flags"))
-        return f"{name}, {os.cpu_count()} cores ({' '.join(f for f in flags if f in VECTOR_FLAGS)})"
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def main(argv=None) -> None:
@@ -192,7 +170,7 @@ def main(argv=None) -> None:
                            "stages": [vars(s) for s in STAGES], "threads": stages.THREADS,
                            "encoder_pretraining": {"vision": VISION_ENCODER_PRETRAINING,
                                                    "audio": AUDIO_ENCODER_PRETRAINING},
-                           "machine": machine()}}
+                           "machine": cpu_description()}}
     write_compact(out, model, vocabulary, config, tokenizer_json, record)
     record["training"]["seconds"] = round(time.perf_counter() - started, 1)
     if not args.no_eval:
