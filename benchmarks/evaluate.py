@@ -59,6 +59,11 @@ class Scores:
         return result
 
 
+def item_number(task) -> int:
+    """A held-out item's number within its kind (ids are `<kind>-<number>`): `--limit N` keeps 0..N-1."""
+    return int(task.id.rsplit("-", 1)[1])
+
+
 def cut_point(prompt: Prompt, image_token: int, audio_token: int) -> int:
     """Where a follow-up's cached part ends: after the last media token, else half the prompt."""
     ids = np.asarray(prompt.token_ids)
@@ -102,8 +107,8 @@ def score(artifact: Path, task_set, reference, provider, follow_up, limit, progr
 
     model = Phi4MMEdge.load(artifact, provider=provider, threads=threads)
     options = GenerationOptions(max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)
-    tasks = [t for t in task_set.tasks if limit is None or int(t.id.rsplit("-", 1)[1]) < limit]
-    by_kind, by_modality, started = {}, {}, time.perf_counter()
+    tasks = [t for t in task_set.tasks if limit is None or item_number(t) < limit]
+    by_kind, by_modality, total, started = {}, {}, Scores(), time.perf_counter()
     answers = {}
     for task in tqdm(tasks, desc="eval", unit="item", disable=not progress, file=sys.stderr):
         images = [task_set.media(name) for name in task.images]
@@ -124,11 +129,7 @@ def score(artifact: Path, task_set, reference, provider, follow_up, limit, progr
         answers[task.id] = {"answer": text, "expected": task.answer, "correct": correct, "agrees": agree}
         for group, key in ((by_kind, task.kind), (by_modality, task.modality)):
             group.setdefault(key, Scores()).add(correct, agree, kl)
-    total = Scores()
-    for scores in by_modality.values():
-        total.items, total.correct, total.agree = (total.items + scores.items, total.correct + scores.correct,
-                                                   total.agree + scores.agree)
-        total.kl.extend(scores.kl)
+        total.add(correct, agree, kl)
     with_reference = reference is not None
     return {"artifact": str(artifact), "provider": model.provider, "seed": task_set.seed, "follow_up": follow_up,
             "reference": with_reference, "seconds": round(time.perf_counter() - started, 1),

@@ -13,8 +13,6 @@ mean KL. A row under 95% of fp32's accuracy on some modality is marked: its opti
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export.convert import export
+from ..machine import cpu_description
 from ..export.genai import TEXT_OVERLAY
 from ..export.graph_blocks import Precision
 from ..export.options import ExportOptions
@@ -31,7 +30,7 @@ from ..export.trained_reference import write_trained_reference
 from ..tasks.items import MODALITIES, TEXT, answer_matches
 from ..tasks.reference import binned_logprobs, kl_divergence, read_reference
 from ..tasks.task_set import load_task_set
-from .evaluate import evaluate
+from .evaluate import evaluate, item_number
 
 KEEPS = 0.95  # a row below this share of fp32's accuracy on some modality is flagged (issue 25)
 
@@ -119,11 +118,6 @@ def genai_text_scores(artifact: Path, limit: int | None = None) -> dict:
     return {"modalities": {TEXT: summary}, "all": summary, "provider": "onnxruntime-genai cpu"}
 
 
-def item_number(task) -> int:
-    """A held-out item's number within its kind (ids are `<kind>-<number>`)."""
-    return int(task.id.rsplit("-", 1)[1])
-
-
 def measure(model_folder: Path, scratch: Path, rows: list[Row], limit: int | None, log, threads: int | None = None,
             save=lambda results: None) -> dict:
     results, exported = {}, {}
@@ -172,17 +166,6 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
-        flags = next(line.split(":", 1)[1].split() for line in lscpu.splitlines() if line.startswith("Flags"))
-        wanted = [f for f in flags if f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")]
-        return f"{model} ({' '.join(wanted)})"
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m phi4mm_edge.benchmarks.quality_table",
                                      description=__doc__.splitlines()[0])
@@ -202,7 +185,7 @@ def main(argv=None) -> dict:
                 print(f"\n{name} model\n{markdown(results)}")
         return reports[0]
     rows = [r for r in ROWS if not args.rows or r.name == "fp32" or any(p in r.name for p in args.rows)]
-    report = {"machine": machine(), "limit_per_kind": args.limit, "models": {}}
+    report = {"machine": cpu_description(), "limit_per_kind": args.limit, "models": {}}
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models:
             folder = Path(scratch) / name

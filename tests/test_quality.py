@@ -39,8 +39,7 @@ def exports(trained):
 
     def make(model: str, name: str, options: ExportOptions | None = None):
         if (model, name) not in made:
-            made[model, name] = export(trained[model], root / f"{model}-{name}", options or ExportOptions(),
-                                       show_progress=False)
+            export(trained[model], root / f"{model}-{name}", options or ExportOptions(), show_progress=False)
             made[model, name] = root / f"{model}-{name}"
         return made[model, name]
     return make
