@@ -178,7 +178,8 @@ def export(checkpoint_dir, out_dir, options: ExportOptions | None = None, show_p
         source=Source(layout=ckpt.layout, config_sha256=ckpt.config_sha256()),
         precision=StoredPrecision(weights=precision.weights if precision.is_int4 else row.float_weights,
                                   block_size=precision.block_size, symmetric=precision.symmetric,
-                                  accuracy_level=precision.accuracy_level, adapters=options.adapters),
+                                  accuracy_level=precision.accuracy_level, adapters=options.adapters,
+                                  token_table_bits=options.token_table_bits),
         model=text, graphs=graphs, vision=vision, audio=audio, adapters=adapters, export_seconds=0.0, target=row.name,
         npu=shapes)
     if row.check_graphs:

@@ -5,8 +5,9 @@ audio_features [audio_tokens, hidden] -> inputs_embeds [batch, seq, hidden]. Tok
 are looked up, then the rows at the image (200010) / audio (200011) placeholder ids are replaced,
 in order, by the feature rows. Either feature input may have zero rows.
 
-At int4 the table is block-quantized (GatherBlockQuantized). When lm_head is tied to it, the
-decoder's MatMulNBits reads the very same bytes: one int4 copy on disk, in its own data file
+In an int4 export the table is block-quantized (GatherBlockQuantized), at 8 bits by default on
+the CPU (`token_table_bits`: ExportOptions explains why). When lm_head is tied to it, the
+decoder's MatMulNBits reads the very same bytes: one quantized copy on disk, in its own data file
 that both graphs point at.
 """
 
@@ -16,9 +17,9 @@ import numpy as np
 from onnx import TensorProto
 
 from ..artifact import AUDIO_FEATURES, IMAGE_FEATURES, INPUTS_EMBEDS, INPUT_IDS
-from ..quant import int4
+from ..quant import int4, int8
 from .checkpoint import Checkpoint, TextConfig
-from .graph_blocks import Builder, Precision, int4_initializers, linear, matmul_nbits
+from .graph_blocks import Builder, Precision, block_initializers, linear, matmul_nbits
 from .onnx_graph import MS_DOMAIN, ExternalData, Graph
 
 TABLE = "embed_tokens"
@@ -32,18 +33,20 @@ class TokenTable:
     vocab_size: int
     hidden_size: int
     fp32: object = None  # TensorProto [vocab, hidden] when stored as fp32
-    quantized: int4.Int4Weight | None = None
-    int4_protos: list | None = None  # qweight [vocab, blocks, blob], scales, zero points
+    quantized: int4.Int4Weight | int8.Int8Blocks | None = None
+    protos: list | None = None  # the quantized table: qweight [vocab, blocks, blob], scales, zero points
 
 
-def write_token_table(checkpoint: Checkpoint, data: ExternalData, precision: Precision) -> TokenTable:
-    """Write model.embed_tokens.weight once, at `precision`, into `data`."""
+def write_token_table(checkpoint: Checkpoint, data: ExternalData, precision: Precision, bits: int = 4) -> TokenTable:
+    """Write model.embed_tokens.weight once into `data`: at `precision`, its blocks at `bits`
+    (4, or 8: symmetric blocks of the same size) when the precision is int4."""
     t = checkpoint.text
     table = checkpoint.tensor("model.embed_tokens.weight")
     if precision.is_int4:
-        quantized = int4.quantize(table, precision.block_size, precision.symmetric)
+        quantized = (int8.quantize_blocks(table, precision.block_size) if bits == 8
+                     else int4.quantize(table, precision.block_size, precision.symmetric))
         return TokenTable(precision, t.vocab_size, t.hidden_size, quantized=quantized,
-                          int4_protos=int4_initializers(data, TABLE, quantized))
+                          protos=block_initializers(data, TABLE, quantized))
     return TokenTable(precision, t.vocab_size, t.hidden_size, fp32=data.tensor(f"{TABLE}.weight", table))
 
 
@@ -63,12 +66,12 @@ def lookup(graph: Graph, ids: str, table: TokenTable) -> str:
         return graph.op("Gather", [graph.add_initializer(_copy_proto(table.fp32)), ids], axis=0)
     q = table.quantized
     padded_width = q.k_blocks * q.block_size
-    packed = _copy_proto(table.int4_protos[0], dims=[table.vocab_size, padded_width // 2])
-    inputs = [graph.add_initializer(packed), ids, graph.add_initializer(_copy_proto(table.int4_protos[1]))]
+    packed = _copy_proto(table.protos[0], dims=[table.vocab_size, padded_width * q.bits // 8])
+    inputs = [graph.add_initializer(packed), ids, graph.add_initializer(_copy_proto(table.protos[1]))]
     if q.zero_points is not None:
-        inputs.append(graph.add_initializer(_copy_proto(table.int4_protos[2])))
+        inputs.append(graph.add_initializer(_copy_proto(table.protos[2])))
     rows = graph.op("GatherBlockQuantized", inputs, domain=MS_DOMAIN, name="embed_tokens",
-                    bits=4, block_size=q.block_size, gather_axis=0, quantize_axis=1)
+                    bits=q.bits, block_size=q.block_size, gather_axis=0, quantize_axis=1)
     if padded_width != table.hidden_size:  # blocks padded the last few columns
         rows = graph.slice(rows, [0], [table.hidden_size], axes=[-1])
     return rows
@@ -79,7 +82,7 @@ def tied_lm_head(table: TokenTable):
 
     def emit(graph: Graph, x: str) -> str:
         if table.quantized is not None:
-            protos = [_copy_proto(p) for p in table.int4_protos]
+            protos = [_copy_proto(p) for p in table.protos]
             return matmul_nbits(graph, x, protos, table.quantized, table.precision, "lm_head")
         # x [b, s, h] -> [b*s, h] -> Gemm with the [vocab, h] table transposed in place -> [b, s, vocab]
         flat = graph.reshape(x, [-1, table.hidden_size])

@@ -31,7 +31,7 @@ from ..artifact import lora_input_name
 from ..errors import Phi4MMError
 from ..quant import int4, int8
 from .checkpoint import LoraAdapter
-from .graph_blocks import Precision, int4_initializers
+from .graph_blocks import Precision, block_initializers
 from .onnx_graph import ExternalData
 
 LORA_DATA_SUFFIX = ".lora.data"
@@ -66,7 +66,7 @@ def store(data: ExternalData, name: str, weight: np.ndarray, precision: Precisio
         quantized = int8.quantize_blocks(weight, precision.block_size)
     else:
         quantized = int4.quantize(weight, precision.block_size, precision.symmetric)
-    return StoredWeight(int4_initializers(data, name, quantized), quantized.shape, quantized.block_size, bits)
+    return StoredWeight(block_initializers(data, name, quantized), quantized.shape, quantized.block_size, bits)
 
 
 def write_in_graph_adapter(out: Path, lora: LoraAdapter, index: int, precision: Precision, modules: dict,

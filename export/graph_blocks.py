@@ -72,8 +72,9 @@ def initializer(graph: Graph, weights: Weights, name: str, shape=None) -> str:
     return graph.weight(weights.graph_name(name), array if shape is None else array.reshape(shape))
 
 
-def int4_initializers(data: ExternalData, name: str, quantized: int4.Int4Weight):
-    """TensorProtos for MatMulNBits' B, scales and optional zero points, in `data`."""
+def block_initializers(data: ExternalData, name: str, quantized):
+    """TensorProtos for MatMulNBits' B, scales and optional zero points (an int4.Int4Weight or
+    int8.Int8Blocks), in `data`."""
     protos = [
         data.tensor(f"{name}.qweight", quantized.packed),
         data.tensor(f"{name}.scales", quantized.scales),
@@ -85,7 +86,7 @@ def int4_initializers(data: ExternalData, name: str, quantized: int4.Int4Weight)
 
 def matmul_nbits(graph: Graph, x: str, protos, quantized, precision: Precision, name: str,
                  bias: str | None = None) -> str:
-    """x W^T (+ bias, added by the kernel) for a block-quantized W (4 bits, or `quantized.bits`)
+    """x W^T (+ bias, added by the kernel) for a block-quantized W (`quantized.bits`: 4 or 8)
     whose initializers `protos` are already written."""
     inputs = [x, *(graph.add_initializer(p) for p in protos)]
     if bias:
@@ -93,7 +94,7 @@ def matmul_nbits(graph: Graph, x: str, protos, quantized, precision: Precision, 
     n, k = quantized.shape
     return graph.op(
         "MatMulNBits", inputs, domain=MS_DOMAIN, name=name,
-        K=k, N=n, bits=getattr(quantized, "bits", 4), block_size=quantized.block_size,
+        K=k, N=n, bits=quantized.bits, block_size=quantized.block_size,
         accuracy_level=precision.accuracy_level,
     )
 
@@ -110,7 +111,7 @@ def linear(builder: Builder, x: str, weights: Weights) -> str:
     if precision.is_int4:
         quantized = int4.quantize(weight, precision.block_size, precision.symmetric)
         kernel_bias = bias if precision.bias_in_kernel else None
-        y = matmul_nbits(graph, x, int4_initializers(graph.data, name, quantized), quantized, precision,
+        y = matmul_nbits(graph, x, block_initializers(graph.data, name, quantized), quantized, precision,
                          name, kernel_bias)
         return graph.add(y, bias) if bias and not kernel_bias else y
     if precision.weights == "int8":

@@ -25,7 +25,7 @@ def write_cpu_text_graphs(out: Path, ckpt: Checkpoint, options, in_graph: list, 
     """embedding.onnx, decoder.onnx and (prefill "int8") decoder_prefill.onnx over one token table."""
     precision = options.precision
     shared = ExternalData(out / "embed_tokens.onnx.data")
-    table = write_token_table(ckpt, shared, precision)
+    table = write_token_table(ckpt, shared, precision, options.token_table_bits)
     step("token table")
     write_graph(out, artifact.EMBEDDING_GRAPH, lambda g: build_embedding(g, ckpt.text, table))
     lm_head = tied_lm_head(table) if ckpt.text.tie_word_embeddings else untied_lm_head(ckpt, precision)
@@ -33,7 +33,7 @@ def write_cpu_text_graphs(out: Path, ckpt: Checkpoint, options, in_graph: list, 
                 lambda g: build_decoder(ckpt, g, precision, lm_head, progress=step, adapters=in_graph))
     graphs = Graphs(embedding=artifact.EMBEDDING_GRAPH, decoder=artifact.DECODER_GRAPH)
     if options.prefill == "int8":
-        # The decoder with int8 linears; its lm_head still reads the int4 table (one row per prompt).
+        # The decoder with int8 linears; its lm_head reads the decoder's table (one row per prompt).
         int8 = replace(precision, weights="int8", int8_weight_bits=options.prefill_weight_bits)
         write_graph(out, artifact.INT8_PROMPT_GRAPH,
                     lambda g: build_decoder(ckpt, g, int8, lm_head, progress=step, adapters=in_graph))
@@ -66,7 +66,8 @@ def write_npu_text_graphs(out: Path, ckpt: Checkpoint, options, in_graph: list, 
     shapes = npu_shapes(ckpt, ckpt.adapter_names(), options.npu_chunk, options.npu_context)
     write_graph(out, artifact.NPU_EMBEDDING_GRAPH, lambda g: build_npu_embedding(ckpt, g, shapes.chunk))
     shared = SharedExternalData(out / f"{artifact.NPU_DECODE_GRAPH}.data")
-    table = write_token_table(ckpt, shared, precision) if ckpt.text.tie_word_embeddings else None
+    table = write_token_table(ckpt, shared, precision, options.token_table_bits) \
+        if ckpt.text.tie_word_embeddings else None
     lm_head = tied_lm_head(table) if table else untied_lm_head(ckpt, precision)
     for name, positions in ((artifact.NPU_DECODE_GRAPH, 1), (artifact.NPU_PROMPT_GRAPH, shapes.chunk)):
         graph = Graph(name.removesuffix(".onnx"), shared)

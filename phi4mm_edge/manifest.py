@@ -70,6 +70,7 @@ class StoredPrecision:
     symmetric: bool
     accuracy_level: int
     adapters: str  # "fp32" or "fp16"
+    token_table_bits: int = 4  # an int4 export's token table (and tied lm_head): 4 or 8
 
 
 @dataclass(frozen=True)

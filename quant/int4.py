@@ -31,6 +31,7 @@ class Int4Weight:
     zero_points: np.ndarray | None  # uint8 [N, ceil(k_blocks / 2)], None when symmetric
     shape: tuple[int, int]  # (N, K) before padding K up to whole blocks
     block_size: int
+    bits = 4  # MatMulNBits' and GatherBlockQuantized's `bits`
 
     @property
     def k_blocks(self) -> int:

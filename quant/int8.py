@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import int4
+
 LIMIT = 63  # 7 bits: see the module docstring (AVX2 vpmaddubsw saturation)
 # Activations (export/graph_blocks.row_scaled_int8_matmul): each row divided by its peak |x|, on
 # uint8 steps of 1/127 around 128, i.e. 1..255 (a full uint8 range, as the saturation bound assumes).
@@ -69,13 +71,26 @@ class Int8Blocks:
     zero_points = None  # symmetric: the default zero point
     bits = 8
 
+    @property
+    def k_blocks(self) -> int:
+        return self.scales.shape[1]
+
     def dequantize(self) -> np.ndarray:
         n, k = self.shape
         return ((self.packed.astype(np.float32) - BLOCK_ZERO_POINT) * self.scales[..., None]).reshape(n, -1)[:, :k]
 
 
 def quantize_blocks(weight: np.ndarray, block_size: int) -> Int8Blocks:
-    """Symmetric 8-bit blocks of `block_size` along K (K padded with zeros to whole blocks)."""
+    """Symmetric 8-bit blocks of `block_size` along K (K padded with zeros to whole blocks). A
+    large weight (the 200064 x 3072 token table) is done a slice of rows at a time, as in int4.py."""
+    n, k = weight.shape
+    rows = max(1, int4.CHUNK_ELEMENTS // max(k, 1))
+    parts = [_block_rows(weight[i : i + rows], block_size) for i in range(0, n, rows)]
+    return Int8Blocks(np.concatenate([q for q, _ in parts]), np.concatenate([s for _, s in parts]), (n, k),
+                      block_size)
+
+
+def _block_rows(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     n, k = weight.shape
     k_blocks = -(-k // block_size)
     blocks = np.zeros((n, k_blocks * block_size), np.float32)
@@ -84,4 +99,4 @@ def quantize_blocks(weight: np.ndarray, block_size: int) -> Int8Blocks:
     peak = np.abs(blocks).max(axis=-1)
     scales = np.where(peak == 0, 1.0, peak / 127).astype(np.float32)
     q = np.clip(np.rint(blocks / scales[..., None]), -127, 127) + BLOCK_ZERO_POINT
-    return Int8Blocks(q.astype(np.uint8), scales, (n, k), block_size)
+    return q.astype(np.uint8), scales
