@@ -71,7 +71,7 @@ class ExportOptions:
                 raise Phi4MMError(f"--token-table {self.token_table} quantizes the token table of an int4 export: an "
                                   f"fp32 export keeps it in fp32; leave --token-table out")
             if self.token_table not in [f"int{bits}" for bits in row.token_table_bits]:
-                raise Phi4MMError(f"--token-table {self.token_table!r}: {row.where}'s kernels take "
+                raise Phi4MMError(f"--token-table {self.token_table}: {row.where}'s kernels take "
                                   f"{' or '.join(f'int{bits}' for bits in row.token_table_bits)}")
         if self.encoder_precision not in ENCODER_PRECISIONS:
             raise Phi4MMError(f"encoder precision {self.encoder_precision!r} is not one of {list(ENCODER_PRECISIONS)}")

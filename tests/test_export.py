@@ -30,7 +30,7 @@ def test_artifact_layout_and_manifest(artifacts):
     assert manifest["adapters"]["vision"]["rank"] != manifest["adapters"]["speech"]["rank"]
     assert manifest["model"]["num_kv_heads"] < manifest["model"]["num_heads"]
     assert manifest["precision"] == {"weights": "int4", "block_size": 32, "symmetric": True, "accuracy_level": 4,
-                                     "adapters": "int4"}
+                                     "adapters": "int4", "token_table_bits": 8}
     assert len(manifest["source"]["config_sha256"]) == 64
 
 
@@ -38,9 +38,13 @@ def _graph_bytes(folder):
     return sum((folder / name).stat().st_size for name in GRAPH_FILES if (folder / name).exists())
 
 
-def test_int4_graph_weights_are_at_most_a_fifth_of_fp32(artifacts):
-    # 4-bit codes plus one fp32 scale per 32 weights is 5 bits a weight: 15.6% of fp32 at best.
-    assert _graph_bytes(artifacts["int4"]) <= 0.20 * _graph_bytes(artifacts["fp32-native"])
+def test_int4_graph_weights_are_at_most_a_fifth_of_fp32_and_the_token_table_nine_32nds(artifacts):
+    # 4-bit codes plus one fp32 scale per 32 weights is 5 bits a weight: 15.6% of fp32 at best;
+    # the token table's 8-bit codes plus the scale are 9 bits: 28.1%.
+    int4, fp32 = artifacts["int4"], artifacts["fp32-native"]
+    table = "embed_tokens.onnx.data"
+    assert (int4 / table).stat().st_size <= 9 / 32 * 1.001 * (fp32 / table).stat().st_size
+    assert _graph_bytes(int4) - (int4 / table).stat().st_size <= 0.20 * (_graph_bytes(fp32) - (fp32 / table).stat().st_size)
 
 
 def test_tied_lm_head_shares_the_embedding_bytes(artifacts):
@@ -141,6 +145,18 @@ def test_adapter_folder_from_another_model(broken_copy, tmp_path):
 def test_bad_options(checkpoints, tmp_path):
     with pytest.raises(Phi4MMError, match="adapter precision"):
         export(checkpoints["native"], tmp_path / "out", ExportOptions(adapter_precision="int3"), show_progress=False)
+
+
+def test_token_table_bits_follow_the_target_and_refuse_what_it_cannot_run():
+    from phi4mm_edge.export.graph_blocks import Precision
+
+    assert ExportOptions().token_table_bits == 8
+    assert ExportOptions(token_table="int4").token_table_bits == 4
+    assert ExportOptions(target="npu").token_table_bits == 4
+    with pytest.raises(Phi4MMError, match="--token-table int8.*the NPU's kernels take int4"):
+        ExportOptions(target="npu", token_table="int8")
+    with pytest.raises(Phi4MMError, match="fp32 export keeps it in fp32"):
+        ExportOptions(precision=Precision(weights="fp32"), token_table="int8")
 
 
 def test_every_target_is_one_export_row_that_agrees_with_the_manifest():

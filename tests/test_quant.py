@@ -1,11 +1,11 @@
-"""Int4 block quantization: error bounds, and the layout ONNX Runtime's kernels read."""
+"""Int4 (and 8-bit) block quantization: error bounds, and the layout ONNX Runtime's kernels read."""
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from phi4mm_edge.quant import int4
+from phi4mm_edge.quant import int4, int8
 from phi4mm_edge.quant.error import relative_rms_error
 
 
@@ -52,13 +52,13 @@ def _session(node, inputs, initializers):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def matmul_nbits(q: int4.Int4Weight, accuracy_level: int):
+def matmul_nbits(q, accuracy_level: int):
     names = ["x", "B", "scales"] + (["zero_points"] if q.zero_points is not None else [])
     initializers = [numpy_helper.from_array(q.packed, "B"), numpy_helper.from_array(q.scales, "scales")]
     if q.zero_points is not None:
         initializers.append(numpy_helper.from_array(q.zero_points, "zero_points"))
     node = helper.make_node("MatMulNBits", names, ["y"], domain="com.microsoft", K=q.shape[1], N=q.shape[0],
-                            bits=4, block_size=q.block_size, accuracy_level=accuracy_level)
+                            bits=q.bits, block_size=q.block_size, accuracy_level=accuracy_level)
     return _session(node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, q.shape[1]])], initializers)
 
 
@@ -110,3 +110,31 @@ def test_row_chunking_does_not_change_the_result(monkeypatch, symmetric):
     np.testing.assert_array_equal(whole.scales, chunked.scales)
     if not symmetric:
         np.testing.assert_array_equal(whole.zero_points, chunked.zero_points)
+
+
+def test_8_bit_blocks_err_a_tenth_of_int4_and_both_kernels_read_them_exactly():
+    # The token table at 8 bits (ExportOptions.token_table_bits): 127 steps a side instead of 8,
+    # so ~16x finer than int4 on the same blocks; GatherBlockQuantized (the embedding) and
+    # MatMulNBits (the tied lm_head) must read its [N, blocks, block] bytes identically.
+    w = weight(n=100, k=200)  # 200 pads the last block of 32
+    q = int8.quantize_blocks(w, 32)
+    assert relative_rms_error(w, q.dequantize()) < relative_rms_error(w, int4.dequantize(int4.quantize(w, 32))) / 10
+    x = np.random.default_rng(1).standard_normal((5, 200)).astype(np.float32)
+    y = matmul_nbits(q, 0).run(None, {"x": x})[0]
+    expected = x @ q.dequantize().T
+    assert np.abs(y - expected).max() <= 1e-5 * np.abs(expected).max()
+    node = helper.make_node("GatherBlockQuantized", ["data", "ids", "scales"], ["y"], domain="com.microsoft", bits=8,
+                            block_size=32, gather_axis=0, quantize_axis=1)
+    initializers = [numpy_helper.from_array(q.packed.reshape(100, -1), "data"), numpy_helper.from_array(q.scales, "scales")]
+    session = _session(node, [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])], initializers)
+    ids = np.array([0, 7, 99, 7, 42], np.int64)
+    np.testing.assert_array_equal(session.run(None, {"ids": ids})[0][:, :200], q.dequantize()[ids])
+
+
+def test_8_bit_row_chunking_does_not_change_the_result(monkeypatch):
+    w = weight(n=300, k=64)
+    whole = int8.quantize_blocks(w, 32)
+    monkeypatch.setattr(int4, "CHUNK_ELEMENTS", 64 * 7)
+    chunked = int8.quantize_blocks(w, 32)
+    np.testing.assert_array_equal(whole.packed, chunked.packed)
+    np.testing.assert_array_equal(whole.scales, chunked.scales)
