@@ -5,8 +5,8 @@ audio_features [audio_tokens, hidden] -> inputs_embeds [batch, seq, hidden]. Tok
 are looked up, then the rows at the image (200010) / audio (200011) placeholder ids are replaced,
 in order, by the feature rows. Either feature input may have zero rows.
 
-In an int4 export the table is block-quantized (GatherBlockQuantized), at 8 bits by default on
-the CPU (`token_table_bits`: ExportOptions explains why). When lm_head is tied to it, the
+In an int4 export the table is block-quantized (GatherBlockQuantized), at 4 bits or, on the CPU
+with --token-table int8, at 8 (ExportOptions.token_table_bits says when and why). When lm_head is tied to it, the
 decoder's MatMulNBits reads the very same bytes: one quantized copy on disk, in its own data file
 that both graphs point at.
 """

@@ -88,13 +88,14 @@ class ExportOptions:
     @property
     def token_table_bits(self) -> int:
         """The bits of an int4 export's token table, which a tied lm_head reads too; "auto" is the
-        target's first choice: 8 on the CPU. Why 8: on the trained reference model (500 held-out
-        items, README "The trained reference model") the int4 table alone costs more accuracy than
-        every int4 decoder layer together (fake-quantized one part at a time: text 69 of fp32's 72
-        right answers with only the table at int4, 71 with only the layers), and with an 8-bit
-        table the default export keeps >= 98% of fp32's accuracy on every modality. llama.cpp
-        keeps its output matrix at 6 bits in its 4-bit mixes for the same reason. Its cost: the
-        table's bytes double (0.31 -> 0.62 GB at full size), read once a token by lm_head."""
+        target's first choice: 4 everywhere. 8 (CPU only) is the one int4-export change that moves
+        answers on the trained reference model: the int4 table alone costs more than every int4
+        decoder layer together (fake-quantized one part at a time on 500 held-out items: text 69 of
+        fp32's 72 right answers with only the table at int4, 71 with only the layers), and the
+        8-bit table cuts the default's KL to a third (README "The trained reference model"). It is
+        not the default because its lm_head is ~3x slower on AVX2 (MLAS has no fast 8-bit
+        MatMulNBits there: benchmarks/weight_format_cost.py), a quarter more time per decode step
+        at full size, for accuracy that is within an item of int4's on text."""
         return self.row.token_table_bits[0] if self.token_table == "auto" else int(self.token_table.removeprefix("int"))
 
     @property

@@ -79,7 +79,7 @@ EXPORT_TARGETS = {target.name: target for target in (
         build_audio=lambda ckpt, g, precision, options: build_audio_encoder(ckpt, g, precision),
         adapter_precisions=(*IN_GRAPH, *ADAPTER_FILES),
         auto_adapters=lambda precision: "int4" if precision.is_int4 else "fp32",  # the adapters follow the base
-        int8_linears=True, token_table_bits=(8, 4), genai_files=True),
+        int8_linears=True, token_table_bits=(4, 8), genai_files=True),
     ExportTarget(
         name="npu", where="the NPU", write_text=write_npu_text_graphs,
         vision_graph=artifact.NPU_VISION_GRAPH, build_vision=build_vision_crop_encoder,

@@ -72,11 +72,10 @@ def add_arguments(parser) -> None:
                              "images and audio than int4, closer to the checkpoint, ~1.6x the int4 encoder bytes), "
                              "fp32 with an fp32 base")
     parser.add_argument("--token-table", choices=["auto", "int4", "int8"], default="auto",
-                        help="an int4 export's token table, which the tied lm_head reads too; auto: int8 on the CPU "
-                             "(int4 elsewhere). An int4 table alone costs more answers than all int4 decoder layers "
-                             "together (trained reference model: the default export keeps 0.96 of fp32's text "
-                             "accuracy with it, 0.99 with int8); int8 doubles its bytes (0.31 -> 0.62 GB at full "
-                             "size)")
+                        help="an int4 export's token table, which the tied lm_head reads too; auto: int4. int8 (CPU "
+                             "only) cuts the divergence from fp32 to a third on the trained reference model (README "
+                             "'The trained reference model'), but doubles the table's bytes (0.38 -> 0.69 GB at full "
+                             "size) and its lm_head runs ~3x slower on AVX2 (benchmarks/weight_format_cost.py)")
     parser.add_argument("--target", choices=TARGETS, default="cpu",
                         help="cpu (default): graphs for ONNX Runtime's CPU provider; npu: static graphs for "
                              "Qualcomm's QNN HTP NPU (fixed KV cache and prompt run sizes, adapters bound as inputs); "
