@@ -67,9 +67,11 @@ def with_outliers(name: str, values, hidden_size: int):
 
 
 def write_trained_reference(folder, layout: str = "native", dtype: str = "BF16", data: Path = DATA,
-                            outliers: bool = False) -> Path:
+                            outliers: bool = False, transform=None) -> Path:
     """Write the trained reference checkpoint and its held-out task set into `folder`;
-    `outliers`: its outlier variant (the same function, OUTLIER_FACTOR channels)."""
+    `outliers`: its outlier variant (the same function, OUTLIER_FACTOR channels); `transform(name,
+    values)`: a change applied to each tensor last (benchmarks/quant_sensitivity.py rounds chosen
+    weights as a quantizer would); the task set is then bound to the changed model."""
     data = Path(data)
     model = read_model(data)
     config, token_ids = model["config"], model["token_ids"]
@@ -78,7 +80,8 @@ def write_trained_reference(folder, layout: str = "native", dtype: str = "BF16",
 
     def value_of(name: str, shape: tuple):
         values = trained_value(name, shape)
-        return with_outliers(name, values, config["hidden_size"]) if outliers else values
+        values = with_outliers(name, values, config["hidden_size"]) if outliers else values
+        return transform(name, values) if transform else values
 
     def trained_value(name: str, shape: tuple):
         if name == TOKEN_TABLE:
