@@ -29,7 +29,7 @@ from phi4mm_edge.export.convert import export
 from phi4mm_edge.export.graph_files import write_graph
 from phi4mm_edge.export.options import ExportOptions
 from phi4mm_edge.export import dml as dml_graphs
-from phi4mm_edge.export.dml import whole_k_blocks
+from phi4mm_edge.export.whole_blocks import whole_k_blocks
 from phi4mm_edge.export.dml_operators import unregistered_nodes
 from phi4mm_edge.export.graph_blocks import Precision
 from phi4mm_edge.export.onnx_graph import IR_VERSION, MS_DOMAIN, OPSET, ExternalData, Graph
