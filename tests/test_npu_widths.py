@@ -2,7 +2,7 @@
 4304 at block 32 is one): the QNN HTP refuses such a MatMulNBits ("K must be divisible by
 block_size"), so the NPU export pads its input with zero columns (export/whole_blocks.py). Checked
 on Qualcomm's HTP simulator with CPU fallback disabled, against the CPU artifact of the same
-checkpoint.
+checkpoint; and the error a node the HTP refuses gives.
 """
 
 import numpy as np
@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto
 from PIL import Image
 
+from phi4mm_edge import Phi4MMError
 from phi4mm_edge.export.convert import export
 from phi4mm_edge.export.graph_files import AS_BUILT, write_graph
 from phi4mm_edge.export.npu import NPU_GRAPH
@@ -20,6 +21,7 @@ from phi4mm_edge.export.reference_checkpoint import tiny_config, write_reference
 from phi4mm_edge.quant import int4
 from phi4mm_edge.runtime import Phi4MMEdge, qnn
 from phi4mm_edge.runtime.providers import session_options
+from phi4mm_edge.runtime.targets import RUNTIME_TARGETS
 from conftest import HTP_CROP
 from reference_steps import relative_l2
 from test_npu import AUDIO_WINDOW, CONTEXT, HTP_BOUND, INT4_EXACT, QUESTION, ROUTES, route_logits
@@ -37,7 +39,7 @@ def needs_qnn():
     pytest.importorskip("onnxruntime_qnn", reason="onnxruntime-qnn is not installed here (pip install onnxruntime-qnn)")
 
 
-# -- one linear: what the HTP takes --------------------------------
+# -- one linear: what the HTP takes, and the error when it refuses --------------------------------
 def one_linear(folder, name: str, k: int, padded: bool):
     """[1, 4, k] -> [1, 4, 16] through one int4 MatMulNBits at block 32, finished for the NPU or not."""
     weight = np.random.default_rng(0).standard_normal((16, k)).astype(np.float32)
@@ -65,6 +67,20 @@ def test_the_htp_takes_siglips_mlp_width_once_padded_to_whole_blocks(tmp_path):
     # rounding); the padded columns add exact zeros. 2e-3 is 4x that; a wrong pad (columns moved
     # onto other weights) errs by ~100%.
     assert relative_l2(y, x @ int4.dequantize(quantized).T) < 2e-3
+
+
+def test_a_node_the_htp_refuses_is_named_with_its_graph_and_the_fix(tmp_path):
+    needs_qnn()
+    path, _ = one_linear(tmp_path, "fc2", 4304, padded=False)
+    with pytest.raises(Phi4MMError) as refused:  # what Phi4MMEdge.load passes for an NPU artifact
+        qnn.open_htp_session(path, session_options, refusal_fix=RUNTIME_TARGETS["npu"].refusal_fix)
+    message = str(refused.value)
+    assert "1 node(s) of fc2.onnx" in message and "fc2 (MatMulNBits)" in message, message
+    assert "exported for the NPU, so this checkpoint's shapes" in message and "re-export it" in message, message
+    assert "must be exported with --target npu" not in message  # what it said of NPU artifacts before
+    with pytest.raises(Phi4MMError, match=r"fc2 \(MatMulNBits\)\. The artifact was exported for the CPU: export one "
+                                          r"for the NPU with .*--target npu"):
+        qnn.open_htp_session(path, session_options, refusal_fix=RUNTIME_TARGETS["cpu"].refusal_fix)
 
 
 # -- a whole checkpoint of such widths ------------------------------------------------------------
