@@ -8,8 +8,8 @@ target's row (targets.py). What is left is a node-for-node respelling that compu
 - Gelu: DirectML registers only com.microsoft's Gelu (exact, erf) and FastGelu (the tanh
   approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))), not ONNX's Gelu-20;
 - MatMulNBits: DirectML's kernel takes K only in whole blocks (its support query refuses
-  K % block_size != 0, e.g. SigLIP's MLP width 4304 at block 32). The stored blocks are already
-  padded with zeros (quant/int4.py), so the input is padded with zero columns to match.
+  K % block_size != 0, e.g. SigLIP's MLP width 4304 at block 32): the input is padded with zero
+  columns (whole_blocks.py, shared with the NPU target).
 """
 
 from onnx import helper
@@ -21,6 +21,7 @@ from .fp16 import to_fp16
 from .graph_files import GraphFinish
 from .onnx_graph import MS_DOMAIN, Graph
 from .text_decoder import RotaryPlacement, SequenceTensors, rotary_tables, rotate
+from .whole_blocks import whole_k_blocks
 
 
 def this_run_tables(graph: Graph, text: TextConfig, total_length: str, x: str) -> tuple[str, str]:
@@ -82,23 +83,6 @@ def contrib_gelu(graph: Graph) -> None:
             node.op_type = "FastGelu" if approximate in (b"tanh", "tanh") else "Gelu"
             node.domain = MS_DOMAIN
             del node.attribute[:]
-
-
-def whole_k_blocks(graph: Graph) -> None:
-    """Pad each MatMulNBits' input whose K is not a whole number of blocks with zero columns."""
-    nodes = []
-    for node in graph.nodes:
-        k, block_size = _attribute(node, "K"), _attribute(node, "block_size")
-        if node.op_type == "MatMulNBits" and k % block_size:
-            padded = -(-k // block_size) * block_size
-            pad = helper.make_node("Pad", [node.input[0], graph.ints([0, padded - k], "pads"), "",
-                                           graph.ints([-1], "axes")],
-                                   [f"{node.name}/whole_blocks"], name=f"{node.name}/whole_blocks")
-            nodes.append(pad)
-            node.input[0] = pad.output[0]
-            next(a for a in node.attribute if a.name == "K").i = padded
-        nodes.append(node)
-    graph.nodes[:] = nodes
 
 
 def for_dml(graph: Graph) -> None:

@@ -17,6 +17,7 @@ from .dml import DML_AUDIO, DML_GRAPH
 from .dml_operators import ONNXRUNTIME_VERSION, unregistered_nodes
 from .graph_blocks import Precision
 from .graph_files import AS_BUILT, GraphFinish
+from .npu import NPU_GRAPH
 from .text_graphs import write_cpu_text_graphs, write_dml_text_graphs, write_npu_text_graphs
 from .vision_encoder import build_vision_encoder
 from .vision_encoder_npu import build_vision_crop_encoder
@@ -87,7 +88,7 @@ EXPORT_TARGETS = {target.name: target for target in (
         build_audio=lambda ckpt, g, precision, options: build_audio_window_encoder(ckpt, g, precision,
                                                                                    options.npu_audio_window),
         adapter_precisions=("fp16", "fp32"), auto_adapters=lambda precision: "fp16",
-        static_shapes=True, audio_windows=npu_audio_windows),
+        static_shapes=True, finish=NPU_GRAPH, audio_windows=npu_audio_windows),
     ExportTarget(
         name="dml", where="DirectML", write_text=write_dml_text_graphs,
         vision_graph=artifact.DML_VISION_GRAPH, build_vision=build_vision_encoder,

@@ -12,7 +12,8 @@ from .checkpoint import Checkpoint
 from .dml import DML_GRAPH, ROTARY_BEFORE_ATTENTION
 from .embedding import build_embedding, tied_lm_head, untied_lm_head, write_token_table
 from .graph_files import write_graph, write_graph_to
-from .onnx_graph import ExternalData, Graph, SharedExternalData
+from .npu import NPU_GRAPH
+from .onnx_graph import ExternalData, SharedExternalData
 from .text_decoder import build_decoder, inverse_frequencies
 from .text_decoder_npu import build_npu_decoder, build_npu_embedding
 
@@ -60,20 +61,21 @@ def npu_shapes(ckpt: Checkpoint, adapters: list[str], chunk: int, context: int |
 
 
 def write_npu_text_graphs(out: Path, ckpt: Checkpoint, options, in_graph: list, step) -> tuple[Graphs, NpuShapes]:
-    """The NPU target's embedding, one-position decoder and prompt decoder (text_decoder_npu.py);
-    the two decoders share one data file of int4 weights."""
+    """The NPU target's embedding, one-position decoder and prompt decoder (text_decoder_npu.py),
+    finished for the HTP (npu.py); the two decoders share one data file of int4 weights."""
     precision = options.precision
     shapes = npu_shapes(ckpt, ckpt.adapter_names(), options.npu_chunk, options.npu_context)
-    write_graph(out, artifact.NPU_EMBEDDING_GRAPH, lambda g: build_npu_embedding(ckpt, g, shapes.chunk))
+    write_graph(out, artifact.NPU_EMBEDDING_GRAPH, lambda g: build_npu_embedding(ckpt, g, shapes.chunk), NPU_GRAPH)
     shared = SharedExternalData(out / f"{artifact.NPU_DECODE_GRAPH}.data")
     table = write_token_table(ckpt, shared, precision, options.token_table_bits) \
         if ckpt.text.tie_word_embeddings else None
     lm_head = tied_lm_head(table) if table else untied_lm_head(ckpt, precision)
     for name, positions in ((artifact.NPU_DECODE_GRAPH, 1), (artifact.NPU_PROMPT_GRAPH, shapes.chunk)):
-        graph = Graph(name.removesuffix(".onnx"), shared)
-        build_npu_decoder(ckpt, graph, precision, lm_head, positions, shapes.context, shapes.lora_rank,
-                          progress=step if positions == 1 else None)
-        graph.save(out / name)
+        write_graph_to(out, name, shared,
+                       lambda g, positions=positions: build_npu_decoder(ckpt, g, precision, lm_head, positions,
+                                                                        shapes.context, shapes.lora_rank,
+                                                                        progress=step if positions == 1 else None),
+                       NPU_GRAPH)
     shared.close()
     step("token table")
     step("lm_head")

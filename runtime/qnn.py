@@ -5,8 +5,9 @@ session with `add_provider_for_devices`. On x86_64 Linux its HTP backend is Qual
 (slow, but the same graph compiler and op set as a device), so NPU graphs are tested here.
 
 Every NPU session runs with CPU fallback disabled: a node the HTP cannot run is an error at load
-time, never a silent run on the CPU. Float graphs run in the HTP's fp16 mode
-(`enable_htp_fp16_precision`), which this plugin accepts only with a `soc_model`.
+time, never a silent run on the CPU; the error names the graph and the nodes the HTP refused.
+Float graphs run in the HTP's fp16 mode (`enable_htp_fp16_precision`), which this plugin accepts
+only with a `soc_model`.
 
 The compiled graph (an EPContext model plus its QNN context binary) is written next to the
 artifact's graph on the first load and opened instead of compiling on the next. A small JSON
@@ -37,6 +38,15 @@ CONTEXT_SUFFIX = COMPILED_CONTEXT_MARK + ".onnx"
 CONTEXT_RECORD_SUFFIX = COMPILED_CONTEXT_MARK + ".json"
 MISSING = ("the QNN execution provider is not installed: "
            "pip install onnxruntime-qnn (x86_64 runs Qualcomm's HTP simulator)")
+
+# ONNX Runtime's error when the HTP left nodes to the CPU with fallback off. It names them only in
+# its log (stderr: "Unsupported nodes in QNN EP: { name: ..., type: ... }"), so refused_nodes asks.
+LEFT_TO_THE_CPU = "assigned to the default CPU EP"
+LISTED_NODES = 5  # refused nodes named in an error; the count says how many more
+EXPORT_FOR_NPU = "`phi4mm-edge export CHECKPOINT OUT --target npu`"
+# What to do about a refused graph of no known artifact (each target's row says it for its own).
+UNKNOWN_ARTIFACT_FIX = (f"Export the artifact for the NPU with {EXPORT_FOR_NPU}; if it was, re-export it with this "
+                        f"version of phi4mm-edge or report it with this message")
 
 _registered = None  # None: not tried; True/False after the first try
 compilations = 0  # graphs compiled for the HTP in this process (a cached context does not count)
@@ -80,15 +90,17 @@ def versions() -> dict:
             "qnn_sdk": getattr(info, "qnn_version", "?"), "soc_model": soc_model()}
 
 
-def htp_options(base: ort.SessionOptions, context_file: Path | None = None) -> ort.SessionOptions:
-    """`base` with the HTP backend in fp16 mode, CPU fallback off, and (given `context_file`)
-    the compiled context written there."""
+def htp_options(base: ort.SessionOptions, context_file: Path | None = None,
+                cpu_fallback: bool = False) -> ort.SessionOptions:
+    """`base` with the HTP backend in fp16 mode, CPU fallback off (on only to find out which
+    nodes the HTP refuses: refused_nodes), and (given `context_file`) the compiled context
+    written there."""
     if not available():
         raise Phi4MMError(MISSING)
     devices = [d for d in ort.get_ep_devices() if d.ep_name == EP_NAME]
     base.add_provider_for_devices(devices, {"backend_type": "htp", "enable_htp_fp16_precision": "1",
                                             "soc_model": soc_model(), "htp_performance_mode": "burst"})
-    base.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    base.add_session_config_entry("session.disable_cpu_ep_fallback", "0" if cpu_fallback else "1")
     if context_file is not None:
         base.add_session_config_entry("ep.context_enable", "1")
         base.add_session_config_entry("ep.context_file_path", str(context_file))
@@ -144,24 +156,30 @@ def cached_context(graph: Path, reads: dict[str, str] | None = None) -> Path | N
         return None
 
 
-def open_htp_session(graph: Path, options_factory,
-                     reads: dict[str, str] | None = None) -> tuple[ort.InferenceSession, bool]:
+def open_htp_session(graph: Path, options_factory, reads: dict[str, str] | None = None,
+                     refusal_fix: str | None = None) -> tuple[ort.InferenceSession, bool]:
     """An HTP session for `graph`, from its compiled context when a whole one is cached for the
     same inputs; returns the session and whether it was compiled now. `options_factory()` gives
-    fresh base options; `reads` the sha256 of the files the graph reads, by name (the manifest's)."""
+    fresh base options; `reads` the sha256 of the files the graph reads, by name (the manifest's);
+    `refusal_fix` what the error tells the user to do when the HTP refuses the graph (the row of
+    the artifact's target, runtime/targets.py; None: a graph of no known artifact)."""
     graph = Path(graph)
     context = cached_context(graph, reads)
     if context is not None:
         try:
-            return _session(context, htp_options(options_factory()), graph), False
-        except Phi4MMError:
+            return ort.InferenceSession(str(context), htp_options(options_factory())), False
+        except Exception:  # ONNX Runtime's own types
             pass  # whole but unusable (e.g. another graph's context copied over it): compiled again below
     context, record = context_paths(graph)
     writable = os.access(graph.parent, os.W_OK)
     for stale in [*compiled_files(graph), record] if writable else []:
         stale.unlink(missing_ok=True)
     global compilations
-    session = _session(graph, htp_options(options_factory(), context if writable else None), graph)
+    options = htp_options(options_factory(), context if writable else None)
+    try:
+        session = ort.InferenceSession(str(graph), options)
+    except Exception as error:  # ONNX Runtime's own types; the user needs the graph, the nodes and the fix
+        raise compile_error(graph, error, options_factory, refusal_fix) from None
     compilations += 1
     if writable and context.is_file():
         written = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in compiled_files(graph)}
@@ -169,9 +187,28 @@ def open_htp_session(graph: Path, options_factory,
     return session, True
 
 
-def _session(path: Path, options: ort.SessionOptions, graph: Path) -> ort.InferenceSession:
-    try:
-        return ort.InferenceSession(str(path), options)
-    except Exception as error:  # ONNX Runtime's own types; the user needs the cause and the fix
-        raise Phi4MMError(f"the QNN HTP backend could not compile {graph.name}: {error}. This artifact must be "
-                          f"exported with --target npu for the NPU") from None
+def refused_nodes(graph: Path, options_factory) -> list[str]:
+    """The nodes of `graph` the HTP does not take, as "name (op type)": those ONNX Runtime assigns
+    to the CPU when fallback is allowed. This compiles the graph a second time; only an error pays it."""
+    options = htp_options(options_factory(), cpu_fallback=True)
+    options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+    session = ort.InferenceSession(str(graph), options)
+    return [f"{node.name} ({node.op_type})" for part in session.get_provider_graph_assignment_info()
+            if part.ep_name != EP_NAME for node in part.get_nodes()]
+
+
+def compile_error(graph: Path, error: Exception, options_factory, fix: str | None) -> Phi4MMError:
+    """The error for a `graph` the HTP backend could not take: which graph, the nodes it refused
+    (when that was the cause), and `fix`, what to do."""
+    refused = []
+    if LEFT_TO_THE_CPU in str(error):
+        try:
+            refused = refused_nodes(graph, options_factory)
+        except Exception:  # ONNX Runtime's own types
+            pass  # the error below stands without the node list
+    if refused:
+        listed = "; ".join(refused[:LISTED_NODES]) + (" ..." if len(refused) > LISTED_NODES else "")
+        what = f"the QNN HTP cannot run {len(refused)} node(s) of {graph.name} (CPU fallback is off): {listed}"
+    else:
+        what = f"the QNN HTP backend could not compile {graph.name}: {str(error).rstrip('.')}"
+    return Phi4MMError(f"{what}. {fix or UNKNOWN_ARTIFACT_FIX}")

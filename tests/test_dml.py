@@ -29,7 +29,7 @@ from phi4mm_edge.export.convert import export
 from phi4mm_edge.export.graph_files import write_graph
 from phi4mm_edge.export.options import ExportOptions
 from phi4mm_edge.export import dml as dml_graphs
-from phi4mm_edge.export.dml import whole_k_blocks
+from phi4mm_edge.export.whole_blocks import whole_k_blocks
 from phi4mm_edge.export.dml_operators import unregistered_nodes
 from phi4mm_edge.export.graph_blocks import Precision
 from phi4mm_edge.export.onnx_graph import IR_VERSION, MS_DOMAIN, OPSET, ExternalData, Graph
@@ -404,7 +404,9 @@ def test_on_directml_the_cache_adapters_and_step_row_live_on_the_device(dml_arti
     fake = FakeDevice()
     monkeypatch.setattr(device, "ort", fake)
     monkeypatch.setattr(model_module, "choose_provider", lambda requested, target: ("dml", "DirectML (faked)"))
-    on_cpu = lambda path, options, provider, reads=None: providers.open_session(path, options, "cpu")  # noqa: E731
+    def on_cpu(path, options, provider, reads=None, refusal_fix=None):
+        return providers.open_session(path, options, "cpu")
+
     monkeypatch.setattr(model_module, "open_session", on_cpu)
     monkeypatch.setattr(encoder_session, "open_session", on_cpu)
     gpu = Phi4MMEdge.load(dml_artifacts["fp32"], provider="dml", preload_encoders=False)
