@@ -60,8 +60,9 @@ def test_the_fp32_export_answers_as_the_pytorch_reference(exports, model):
 
 # The default export's accuracy per modality, as a share of the fp32 export's on the same items.
 # Bound from the measurement (benchmarks/RESULTS.md, all held-out items: the default keeps
-# >= 0.95 of fp32's accuracy on every modality of both models); on 2 items per kind one item of a
-# modality's 8-12 can flip either way, so the bound here is fp32's count minus one item.
+# >= 0.93 of fp32's accuracy on every modality of both models, 3 items at most); on 2 items per
+# kind one item of a modality's 8-12 can flip either way, so the bound here is fp32's count minus
+# one item.
 def test_the_default_export_keeps_the_fp32_accuracy_per_modality(exports):
     fp32 = evaluate(exports("trained", "fp32", FP32), "cpu", limit=LIMIT, progress=False)
     default = evaluate(exports("trained", "default"), "cpu", limit=LIMIT, progress=False)
@@ -69,6 +70,17 @@ def test_the_default_export_keeps_the_fp32_accuracy_per_modality(exports):
         right = scores["accuracy"] * scores["items"]
         assert default["modalities"][modality]["accuracy"] * scores["items"] >= right - 1 - 1e-9, modality
     assert default["all"]["mean_kl"] > fp32["all"]["mean_kl"]  # int4 is measured, not free
+
+
+def test_an_8_bit_token_table_brings_the_answers_closer_to_the_reference(exports):
+    """--token-table int8: measured on all 500 items, KL 9.70e-4 against the default's 2.86e-3 and
+    agreement 91% against 78% (the int4 table is the largest single loss: quant_sensitivity). On
+    these 32 items the margin is smaller but the order must hold."""
+    default = evaluate(exports("trained", "default"), "cpu", limit=LIMIT, progress=False)
+    table8 = evaluate(exports("trained", "table8", ExportOptions(token_table="int8")), "cpu", limit=LIMIT,
+                      progress=False)
+    assert table8["all"]["mean_kl"] < 0.75 * default["all"]["mean_kl"], (table8["all"], default["all"])
+    assert table8["all"]["agreement"] >= default["all"]["agreement"]
 
 
 def test_the_outlier_variant_is_the_same_function_with_128x_channels(trained):
