@@ -150,8 +150,12 @@ def test_idle_and_slow_connections_are_closed_and_the_server_keeps_accepting():
         assert status == 200 and json.loads(body)["max_new_tokens"] == 500
         time.sleep(3)
         for connection in idle + slow:
-            connection.settimeout(5)
-            assert connection.recv(1 << 16) in (b"", ), "closed by the server"
+            connection.settimeout(5)  # still open after 5 s more: recv raises TimeoutError, the test fails
+            try:
+                received = connection.recv(1 << 16)
+            except ConnectionResetError:  # closed with unread bytes (a trickled header) or under load: a reset
+                received = b""
+            assert received == b"", "closed by the server"
             connection.close()
         assert server.request("GET", "/api/config")[0] == 200
     finally:
