@@ -44,17 +44,15 @@ class WholeClip:
 
 class AudioEncoder:
     def __init__(self, folder, entry: AudioEntry, options, provider: str, max_seconds: float = MAX_SECONDS,
-                 graph: Callable[[AudioEntry, str], ClipGraph] = WholeClip, reads: dict | None = None, check=None,
-                 refusal_fix: str | None = None):
+                 graph: Callable[[AudioEntry, str], ClipGraph] = WholeClip, reads: dict | None = None, check=None):
         """`graph(entry, provider)` makes how the artifact's audio graph is fed (a ClipGraph);
-        `reads`: its data files' sha256 (Manifest.data_hashes); `check(session)` runs on it once opened;
-        `refusal_fix`: what to do when the provider refuses it (RuntimeTarget.refusal_fix)."""
+        `reads`: its data files' sha256 (Manifest.data_hashes); `check(session)` runs on it once opened."""
         if entry.sample_rate != SAMPLE_RATE:
             raise Phi4MMError(f"the artifact's audio encoder takes {entry.sample_rate} Hz features; "
                               f"this runtime computes "
                               f"them at {SAMPLE_RATE} Hz only: re-export from a {SAMPLE_RATE} Hz checkpoint")
         self.entry, self.max_seconds = entry, max_seconds
-        self.session = LazySession(folder / entry.graph, options, provider, reads, check, refusal_fix)
+        self.session = LazySession(folder / entry.graph, options, provider, reads, check)
         self.graph = graph(entry, provider)
 
     def prepare(self, source, sample_rate: int | None = None) -> AudioInput:

@@ -11,13 +11,10 @@ from .tensor_types import input_types, run_as_declared
 
 
 class LazySession:
-    def __init__(self, path, options: ort.SessionOptions, provider: str, reads: dict | None = None, check=None,
-                 refusal_fix: str | None = None):
-        """`reads`: the sha256 of the graph's data files and `refusal_fix` what to do when the provider
-        refuses the graph (for a compiling provider); `check(session)` runs once on the new session
-        (the manifest's sizes against the graph: graph_contract.py)."""
+    def __init__(self, path, options: ort.SessionOptions, provider: str, reads: dict | None = None, check=None):
+        """`reads`: the sha256 of the graph's data files (for a compiling provider); `check(session)`
+        runs once on the new session (the manifest's sizes against the graph: graph_contract.py)."""
         self.path, self._options, self._provider, self._reads, self._check = path, options, provider, reads, check
-        self._refusal_fix = refusal_fix
         self._session = None
         self._opening = threading.Lock()
         self._declared = None
@@ -26,7 +23,7 @@ class LazySession:
         """The session, opened now if it was not yet (once, whichever thread asks first)."""
         with self._opening:
             if self._session is None:
-                session = open_session(self.path, self._options, self._provider, self._reads, self._refusal_fix)
+                session = open_session(self.path, self._options, self._provider, self._reads)
                 self._session = self._check(session) if self._check else session
         return self._session
 

@@ -92,19 +92,16 @@ class Phi4MMEdge:
         # The sessions are created side by side: ONNX Runtime releases the GIL while it reads and
         # prepacks, and the decoder's prepacking (seconds at full size) keeps one core busy alone.
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="phi4mm-load") as pool:
-            pending = {name: pool.submit(open_session, folder / graph, options, provider, manifest.data_hashes(graph),
-                                         target.refusal_fix)
+            pending = {name: pool.submit(open_session, folder / graph, options, provider, manifest.data_hashes(graph))
                        for name, graph in graphs.items() if graph is not None}
             tokenizer = pool.submit(ChatTokenizer, folder)
             vision = (VisionEncoder(folder, manifest.vision, options, provider, target.image_graph,
                                     manifest.data_hashes(manifest.vision.graph),
-                                    lambda session: check_session(session, manifest.vision.graph, manifest),
-                                    target.refusal_fix)
+                                    lambda session: check_session(session, manifest.vision.graph, manifest))
                       if manifest.vision else None)
             audio = (AudioEncoder(folder, manifest.audio, options, provider, max_audio_seconds, target.clip_graph,
                                   manifest.data_hashes(manifest.audio.graph),
-                                  lambda session: check_session(session, manifest.audio.graph, manifest),
-                                  target.refusal_fix)
+                                  lambda session: check_session(session, manifest.audio.graph, manifest))
                      if manifest.audio else None)
             encoders = [pool.submit(e.session.open) for e in (vision, audio) if e is not None and preload_encoders]
             opened = {name: check_session(future.result(), graphs[name], manifest) for name, future in pending.items()}

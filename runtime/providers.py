@@ -28,9 +28,8 @@ class ExecutionProvider:
 
     ep_name: str  # ONNX Runtime's name for it
     device: str  # the OrtDevice the KV cache, the adapters' tensors and the step row live on (device.py)
-    # (path, options, provider name, reads: the sha256 of the files the graph reads, by name,
-    #  refusal_fix: what to do when a compiling provider refuses the graph, from the target's row)
-    open: Callable[[object, ort.SessionOptions, str, dict, str], ort.InferenceSession]
+    # (path, options, provider name, reads: the sha256 of the files the graph reads, by name)
+    open: Callable[[object, ort.SessionOptions, str, dict], ort.InferenceSession]
     available: Callable[[], bool]
     missing: str  # why it is not available, and how to install it
     wrong_artifact: str  # the refusal when an artifact's target does not run on it
@@ -47,8 +46,7 @@ def fresh_options(options: ort.SessionOptions) -> ort.SessionOptions:
     return copy
 
 
-def _ort_session(path, options: ort.SessionOptions, provider: str, reads: dict | None = None,
-                 refusal_fix: str | None = None) -> ort.InferenceSession:
+def _ort_session(path, options: ort.SessionOptions, provider: str, reads: dict | None = None) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), options, providers=providers(provider))
     except Exception as error:  # ONNX Runtime raises its own types; the user needs the fix
@@ -56,14 +54,12 @@ def _ort_session(path, options: ort.SessionOptions, provider: str, reads: dict |
                           f"phi4mm-edge") from None
 
 
-def _htp_session(path, options: ort.SessionOptions, provider: str, reads: dict | None = None,
-                 refusal_fix: str | None = None) -> ort.InferenceSession:
-    # reads fingerprint its compiled context; refusal_fix says what to do when the HTP refuses the graph
-    return qnn.open_htp_session(path, lambda: fresh_options(options), reads, refusal_fix)[0]
+def _htp_session(path, options: ort.SessionOptions, provider: str, reads: dict | None = None) -> ort.InferenceSession:
+    # reads fingerprint its compiled context
+    return qnn.open_htp_session(path, lambda: fresh_options(options), reads)[0]
 
 
-def _dml_session(path, options: ort.SessionOptions, provider: str, reads: dict | None = None,
-                 refusal_fix: str | None = None) -> ort.InferenceSession:
+def _dml_session(path, options: ort.SessionOptions, provider: str, reads: dict | None = None) -> ort.InferenceSession:
     # DirectML wants no memory pattern and sequential execution (never run here: no Windows).
     options = fresh_options(options)
     options.enable_mem_pattern = False
@@ -137,11 +133,9 @@ def providers(name: str = CPU) -> list[str]:
     return [PROVIDERS[name].ep_name]
 
 
-def open_session(path, options: ort.SessionOptions, provider: str, reads: dict | None = None,
-                 refusal_fix: str | None = None) -> ort.InferenceSession:
+def open_session(path, options: ort.SessionOptions, provider: str, reads: dict | None = None) -> ort.InferenceSession:
     """A session for the graph at `path` on `provider` (a PROVIDERS key). `reads`: the sha256 of
-    the data files the graph reads, by name (Manifest.data_hashes), and `refusal_fix`: what to do
-    when the provider refuses the graph (the artifact's target's row), for providers that compile."""
+    the data files the graph reads, by name (Manifest.data_hashes), for providers that compile."""
     # An unknown name goes to the plain opener, whose error lists the supported ones.
     opens = PROVIDERS[provider].open if provider in PROVIDERS else _ort_session
-    return opens(path, options, provider, reads, refusal_fix)
+    return opens(path, options, provider, reads)

@@ -44,9 +44,11 @@ MISSING = ("the QNN execution provider is not installed: "
 LEFT_TO_THE_CPU = "assigned to the default CPU EP"
 LISTED_NODES = 5  # refused nodes named in an error; the count says how many more
 EXPORT_FOR_NPU = "`phi4mm-edge export CHECKPOINT OUT --target npu`"
-# What to do about a refused graph of no known artifact (each target's row says it for its own).
-UNKNOWN_ARTIFACT_FIX = (f"Export the artifact for the NPU with {EXPORT_FOR_NPU}; if it was, re-export it with this "
-                        f"version of phi4mm-edge or report it with this message")
+# What to do about a refused graph. Only an NPU artifact's graphs reach the HTP (providers.py refuses
+# the other targets' artifacts on it before any graph is opened), so its shapes are the cause.
+REFUSAL_FIX = (f"The artifact was exported for the NPU, so this checkpoint's shapes make a graph the HTP cannot "
+               f"run: re-export it with this version of phi4mm-edge ({EXPORT_FOR_NPU}), or report it with this "
+               f"message")
 
 _registered = None  # None: not tried; True/False after the first try
 compilations = 0  # graphs compiled for the HTP in this process (a cached context does not count)
@@ -156,13 +158,11 @@ def cached_context(graph: Path, reads: dict[str, str] | None = None) -> Path | N
         return None
 
 
-def open_htp_session(graph: Path, options_factory, reads: dict[str, str] | None = None,
-                     refusal_fix: str | None = None) -> tuple[ort.InferenceSession, bool]:
+def open_htp_session(graph: Path, options_factory,
+                     reads: dict[str, str] | None = None) -> tuple[ort.InferenceSession, bool]:
     """An HTP session for `graph`, from its compiled context when a whole one is cached for the
     same inputs; returns the session and whether it was compiled now. `options_factory()` gives
-    fresh base options; `reads` the sha256 of the files the graph reads, by name (the manifest's);
-    `refusal_fix` what the error tells the user to do when the HTP refuses the graph (the row of
-    the artifact's target, runtime/targets.py; None: a graph of no known artifact)."""
+    fresh base options; `reads` the sha256 of the files the graph reads, by name (the manifest's)."""
     graph = Path(graph)
     context = cached_context(graph, reads)
     if context is not None:
@@ -179,7 +179,7 @@ def open_htp_session(graph: Path, options_factory, reads: dict[str, str] | None 
     try:
         session = ort.InferenceSession(str(graph), options)
     except Exception as error:  # ONNX Runtime's own types; the user needs the graph, the nodes and the fix
-        raise compile_error(graph, error, options_factory, refusal_fix) from None
+        raise compile_error(graph, error, options_factory) from None
     compilations += 1
     if writable and context.is_file():
         written = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in compiled_files(graph)}
@@ -197,9 +197,9 @@ def refused_nodes(graph: Path, options_factory) -> list[str]:
             if part.ep_name != EP_NAME for node in part.get_nodes()]
 
 
-def compile_error(graph: Path, error: Exception, options_factory, fix: str | None) -> Phi4MMError:
+def compile_error(graph: Path, error: Exception, options_factory) -> Phi4MMError:
     """The error for a `graph` the HTP backend could not take: which graph, the nodes it refused
-    (when that was the cause), and `fix`, what to do."""
+    (when that was the cause), and what to do."""
     refused = []
     if LEFT_TO_THE_CPU in str(error):
         try:
@@ -211,4 +211,4 @@ def compile_error(graph: Path, error: Exception, options_factory, fix: str | Non
         what = f"the QNN HTP cannot run {len(refused)} node(s) of {graph.name} (CPU fallback is off): {listed}"
     else:
         what = f"the QNN HTP backend could not compile {graph.name}: {str(error).rstrip('.')}"
-    return Phi4MMError(f"{what}. {fix or UNKNOWN_ARTIFACT_FIX}")
+    return Phi4MMError(f"{what}. {REFUSAL_FIX}")

@@ -17,7 +17,6 @@ from .cpu import choose_prefill_precision
 from .decoder import Decoder
 from .npu_decoder import NpuDecoder
 from .providers import CPU, ExecutionProvider
-from .qnn import EXPORT_FOR_NPU
 from .sequence import TextDecoder
 from .vision_encoder import ImageGraph, whole_image
 from .vision_npu import crop_by_crop
@@ -43,7 +42,6 @@ class RuntimeTarget:
     runs_on: dict[str, str]  # provider -> how the user is told; `--provider auto` takes the first when installed
     auto_note: str  # added to the first provider's words when auto chose it
     made_for: str  # "the artifact is for ...": what auto could not use when it falls back to the CPU
-    refusal_fix: str  # what to do when the NPU's compiler (the QNN HTP) refuses one of the artifact's graphs
     # The prefill rule: `--prefill` and the artifact's graphs -> the prompt graph to open beside the
     # decoder and embedding graphs (None: prompts run through the decoder graph).
     prompt_graph: Callable[[str, Graphs], str | None]
@@ -78,23 +76,14 @@ def static_decoder(manifest: Manifest, sessions: TextSessions, adapters: Adapter
 
 
 RUNTIME_TARGETS = {
-    "cpu": RuntimeTarget(runs_on={CPU: "CPU"}, auto_note="", made_for="the CPU",
-                         refusal_fix=f"The artifact was exported for the CPU: export one for the NPU with "
-                                     f"{EXPORT_FOR_NPU}",
-                         prompt_graph=int8_prompt_graph, decoder=dynamic_decoder, image_graph=whole_image,
-                         clip_graph=WholeClip),
+    "cpu": RuntimeTarget(runs_on={CPU: "CPU"}, auto_note="", made_for="the CPU", prompt_graph=int8_prompt_graph,
+                         decoder=dynamic_decoder, image_graph=whole_image, clip_graph=WholeClip),
     "npu": RuntimeTarget(runs_on={"qnn": "QNN HTP (NPU)", CPU: "CPU (the NPU artifact's static graphs, on the CPU)"},
                          auto_note=", chosen by --provider auto for this NPU artifact", made_for="the NPU",
-                         refusal_fix=f"The artifact was exported for the NPU, so this checkpoint's shapes make a "
-                                     f"graph the HTP cannot run: re-export it with this version of phi4mm-edge "
-                                     f"({EXPORT_FOR_NPU}), or report it with this message",
                          prompt_graph=npu_prompt_graph, decoder=static_decoder, image_graph=crop_by_crop,
                          clip_graph=ClipWindows),
     "dml": RuntimeTarget(runs_on={"dml": "DirectML", CPU: "CPU"},
                          auto_note=", chosen by --provider auto for this DirectML artifact",
-                         made_for="DirectML (its fp16 graphs run on the CPU too)",
-                         refusal_fix=f"The artifact was exported for DirectML: export one for the NPU with "
-                                     f"{EXPORT_FOR_NPU}",
-                         prompt_graph=int8_prompt_graph, decoder=dynamic_decoder, image_graph=whole_image,
-                         clip_graph=WholeClip),
+                         made_for="DirectML (its fp16 graphs run on the CPU too)", prompt_graph=int8_prompt_graph,
+                         decoder=dynamic_decoder, image_graph=whole_image, clip_graph=WholeClip),
 }

@@ -38,12 +38,11 @@ def whole_image(session: LazySession, image: ImageInput) -> np.ndarray:
 
 class VisionEncoder:
     def __init__(self, folder, entry: VisionEntry, options, provider: str, graph: ImageGraph = whole_image,
-                 reads: dict | None = None, check=None, refusal_fix: str | None = None):
+                 reads: dict | None = None, check=None):
         """`graph`: how the artifact's vision graph is fed (whole_image, or vision_npu.crop_by_crop);
-        `reads`: its data files' sha256 (Manifest.data_hashes); `check(session)` runs on it once opened;
-        `refusal_fix`: what to do when the provider refuses it (RuntimeTarget.refusal_fix)."""
+        `reads`: its data files' sha256 (Manifest.data_hashes); `check(session)` runs on it once opened."""
         self.geometry, self.graph = entry, graph
-        self.session = LazySession(folder / entry.graph, options, provider, reads, check, refusal_fix)
+        self.session = LazySession(folder / entry.graph, options, provider, reads, check)
 
     def prepare(self, source, max_crops: int | None = None) -> ImageInput:
         """Any accepted image input -> crops, masks and its token count. `max_crops` lowers the

@@ -404,9 +404,7 @@ def test_on_directml_the_cache_adapters_and_step_row_live_on_the_device(dml_arti
     fake = FakeDevice()
     monkeypatch.setattr(device, "ort", fake)
     monkeypatch.setattr(model_module, "choose_provider", lambda requested, target: ("dml", "DirectML (faked)"))
-    def on_cpu(path, options, provider, reads=None, refusal_fix=None):
-        return providers.open_session(path, options, "cpu")
-
+    on_cpu = lambda path, options, provider, reads=None: providers.open_session(path, options, "cpu")  # noqa: E731
     monkeypatch.setattr(model_module, "open_session", on_cpu)
     monkeypatch.setattr(encoder_session, "open_session", on_cpu)
     gpu = Phi4MMEdge.load(dml_artifacts["fp32"], provider="dml", preload_encoders=False)

@@ -20,7 +20,7 @@ from phi4mm_edge.export.options import ExportOptions
 from phi4mm_edge.export.reference_checkpoint import tiny_config, write_reference
 from phi4mm_edge.quant import int4
 from phi4mm_edge.runtime import Phi4MMEdge, qnn
-from phi4mm_edge.runtime.providers import session_options
+from phi4mm_edge.runtime.providers import choose_provider, session_options
 from phi4mm_edge.runtime.targets import RUNTIME_TARGETS
 from conftest import HTP_CROP
 from reference_steps import relative_l2
@@ -72,15 +72,16 @@ def test_the_htp_takes_siglips_mlp_width_once_padded_to_whole_blocks(tmp_path):
 def test_a_node_the_htp_refuses_is_named_with_its_graph_and_the_fix(tmp_path):
     needs_qnn()
     path, _ = one_linear(tmp_path, "fc2", 4304, padded=False)
-    with pytest.raises(Phi4MMError) as refused:  # what Phi4MMEdge.load passes for an NPU artifact
-        qnn.open_htp_session(path, session_options, refusal_fix=RUNTIME_TARGETS["npu"].refusal_fix)
+    with pytest.raises(Phi4MMError) as refused:  # as Phi4MMEdge.load opens an NPU artifact's graph
+        qnn.open_htp_session(path, session_options)
     message = str(refused.value)
     assert "1 node(s) of fc2.onnx" in message and "fc2 (MatMulNBits)" in message, message
     assert "exported for the NPU, so this checkpoint's shapes" in message and "re-export it" in message, message
     assert "must be exported with --target npu" not in message  # what it said of NPU artifacts before
-    with pytest.raises(Phi4MMError, match=r"fc2 \(MatMulNBits\)\. The artifact was exported for the CPU: export one "
-                                          r"for the NPU with .*--target npu"):
-        qnn.open_htp_session(path, session_options, refusal_fix=RUNTIME_TARGETS["cpu"].refusal_fix)
+    # The HTP's fix speaks of an NPU artifact because no other target's graphs reach it: a CPU
+    # artifact is refused on the QNN provider before any graph is opened.
+    with pytest.raises(Phi4MMError, match=r"exported for the CPU; export one for the NPU with .*--target npu"):
+        choose_provider("qnn", RUNTIME_TARGETS["cpu"])
 
 
 # -- a whole checkpoint of such widths ------------------------------------------------------------
