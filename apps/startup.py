@@ -14,9 +14,8 @@ from ..runtime import GenerationOptions, Phi4MMEdge
 RANDOM_WEIGHTS_NOTE = ("NOTE: this is the bundled reference model, a tiny model trained only on the project's "
                        "synthetic tasks (sums, a made-up world's facts, shapes and colours in pictures, spoken digits "
                        "and words): it answers those and nothing else (`phi4mm-edge demo` asks some). It proves the "
-                       "pipeline "
-                       "(export, int4, adapter swapping, streaming); point `phi4mm-edge export` at the real checkpoint "
-                       "for real answers.")
+                       "pipeline (export, int4, adapter swapping, streaming); point `phi4mm-edge export` at the real "
+                       "checkpoint for real answers.")
 
 
 def restore_ctrl_c() -> None:

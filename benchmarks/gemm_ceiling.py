@@ -25,8 +25,9 @@ def decoder_shapes(text: TextConfig) -> dict:
             "gate_up_proj": (hidden, 2 * inner), "down_proj": (inner, hidden)}
 
 
-def _session(node, initializers, k: int, n: int, threads: int | None):
-    """One node over `x` [rows, k] -> `y` [rows, n]."""
+def _session(node, initializers, k: int, n: int, threads: int | None, spinning: bool = True):
+    """One node over `x` [rows, k] -> `y` [rows, n]. `spinning=False` when many such sessions take
+    turns: a finished one's threads must not spin on the cores the next one runs on."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -37,7 +38,10 @@ def _session(node, initializers, k: int, n: int, threads: int | None):
                               ir_version=10)
     from ..runtime.providers import session_options
 
-    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
+    options = session_options(threads)
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def kernels(k: int, n: int, block_size: int, accuracy_level: int, threads: int | None) -> dict:

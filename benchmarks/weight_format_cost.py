@@ -21,7 +21,7 @@ import numpy as np
 
 from ..export.reference_checkpoint import full_size_config
 from ..machine import cpu_description
-from ..runtime.providers import session_options
+from .gemm_ceiling import _session
 
 
 def nbits_session(k: int, n: int, bits: int, block_size: int, accuracy_level: int, threads: int | None):
@@ -34,19 +34,10 @@ def nbits_session(k: int, n: int, bits: int, block_size: int, accuracy_level: in
     scales = (rng.random((n, blocks), np.float32) * 1e-3).astype(np.float32)
     node = helper.make_node("MatMulNBits", ["x", "B", "S"], ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
                             block_size=block_size, accuracy_level=accuracy_level)
-    import onnxruntime as ort
-    from onnx import TensorProto
-
-    graph = helper.make_graph([node], "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
-                              [numpy_helper.from_array(codes, "B"), numpy_helper.from_array(scales, "S")])
-    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 21),
-                                                                  helper.make_opsetid("com.microsoft", 1)])
-    options = session_options(threads)
-    # Dozens of sessions take turns here: a finished one's threads must not spin on the cores the
-    # next one runs on (a decoder is one session; its threads spin only between its own nodes).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    # Dozens of sessions take turns here (a decoder is one session: its threads spin only between
+    # its own nodes), so no spinning.
+    return _session(node, [numpy_helper.from_array(codes, "B"), numpy_helper.from_array(scales, "S")], k, n, threads,
+                    spinning=False)
 
 
 # name: (linears' block, accuracy level, table bits, table block). No 8-bit table at level 0: ONNX
