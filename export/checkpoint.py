@@ -19,7 +19,7 @@ import numpy as np
 
 from ..manifest import TextConfig
 from ..errors import Phi4MMError
-from . import architecture, checkpoint_config, layouts
+from . import architecture, checkpoint_config, layouts, norm_gains
 from .checkpoint_config import AudioConfig, VisionConfig
 from .safetensors_file import SafetensorsFile
 
@@ -114,10 +114,12 @@ def _as_list(value) -> list[int]:
 
 
 class Checkpoint:
-    """A checkpoint folder. Raises Phi4MMError for anything missing, corrupt or of another model."""
+    """A checkpoint folder. Raises Phi4MMError for anything missing, corrupt or of another model.
+    `fold_norm_gains`: read the decoder's norm gains folded into their readers (norm_gains.py)."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, fold_norm_gains: bool = False):
         self.folder = Path(folder)
+        self.fold_norm_gains = fold_norm_gains
         if not self.folder.is_dir():
             raise Phi4MMError(f"checkpoint folder {self.folder} does not exist: pass the folder holding config.json and the safetensors")
         config_path = self.folder / "config.json"
@@ -173,9 +175,20 @@ class Checkpoint:
         return shard.shape(stored)
 
     def tensor(self, name: str) -> np.ndarray:
-        """One tensor by its native name, as float32."""
+        """One tensor by its native name, as float32 (folded when the checkpoint was opened so)."""
+        values = self.stored_tensor(name)
+        return norm_gains.folded(name, values, self.stored_tensor) if self.fold_norm_gains else values
+
+    def stored_tensor(self, name: str) -> np.ndarray:
+        """One tensor as the checkpoint stores it (never folded)."""
         shard, stored = self._lookup(name)
         return shard.read(stored)
+
+    def input_scale(self, target: str) -> np.ndarray | None:
+        """What the input of linear `target` (`model.layers.N.self_attn.qkv_proj`) must be
+        multiplied by to reach the checkpoint's own: the folded norm gain, or None."""
+        gain = norm_gains.reader_gain_name(target) if self.fold_norm_gains else None
+        return None if gain is None else norm_gains.gain_scale(self.stored_tensor(gain))
 
     def _lookup(self, name: str):
         if name not in self._files:
@@ -246,7 +259,9 @@ class Checkpoint:
             return "peft"
         return None
 
-    def lora(self, adapter: str) -> LoraAdapter:
+    def lora(self, adapter: str, folded: bool = False) -> LoraAdapter:
+        """One adapter's pairs as stored; `folded`: each A multiplied by its target's input_scale
+        (the built-in adapters of a folded export read the folded norms' output)."""
         source = self._adapter_source(adapter)
         if source == "inline":
             settings = self.raw_config.get(f"{adapter}_lora") or {}
@@ -270,7 +285,8 @@ class Checkpoint:
                             f"{adapter} adapter tensor {key} has A {a.shape}, B {b.shape}; expected A ({rank}, {in_features}) "
                             f"and B ({out_features}, {rank}): the adapter does not belong to this model"
                         )
-                    yield (layer, target), a, b
+                    scale = self.input_scale(key) if folded else None
+                    yield (layer, target), (a if scale is None else a * scale[None, :]), b
 
         return LoraAdapter(adapter, rank, alpha, scale, pairs)
 

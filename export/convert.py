@@ -94,7 +94,7 @@ def write_in_graph_adapters(out: Path, ckpt: Checkpoint, options: ExportOptions,
     prompt_bits = options.prefill_weight_bits if options.prefill == "int8" else None
     written = []
     for index, name in enumerate(ckpt.adapter_names(), start=1):
-        written.append(write_in_graph_adapter(out, ckpt.lora(name), index, options.precision, LORA_MODULES,
+        written.append(write_in_graph_adapter(out, ckpt.lora(name, folded=True), index, options.precision, LORA_MODULES,
                                               IN_GRAPH[options.adapters], prompt_bits=prompt_bits))
         step(f"{name} adapter")
     return written
@@ -155,7 +155,7 @@ def export(checkpoint_dir, out_dir, options: ExportOptions | None = None, show_p
     options = options or ExportOptions()
     row, precision = options.row, options.precision
     started = time.perf_counter()
-    ckpt = Checkpoint(checkpoint_dir)
+    ckpt = Checkpoint(checkpoint_dir, fold_norm_gains=options.fold_norm_gains)
     text = ckpt.text
     if (text.rotary_dim // 2) % 8:
         raise Phi4MMError(f"rotary dims {text.rotary_dim}: "
@@ -179,7 +179,8 @@ def export(checkpoint_dir, out_dir, options: ExportOptions | None = None, show_p
         precision=StoredPrecision(weights=precision.weights if precision.is_int4 else row.float_weights,
                                   block_size=precision.block_size, symmetric=precision.symmetric,
                                   accuracy_level=precision.accuracy_level, adapters=options.adapters,
-                                  token_table_bits=options.token_table_bits),
+                                  token_table_bits=options.token_table_bits,
+                                  norm_gains_folded=options.fold_norm_gains),
         model=text, graphs=graphs, vision=vision, audio=audio, adapters=adapters, export_seconds=0.0, target=row.name,
         npu=shapes)
     if row.check_graphs:

@@ -10,6 +10,7 @@ from .graph_blocks import Precision
 from .targets import ADAPTER_FILES, IN_GRAPH, ExportTarget, export_target
 
 ENCODER_PRECISIONS = ("auto", "int4", "int8", "fp32")
+NORM_GAINS = ("auto", "fold", "keep")
 NPU_CHUNK = 64  # positions per NPU prompt run: a 545-token photo prompt is 9 runs, a short question pads at most 63
 
 
@@ -31,6 +32,7 @@ class ExportOptions:
     prefill_weight_bits: int = 7
     encoder_precision: str = "auto"
     token_table: str = "auto"
+    norm_gains: str = "auto"
     npu_chunk: int | None = None
     npu_context: int | None = None
     npu_audio_window: int = WINDOW_TOKENS
@@ -73,6 +75,8 @@ class ExportOptions:
             if self.token_table not in [f"int{bits}" for bits in row.token_table_bits]:
                 raise Phi4MMError(f"--token-table {self.token_table}: {row.where}'s kernels take "
                                   f"{' or '.join(f'int{bits}' for bits in row.token_table_bits)}")
+        if self.norm_gains not in NORM_GAINS:
+            raise Phi4MMError(f"--norm-gains {self.norm_gains!r}: give one of {', '.join(NORM_GAINS)}")
         if self.encoder_precision not in ENCODER_PRECISIONS:
             raise Phi4MMError(f"encoder precision {self.encoder_precision!r} is not one of {list(ENCODER_PRECISIONS)}")
 
@@ -97,6 +101,14 @@ class ExportOptions:
         MatMulNBits there: benchmarks/weight_format_cost.py), a quarter more time per decode step
         at full size, for accuracy that is within an item of int4's on text."""
         return self.row.token_table_bits[0] if self.token_table == "auto" else int(self.token_table.removeprefix("int"))
+
+    @property
+    def fold_norm_gains(self) -> bool:
+        """Whether the decoder's norm gains are folded into the linears that read them
+        (export/norm_gains.py). "auto" folds for an int4 base, on every target: the float function
+        is the same, and the int4 roundings no longer see the gains' outlier channels. An fp32
+        export keeps the checkpoint as it is."""
+        return self.precision.is_int4 if self.norm_gains == "auto" else self.norm_gains == "fold"
 
     @property
     def encoder(self) -> Precision:

@@ -116,15 +116,24 @@ def lora_linear(decoder: DecoderBuilder, x: str, layer: int, weights: Weights, t
     a = graph.input(lora_input_name(layer, module, "A"), TensorProto.FLOAT, [in_features, decoder.lora_rank])
     b = graph.input(lora_input_name(layer, module, "B"), TensorProto.FLOAT, [decoder.lora_rank, out_features])
     base = linear(decoder, x, weights.scope(f"{target}."))
-    if not decoder.adapters:
-        return graph.add(base, lora_branch(graph, x, a, b))
     name = f"layers.{layer}.{module}.lora"
+    if not decoder.adapters:
+        return graph.add(base, lora_branch(graph, checkpoint_input(graph, x, weights, target, name), a, b))
     inputs_branch = graph.branch(f"{name}.inputs")
-    from_inputs = inputs_branch.op("Identity", [lora_branch(inputs_branch, x, a, b)], outputs=[f"{name}.from_inputs"])
+    from_inputs = inputs_branch.op("Identity", [lora_branch(inputs_branch, checkpoint_input(inputs_branch, x, weights,
+                                                                                              target, name), a, b)],
+                                   outputs=[f"{name}.from_inputs"])
     lora = graph.op("If", [decoder.adapter_conditions[0]], outputs=[f"{name}"], name=f"{name}.choose",
                     then_branch=built_in_lora(decoder, graph, x, layer, target, list(decoder.adapters)),
                     else_branch=graph.subgraph(inputs_branch, [from_inputs]))
     return graph.add(base, lora)
+
+
+def checkpoint_input(graph: Graph, x: str, weights: Weights, target: str, name: str) -> str:
+    """x as the checkpoint's own linear `target` reads it: times the norm gain the export folded
+    into the base weights (norm_gains.py), so adapter files bound as inputs need no folding."""
+    scale = weights.checkpoint.input_scale(weights.prefix + target)
+    return x if scale is None else graph.mul(x, graph.constant(f"{name}.input_scale", scale))
 
 
 def built_in_lora(decoder: DecoderBuilder, parent: Graph, x: str, layer: int, target: str, adapters: list) -> object:

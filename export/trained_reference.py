@@ -20,6 +20,7 @@ from pathlib import Path
 from ..artifact import TASK_SET_FILES
 from ..errors import Phi4MMError
 from ..tasks.task_set import stamp_model
+from .norm_gains import NORM_READERS
 from .reference_checkpoint import tensor_values, write_checkpoint
 from .reference_tokenizer import fill_vocabulary
 from .safetensors_file import SafetensorsFile
@@ -48,7 +49,6 @@ def read_model(data: Path = DATA) -> dict:
 # activation rows with one channel 128x larger).
 OUTLIER_FACTOR = 128.0
 OUTLIER_SHARES = (0.11, 0.62)  # which channels, as shares of the hidden size (the same in every layer)
-NORM_READERS = {"input_layernorm": "self_attn.qkv_proj", "post_attention_layernorm": "mlp.gate_up_proj"}
 
 
 def outlier_channels(hidden_size: int) -> list[int]:

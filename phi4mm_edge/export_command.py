@@ -76,6 +76,10 @@ def add_arguments(parser) -> None:
                              "only) cuts the divergence from fp32 to a third on the trained reference model (README "
                              "'The trained reference model'), but doubles the table's bytes (0.38 -> 0.69 GB at full "
                              "size) and its lm_head runs ~3x slower on AVX2 (benchmarks/weight_format_cost.py)")
+    parser.add_argument("--norm-gains", choices=["auto", "fold", "keep"], default="auto",
+                        help="auto (fold for an int4 export): move the decoder's RMSNorm gains into the linears that "
+                             "read them, the same function in float; the int4 roundings then no longer see a gain's "
+                             "outlier channels (README 'The trained reference model'). keep: the checkpoint as is")
     parser.add_argument("--target", choices=TARGETS, default="cpu",
                         help="cpu (default): graphs for ONNX Runtime's CPU provider; npu: static graphs for "
                              "Qualcomm's QNN HTP NPU (fixed KV cache and prompt run sizes, adapters bound as inputs); "
@@ -107,7 +111,7 @@ def main(args):
         else int(args.prefill_weight_bits)
     options = ExportOptions(precision=precision, target=args.target, adapter_precision=args.adapter_precision,
                             prefill=args.prefill, prefill_weight_bits=bits, encoder_precision=args.encoder_precision,
-                            token_table=args.token_table,
+                            token_table=args.token_table, norm_gains=args.norm_gains,
                             npu_chunk=args.npu_chunk, npu_context=args.npu_context)
     manifest = export(args.checkpoint, args.out, options, show_progress=not args.quiet, force=args.force)
     sizes = sum(f.size for f in manifest.files.values())

@@ -111,20 +111,37 @@ def is_int4_exported(name: str) -> bool:
     return name in (VISION + "img_projection_up.weight", VISION + "img_projection_down.weight")
 
 
-def _dequantized(matrix: np.ndarray) -> np.ndarray:
+def _dequantized(matrix: np.ndarray, input_scale: np.ndarray | None = None) -> np.ndarray:
+    """int4-rounded `matrix` [out, in]; `input_scale`: the norm gain an int4 export folds into its
+    columns before rounding (export/norm_gains.py), divided out again after."""
     from phi4mm_edge.quant import int4
 
-    return int4.dequantize(int4.quantize(matrix, 32, symmetric=True))
+    if input_scale is None:
+        return int4.dequantize(int4.quantize(matrix, 32, symmetric=True))
+    return int4.dequantize(int4.quantize(matrix * input_scale, 32, symmetric=True)) / input_scale
+
+
+def _folded_gain(parameters: dict, name: str) -> np.ndarray | None:
+    """The gain an int4 export folds into parameter `name` (a decoder linear or LoRA A), or None."""
+    from phi4mm_edge.export.norm_gains import NORM_READERS, gain_scale
+
+    for norm, reader in NORM_READERS.items():
+        if f".{reader}." in name and ".lora_B." not in name:
+            layer = name.split(f".{reader}.")[0]
+            return gain_scale(parameters[f"{layer}.{norm}.weight"].numpy())
+    return None
 
 
 def _dequantize_base(model):
     import torch
 
+    parameters = dict(model.named_parameters())
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if is_int4_exported(name):
                 matrix = parameter.numpy().reshape(parameter.shape[0], -1)
-                parameter.copy_(torch.from_numpy(_dequantized(matrix).reshape(parameter.shape)))
+                rounded = _dequantized(matrix, _folded_gain(parameters, name))
+                parameter.copy_(torch.from_numpy(rounded.reshape(parameter.shape)))
 
 
 @pytest.fixture(scope="session")
@@ -141,10 +158,11 @@ def int4_lora_reference(checkpoints):
     import torch
 
     model = _reference(checkpoints["native"], _dequantize_base)
+    parameters = dict(model.named_parameters())
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if ".lora_A." in name:
-                parameter.copy_(torch.from_numpy(_dequantized(parameter.numpy())))
+                parameter.copy_(torch.from_numpy(_dequantized(parameter.numpy(), _folded_gain(parameters, name))))
             elif ".lora_B." in name:
                 adapter = name.split(".lora_B.")[1].split(".")[0]
                 scale = model.peft_config[adapter].lora_alpha / model.peft_config[adapter].r

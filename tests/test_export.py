@@ -30,7 +30,7 @@ def test_artifact_layout_and_manifest(artifacts):
     assert manifest["adapters"]["vision"]["rank"] != manifest["adapters"]["speech"]["rank"]
     assert manifest["model"]["num_kv_heads"] < manifest["model"]["num_heads"]
     assert manifest["precision"] == {"weights": "int4", "block_size": 32, "symmetric": True, "accuracy_level": 4,
-                                     "adapters": "int4", "token_table_bits": 4}
+                                     "adapters": "int4", "token_table_bits": 4, "norm_gains_folded": True}
     assert len(manifest["source"]["config_sha256"]) == 64
 
 
