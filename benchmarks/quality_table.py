@@ -51,9 +51,11 @@ def int4(block=32, symmetric=True, level=4) -> dict:
 
 ROWS = [
     Row("fp32", {"precision": {"weights": "fp32"}}),
-    Row("default (int4 b32 sym lvl4, int4 adapters, int8 encoders)"),
+    Row("default (int4 b32 sym lvl4, norm gains folded, token table int4 rescored, int4 adapters, int8 encoders)"),
+    Row("token table int4 (not rescored)", {"token_table": "int4"}),
     Row("token table int8", {"token_table": "int8"}),
-    Row("int4 b64 sym lvl4, token table int8", {**int4(64), "token_table": "int8"}),
+    Row("norm gains kept", {"norm_gains": "keep"}),
+    Row("norm gains kept, token table int4", {"norm_gains": "keep", "token_table": "int4"}),
     *[Row(f"int4 b{b} {'sym' if s else 'asym'} lvl{level}", int4(b, s, level))
       for b in (32, 64, 128) for s in (True, False) for level in (0, 4) if (b, s, level) != (32, True, 4)],
     *[Row(f"adapters {p}", {"adapter_precision": p}) for p in ("int8", "fp16", "fp32")],

@@ -40,14 +40,60 @@ def nbits_session(k: int, n: int, bits: int, block_size: int, accuracy_level: in
                     spinning=False)
 
 
-# name: (linears' block, accuracy level, table bits, table block). No 8-bit table at level 0: ONNX
+def rescored_head_session(k: int, n: int, block_size: int, accuracy_level: int, threads: int | None):
+    """The tied lm_head of --token-table int4-rescored, built by export's own code (embedding.py):
+    int4 MatMulNBits over `x` [1, k], then its top logits recomputed from table + residual rows."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ..export.embedding import TokenTable, tied_lm_head
+    from ..export.graph_blocks import Precision
+    from ..export.onnx_graph import IR_VERSION, MS_DOMAIN, OPSET, Graph
+    from ..export.options import RESCORE_TOP
+    from ..quant import int4
+    from ..runtime.providers import session_options
+
+    rng = np.random.default_rng(n + k + 1)
+    blocks = -(-k // block_size)
+
+    def random_int4(name: str) -> tuple:
+        weight = int4.Int4Weight(rng.integers(0, 256, (n, blocks, block_size // 2), dtype=np.uint8),
+                                 (rng.random((n, blocks), np.float32) * 1e-3).astype(np.float32), None, (n, k),
+                                 block_size)
+        return weight, [numpy_helper.from_array(weight.packed, f"{name}.qweight"),
+                        numpy_helper.from_array(weight.scales, f"{name}.scales")]
+
+    (table, protos), (residual, residual_protos) = random_int4("embed_tokens"), random_int4("embed_tokens.residual")
+    precision = Precision(block_size=block_size, accuracy_level=accuracy_level)
+    token_table = TokenTable(precision, n, k, quantized=table, protos=protos, residual=residual,
+                             residual_protos=residual_protos, rescore_top=RESCORE_TOP)
+    graph = Graph("lm_head", None)
+    graph.op("Identity", [tied_lm_head(token_table)(graph, "x")], outputs=["y"])
+    model = helper.make_model(
+        helper.make_graph(graph.nodes, "lm_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])], graph.initializers),
+        ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)])
+    options = session_options(threads)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def head_session(k: int, n: int, table: str, block_size: int, accuracy_level: int, threads: int | None):
+    if table == "int4-rescored":
+        return rescored_head_session(k, n, block_size, accuracy_level, threads)
+    return nbits_session(k, n, 8 if table == "int8" else 4, block_size, accuracy_level, threads)
+
+
+# name: (linears' block, accuracy level, table, table block). No 8-bit table at level 0: ONNX
 # Runtime 1.32 takes seconds per lm_head run there on AVX2 (no fast kernel for it).
 FORMATS = {
-    "default: b32 lvl4, int4 table": (32, 4, 4, 32),
-    "b32 lvl4, int8 table": (32, 4, 8, 32),
-    "b64 lvl4, int8 table": (64, 4, 8, 64),
-    "b32 lvl0, int4 table": (32, 0, 4, 32),
+    "b32 lvl4, int4 table": (32, 4, "int4", 32),
+    "b32 lvl4, int4 table rescored": (32, 4, "int4-rescored", 32),
+    "b32 lvl4, int8 table": (32, 4, "int8", 32),
+    "b64 lvl4, int8 table": (64, 4, "int8", 64),
+    "b32 lvl0, int4 table": (32, 0, "int4", 32),
 }
+TABLE_BITS = {"int4": 4, "int4-rescored": 8, "int8": 8}  # stored bits a weight (a residual is 4 more)
 
 
 def measure(repeats: int, threads: int | None, rows: tuple[int, ...] = (1, 256)) -> dict:
@@ -59,9 +105,9 @@ def measure(repeats: int, threads: int | None, rows: tuple[int, ...] = (1, 256))
               "gate_up_proj": (hidden, 2 * inner), "down_proj": (inner, hidden)}
     rng = np.random.default_rng(1)
     sessions = {}
-    for name, (block, level, bits, table_block) in FORMATS.items():
+    for name, (block, level, table, table_block) in FORMATS.items():
         linears = {shape: nbits_session(k, n, 4, block, level, threads) for shape, (k, n) in shapes.items()}
-        sessions[name] = (linears, nbits_session(hidden, vocab, bits, table_block, level, threads))
+        sessions[name] = (linears, head_session(hidden, vocab, table, table_block, level, threads))
 
     def seconds(session, x):
         started = time.perf_counter()
@@ -90,9 +136,10 @@ def measure(repeats: int, threads: int | None, rows: tuple[int, ...] = (1, 256))
         for name in order:
             entry = result[name][f"{m} rows"]
             entry["run / first"] = round(entry["run ms"] / result[order[0]][f"{m} rows"]["run ms"], 3)
-    for name, (block, level, bits, table_block) in FORMATS.items():
+    for name, (block, level, table, table_block) in FORMATS.items():
+        scales = 32 / table_block * (2 if table == "int4-rescored" else 1)  # fp32 scales: the residual has its own
         result[name]["weights GB"] = round((sum(k * n for k, n in shapes.values()) * layers * (4 + 32 / block)
-                                            + vocab * hidden * (bits + 32 / table_block)) / 8 / 1e9, 3)
+                                            + vocab * hidden * (TABLE_BITS[table] + scales)) / 8 / 1e9, 3)
     return {"machine": cpu_description(), "repeats": repeats, "threads": threads, "formats": result}
 
 

@@ -180,6 +180,7 @@ def export(checkpoint_dir, out_dir, options: ExportOptions | None = None, show_p
                                   block_size=precision.block_size, symmetric=precision.symmetric,
                                   accuracy_level=precision.accuracy_level, adapters=options.adapters,
                                   token_table_bits=options.token_table_bits,
+                                  token_table_rescored_top=options.rescore_top(text),
                                   norm_gains_folded=options.fold_norm_gains),
         model=text, graphs=graphs, vision=vision, audio=audio, adapters=adapters, export_seconds=0.0, target=row.name,
         npu=shapes)

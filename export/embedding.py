@@ -9,6 +9,14 @@ In an int4 export the table is block-quantized (GatherBlockQuantized), at 4 bits
 with --token-table int8, at 8 (ExportOptions.token_table_bits says when and why). When lm_head is tied to it, the
 decoder's MatMulNBits reads the very same bytes: one quantized copy on disk, in its own data file
 that both graphs point at.
+
+"Rescored" tables (--token-table int4-rescored) add the int4 table's residual, itself in int4
+blocks (quant/int4.quantize_residual: table + residual is as fine as 8-bit blocks). The
+embedding adds the two rows it gathers; the tied lm_head scores every token with the int4 table
+(MatMulNBits at the int4 speed), then recomputes its `rescore_top` best logits exactly in fp32
+from table + residual rows and the unrounded hidden state, and writes them back. The choice
+among the top tokens, what greedy decoding and sampling read, is then made at 8-bit precision;
+the ~200k tokens below them keep their int4 logits.
 """
 
 from dataclasses import dataclass
@@ -35,46 +43,83 @@ class TokenTable:
     fp32: object = None  # TensorProto [vocab, hidden] when stored as fp32
     quantized: int4.Int4Weight | int8.Int8Blocks | None = None
     protos: list | None = None  # the quantized table: qweight [vocab, blocks, blob], scales, zero points
+    residual: int4.Int4Weight | None = None  # a rescored table's residual (module docstring)
+    residual_protos: list | None = None
+    rescore_top: int = 0  # the tied lm_head's logits recomputed from table + residual
 
 
-def write_token_table(checkpoint: Checkpoint, data: ExternalData, precision: Precision, bits: int = 4) -> TokenTable:
+def write_token_table(checkpoint: Checkpoint, data: ExternalData, precision: Precision, bits: int = 4,
+                      rescore_top: int = 0) -> TokenTable:
     """Write model.embed_tokens.weight once into `data`: at `precision`, its blocks at `bits`
-    (4, or 8: symmetric blocks of the same size) when the precision is int4."""
+    (4, or 8: symmetric blocks of the same size) when the precision is int4; `rescore_top` > 0
+    (4 bits only) adds the residual and rescores that many logits (module docstring)."""
     t = checkpoint.text
     table = checkpoint.tensor("model.embed_tokens.weight")
     if precision.is_int4:
         quantized = (int8.quantize_blocks(table, precision.block_size) if bits == 8
                      else int4.quantize(table, precision.block_size, precision.symmetric))
+        residual = int4.quantize_residual(table, quantized) if rescore_top else None
         return TokenTable(precision, t.vocab_size, t.hidden_size, quantized=quantized,
-                          protos=block_initializers(data, TABLE, quantized))
+                          protos=block_initializers(data, TABLE, quantized), residual=residual,
+                          residual_protos=residual and block_initializers(data, f"{TABLE}.residual", residual),
+                          rescore_top=rescore_top)
     return TokenTable(precision, t.vocab_size, t.hidden_size, fp32=data.tensor(f"{TABLE}.weight", table))
 
 
-def _copy_proto(proto, dims=None):
-    """The same external bytes under possibly different dims (a reshape that costs nothing)."""
+def _copy_proto(proto, dims=None, name: str | None = None):
+    """The same external bytes under possibly different dims (a reshape that costs nothing) and
+    name (a graph that reads them in two shapes names each its own)."""
     copy = type(proto)()
     copy.CopyFrom(proto)
     if dims is not None:
         del copy.dims[:]
         copy.dims.extend(dims)
+    if name is not None:
+        copy.name = name
     return copy
+
+
+def _gather_blocks(graph: Graph, ids: str, q, protos: list, name: str, renamed: bool) -> str:
+    """The dequantized rows [.., padded width] of block-quantized `q` at int64 `ids`; `renamed`:
+    its initializers named after the node (the decoder holds the table's own names for MatMulNBits,
+    in another shape)."""
+    packed = _copy_proto(protos[0], dims=[q.shape[0], q.k_blocks * q.block_size * q.bits // 8],
+                         name=f"{name}.qweight" if renamed else None)
+    inputs = [graph.add_initializer(packed), ids,
+              graph.add_initializer(_copy_proto(protos[1], name=f"{name}.scales" if renamed else None))]
+    if q.zero_points is not None:
+        inputs.append(graph.add_initializer(_copy_proto(protos[2], name=f"{name}.zero_points" if renamed else None)))
+    return graph.op("GatherBlockQuantized", inputs, domain=MS_DOMAIN, name=name,
+                    bits=q.bits, block_size=q.block_size, gather_axis=0, quantize_axis=1)
+
+
+def _gather_rows(graph: Graph, ids: str, table: TokenTable, name: str, renamed: bool = False) -> str:
+    """The quantized table's rows [.., hidden] at int64 `ids`, its residual added when it has one."""
+    q = table.quantized
+    rows = _gather_blocks(graph, ids, q, table.protos, name, renamed)
+    if table.residual is not None:
+        rows = graph.add(rows, _gather_blocks(graph, ids, table.residual, table.residual_protos, f"{name}.residual",
+                                              renamed))
+    if q.k_blocks * q.block_size != table.hidden_size:  # blocks padded the last few columns
+        rows = graph.slice(rows, [0], [table.hidden_size], axes=[-1])
+    return rows
 
 
 def lookup(graph: Graph, ids: str, table: TokenTable) -> str:
     """Token embeddings [.., hidden] for int64 ids."""
     if table.quantized is None:
         return graph.op("Gather", [graph.add_initializer(_copy_proto(table.fp32)), ids], axis=0)
-    q = table.quantized
-    padded_width = q.k_blocks * q.block_size
-    packed = _copy_proto(table.protos[0], dims=[table.vocab_size, padded_width * q.bits // 8])
-    inputs = [graph.add_initializer(packed), ids, graph.add_initializer(_copy_proto(table.protos[1]))]
-    if q.zero_points is not None:
-        inputs.append(graph.add_initializer(_copy_proto(table.protos[2])))
-    rows = graph.op("GatherBlockQuantized", inputs, domain=MS_DOMAIN, name="embed_tokens",
-                    bits=q.bits, block_size=q.block_size, gather_axis=0, quantize_axis=1)
-    if padded_width != table.hidden_size:  # blocks padded the last few columns
-        rows = graph.slice(rows, [0], [table.hidden_size], axes=[-1])
-    return rows
+    return _gather_rows(graph, ids, table, "embed_tokens")
+
+
+def rescore(graph: Graph, x: str, logits: str, table: TokenTable) -> str:
+    """`logits` [b, s, vocab] with its `rescore_top` largest per position recomputed in fp32 from
+    the table + residual rows and the hidden state `x` [b, s, hidden]."""
+    _, ids = graph.op("TopK", [logits, graph.ints([table.rescore_top])], outputs=2, axis=-1, largest=1,
+                           sorted=0, name="lm_head.top")
+    rows = _gather_rows(graph, ids, table, "lm_head.top_rows", renamed=True)  # [b, s, top, hidden]
+    exact = graph.reduce_sum(graph.mul(rows, graph.unsqueeze(x, [-2])), [-1])
+    return graph.op("ScatterElements", [logits, ids, exact], axis=-1, name="lm_head.rescored")
 
 
 def tied_lm_head(table: TokenTable):
@@ -83,7 +128,8 @@ def tied_lm_head(table: TokenTable):
     def emit(graph: Graph, x: str) -> str:
         if table.quantized is not None:
             protos = [_copy_proto(p) for p in table.protos]
-            return matmul_nbits(graph, x, protos, table.quantized, table.precision, "lm_head")
+            logits = matmul_nbits(graph, x, protos, table.quantized, table.precision, "lm_head")
+            return rescore(graph, x, logits, table) if table.rescore_top else logits
         # x [b, s, h] -> [b*s, h] -> Gemm with the [vocab, h] table transposed in place -> [b, s, vocab]
         flat = graph.reshape(x, [-1, table.hidden_size])
         logits = graph.op("Gemm", [flat, graph.add_initializer(_copy_proto(table.fp32))], transB=1, name="lm_head")

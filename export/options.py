@@ -11,6 +11,7 @@ from .targets import ADAPTER_FILES, IN_GRAPH, ExportTarget, export_target
 
 ENCODER_PRECISIONS = ("auto", "int4", "int8", "fp32")
 NORM_GAINS = ("auto", "fold", "keep")
+RESCORE_TOP = 32  # logits a rescored token table recomputes: the reference's top tokens hold ~all the mass
 NPU_CHUNK = 64  # positions per NPU prompt run: a 545-token photo prompt is 9 runs, a short question pads at most 63
 
 
@@ -72,9 +73,9 @@ class ExportOptions:
             if not self.precision.is_int4:
                 raise Phi4MMError(f"--token-table {self.token_table} quantizes the token table of an int4 export: an "
                                   f"fp32 export keeps it in fp32; leave --token-table out")
-            if self.token_table not in [f"int{bits}" for bits in row.token_table_bits]:
-                raise Phi4MMError(f"--token-table {self.token_table}: {row.where}'s kernels take "
-                                  f"{' or '.join(f'int{bits}' for bits in row.token_table_bits)}")
+            if self.token_table not in row.token_tables:
+                raise Phi4MMError(f"--token-table {self.token_table}: {row.where}'s graphs take "
+                                  f"{' or '.join(row.token_tables)}")
         if self.norm_gains not in NORM_GAINS:
             raise Phi4MMError(f"--norm-gains {self.norm_gains!r}: give one of {', '.join(NORM_GAINS)}")
         if self.encoder_precision not in ENCODER_PRECISIONS:
@@ -90,6 +91,17 @@ class ExportOptions:
         return self.row.auto_adapters(self.precision) if self.adapter_precision == "auto" else self.adapter_precision
 
     @property
+    def table(self) -> str:
+        """The token table's storage, "auto" decided by the target's row."""
+        return self.row.token_tables[0] if self.token_table == "auto" else self.token_table
+
+    def rescore_top(self, text) -> int:
+        """How many of the lm_head's best logits a rescored table recomputes (embedding.py): only
+        a tied lm_head reads the table (an untied one keeps its own int4 weight, not rescored)."""
+        rescored = self.precision.is_int4 and self.table == "int4-rescored" and text.tie_word_embeddings
+        return RESCORE_TOP if rescored else 0
+
+    @property
     def token_table_bits(self) -> int:
         """The bits of an int4 export's token table, which a tied lm_head reads too; "auto" is the
         target's first choice: 4 everywhere. 8 (CPU only) is the one int4-export change that moves
@@ -100,7 +112,7 @@ class ExportOptions:
         not the default because its lm_head is ~3x slower on AVX2 (MLAS has no fast 8-bit
         MatMulNBits there: benchmarks/weight_format_cost.py), a quarter more time per decode step
         at full size, for accuracy that is within an item of int4's on text."""
-        return self.row.token_table_bits[0] if self.token_table == "auto" else int(self.token_table.removeprefix("int"))
+        return 8 if self.table == "int8" else 4
 
     @property
     def fold_norm_gains(self) -> bool:

@@ -44,7 +44,7 @@ class ExportTarget:
     adapter_precisions: tuple[str, ...]  # what --adapter-precision may be (besides auto)
     auto_adapters: Callable[[Precision], str]  # what auto is, given the base's precision
     int8_linears: bool = False  # MLAS's uint8 x int8 GEMM (a CPU kernel): the int8 prompt graph, int8 encoders
-    token_table_bits: tuple[int, ...] = (4,)  # an int4 export's token table (and tied lm_head): the first is auto
+    token_tables: tuple[str, ...] = ("int4",)  # an int4 export's token table (and tied lm_head): the first is auto
     static_shapes: bool = False  # compiled for fixed shapes: takes --npu-chunk / --npu-context
     finish: GraphFinish = AS_BUILT
     float_weights: str = "fp32"  # how a float (non-int4) export stores its weights
@@ -80,7 +80,7 @@ EXPORT_TARGETS = {target.name: target for target in (
         build_audio=lambda ckpt, g, precision, options: build_audio_encoder(ckpt, g, precision),
         adapter_precisions=(*IN_GRAPH, *ADAPTER_FILES),
         auto_adapters=lambda precision: "int4" if precision.is_int4 else "fp32",  # the adapters follow the base
-        int8_linears=True, token_table_bits=(4, 8), genai_files=True),
+        int8_linears=True, token_tables=("int4-rescored", "int4", "int8"), genai_files=True),
     ExportTarget(
         name="npu", where="the NPU", write_text=write_npu_text_graphs,
         vision_graph=artifact.NPU_VISION_GRAPH, build_vision=build_vision_crop_encoder,

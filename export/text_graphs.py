@@ -26,7 +26,8 @@ def write_cpu_text_graphs(out: Path, ckpt: Checkpoint, options, in_graph: list, 
     """embedding.onnx, decoder.onnx and (prefill "int8") decoder_prefill.onnx over one token table."""
     precision = options.precision
     shared = ExternalData(out / "embed_tokens.onnx.data")
-    table = write_token_table(ckpt, shared, precision, options.token_table_bits)
+    table = write_token_table(ckpt, shared, precision, options.token_table_bits,
+                              options.rescore_top(ckpt.text))
     step("token table")
     write_graph(out, artifact.EMBEDDING_GRAPH, lambda g: build_embedding(g, ckpt.text, table))
     lm_head = tied_lm_head(table) if ckpt.text.tie_word_embeddings else untied_lm_head(ckpt, precision)

@@ -71,7 +71,7 @@ def add_arguments(parser) -> None:
                         help="the vision and audio encoders' linears; auto: int8 with an int4 base (~1.5x faster "
                              "images and audio than int4, closer to the checkpoint, ~1.6x the int4 encoder bytes), "
                              "fp32 with an fp32 base")
-    parser.add_argument("--token-table", choices=["auto", "int4", "int8"], default="auto",
+    parser.add_argument("--token-table", choices=["auto", "int4", "int4-rescored", "int8"], default="auto",
                         help="an int4 export's token table, which the tied lm_head reads too; auto: int4. int8 (CPU "
                              "only) cuts the divergence from fp32 to a third on the trained reference model (README "
                              "'The trained reference model'), but doubles the table's bytes (0.38 -> 0.69 GB at full "

@@ -71,6 +71,7 @@ class StoredPrecision:
     accuracy_level: int
     adapters: str  # "fp32" or "fp16"
     token_table_bits: int = 4  # an int4 export's token table (and tied lm_head): 4 or 8
+    token_table_rescored_top: int = 0  # the lm_head logits recomputed from the table's residual (export/embedding.py)
     norm_gains_folded: bool = False  # the decoder's norm gains moved into their readers (export/norm_gains.py)
 
 

@@ -53,6 +53,12 @@ def artifacts(checkpoints, tmp_path_factory):
     activations) int4 with fp32 adapters and int4 with int4 adapters."""
     root = tmp_path_factory.mktemp("artifacts")
     made = {}
+    # the yardstick of test_quantized_adapters_cost_no_more_than_the_int4_base_does: every base
+    # weight at int4, the token table too (not rescored)
+    export(checkpoints["native"], root / "int4-exact-table4",
+           ExportOptions(Precision(weights="int4", block_size=32, accuracy_level=0), adapter_precision="fp32",
+                         token_table="int4"), show_progress=False)
+    made["int4-exact-table4"] = root / "int4-exact-table4"
     for name, layout, precision, prefill, adapters in (
         ("fp32-native", "native", Precision(weights="fp32"), "int4", "fp32"),
         ("fp32-original", "original", Precision(weights="fp32"), "int4", "fp32"),
@@ -133,15 +139,50 @@ def _folded_gain(parameters: dict, name: str) -> np.ndarray | None:
 
 
 def _dequantize_base(model):
+    """As an int4 CPU export as it ships stores the base: linears int4 (norm gains folded in first),
+    the token table int4 plus its int4 residual, the tied lm_head rescored (_rescored_lm_head)."""
     import torch
 
     parameters = dict(model.named_parameters())
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if is_int4_exported(name):
+            if name == TOKEN_TABLE:
+                int4_table, two_step_table = _token_tables(parameter.numpy())
+                parameter.copy_(torch.from_numpy(two_step_table))
+                _rescored_lm_head(model, torch.from_numpy(int4_table))
+            elif is_int4_exported(name):
                 matrix = parameter.numpy().reshape(parameter.shape[0], -1)
                 rounded = _dequantized(matrix, _folded_gain(parameters, name))
                 parameter.copy_(torch.from_numpy(rounded.reshape(parameter.shape)))
+
+
+TOKEN_TABLE = "model.embed_tokens.weight"
+
+
+def _token_tables(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rescored token table's two dequantized forms: int4 alone (what the lm_head's MatMulNBits
+    scores every token with) and int4 + residual (what the embedding and the rescoring read)."""
+    from phi4mm_edge.quant import int4
+
+    coarse = int4.quantize(table, 32, symmetric=True)
+    return int4.dequantize(coarse), int4.dequantize(coarse) + int4.dequantize(int4.quantize_residual(table, coarse))
+
+
+def _rescored_lm_head(model, int4_table):
+    """lm_head as export/embedding.rescore computes it: every logit from the int4 table, then the
+    RESCORE_TOP largest recomputed with the (tied, two-step) table the module holds."""
+    from phi4mm_edge.export.options import RESCORE_TOP
+
+    head = model.get_output_embeddings()
+
+    def rescored(module, inputs, output):
+        hidden = inputs[0]
+        logits = hidden @ int4_table.T
+        top = logits.topk(RESCORE_TOP, dim=-1).indices
+        exact = (module.weight[top] * hidden.unsqueeze(-2)).sum(-1)
+        return logits.scatter(-1, top, exact)
+
+    head.register_forward_hook(rescored)
 
 
 @pytest.fixture(scope="session")

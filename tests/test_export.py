@@ -30,7 +30,8 @@ def test_artifact_layout_and_manifest(artifacts):
     assert manifest["adapters"]["vision"]["rank"] != manifest["adapters"]["speech"]["rank"]
     assert manifest["model"]["num_kv_heads"] < manifest["model"]["num_heads"]
     assert manifest["precision"] == {"weights": "int4", "block_size": 32, "symmetric": True, "accuracy_level": 4,
-                                     "adapters": "int4", "token_table_bits": 4, "norm_gains_folded": True}
+                                     "adapters": "int4", "token_table_bits": 4, "token_table_rescored_top": 32,
+                                     "norm_gains_folded": True}
     assert len(manifest["source"]["config_sha256"]) == 64
 
 
@@ -39,8 +40,18 @@ def _graph_bytes(folder):
 
 
 def test_int4_graph_weights_are_at_most_a_fifth_of_fp32(artifacts):
-    # 4-bit codes plus one fp32 scale per 32 weights is 5 bits a weight: 15.6% of fp32 at best.
-    assert _graph_bytes(artifacts["int4"]) <= 0.20 * _graph_bytes(artifacts["fp32-native"])
+    # 4-bit codes plus one fp32 scale per 32 weights is 5 bits a weight: 15.6% of fp32 at best
+    # (the token table plain int4: the rescored one adds its residual, next test).
+    assert _graph_bytes(artifacts["int4-exact-table4"]) <= 0.20 * _graph_bytes(artifacts["fp32-native"])
+
+
+def test_a_rescored_token_table_is_the_int4_table_and_its_residual_in_one_file(checkpoints, artifacts):
+    # The default CPU table: int4 codes + fp32 scales per 32, twice (table and residual): 10/32 of
+    # fp32, in the one data file both graphs read; the plain int4 table is half of it.
+    config = json.loads((checkpoints["native"] / "config.json").read_text())
+    table_weights = config["vocab_size"] * config["hidden_size"]
+    assert (artifacts["int4"] / "embed_tokens.onnx.data").stat().st_size == table_weights * 10 // 8
+    assert (artifacts["int4-exact-table4"] / "embed_tokens.onnx.data").stat().st_size == table_weights * 5 // 8
 
 
 def test_an_8_bit_token_table_is_one_copy_read_by_both_graphs(checkpoints, tmp_path):
@@ -164,11 +175,17 @@ def test_bad_options(checkpoints, tmp_path):
 def test_token_table_bits_follow_the_target_and_refuse_what_it_cannot_run():
     from phi4mm_edge.export.graph_blocks import Precision
 
-    assert ExportOptions().token_table_bits == 4
+    from types import SimpleNamespace
+
+    tied, untied = SimpleNamespace(tie_word_embeddings=True), SimpleNamespace(tie_word_embeddings=False)
+    assert ExportOptions().token_table_bits == 4 and ExportOptions().table == "int4-rescored"
+    assert ExportOptions().rescore_top(tied) == 32 and ExportOptions().rescore_top(untied) == 0
+    assert ExportOptions(token_table="int4").rescore_top(tied) == 0
     assert ExportOptions(token_table="int8").token_table_bits == 8
-    assert ExportOptions(target="npu").token_table_bits == 4
-    with pytest.raises(Phi4MMError, match="--token-table int8: the NPU's kernels take int4"):
-        ExportOptions(target="npu", token_table="int8")
+    assert ExportOptions(target="npu").token_table_bits == 4 and ExportOptions(target="npu").rescore_top(tied) == 0
+    for table in ("int8", "int4-rescored"):
+        with pytest.raises(Phi4MMError, match=f"--token-table {table}: the NPU's graphs take int4"):
+            ExportOptions(target="npu", token_table=table)
     with pytest.raises(Phi4MMError, match="fp32 export keeps it in fp32"):
         ExportOptions(precision=Precision(weights="fp32"), token_table="int8")
 

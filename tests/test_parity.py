@@ -96,7 +96,8 @@ def test_int4_adapters_are_exactly_the_dequantized_lora(artifacts, int4_lora_ref
 # What storing the adapters at int4 or int8 costs, against fp32 adapters on the same int4 base
 # (all at level 0: only weight rounding differs), as the relative L2 error of the logits over a
 # 40-token prompt and 8 decode steps. The yardstick is what int4 storage already costs the base:
-# the same int4 base against the fp32 model, with fp32 adapters. The tiny model's random weights
+# the same int4 base, its token table plain int4 too (not rescored), against the fp32 model, with
+# fp32 adapters. The tiny model's random weights
 # have no structure, so 4-bit rounding moves their logits a lot (measured median ~43%), and its
 # random LoRA (B ~ N(0, 1/r), scale 2) changes the logits by more than their own size, far beyond
 # a trained adapter's share; a real checkpoint's errors are smaller on both sides. Measured: int4
@@ -117,7 +118,8 @@ def median_logits_error(model, reference_model, adapter) -> float:
 @pytest.mark.parametrize("adapter", ["vision", "speech"])
 def test_quantized_adapters_cost_no_more_than_the_int4_base_does(artifacts, adapter):
     fp32_adapters = Phi4MMEdge.load(artifacts["int4-exact"])
-    base_error = median_logits_error(fp32_adapters, Phi4MMEdge.load(artifacts["fp32-native"]), adapter)
+    base_error = median_logits_error(Phi4MMEdge.load(artifacts["int4-exact-table4"]),
+                                     Phi4MMEdge.load(artifacts["fp32-native"]), adapter)
     int4_error = median_logits_error(Phi4MMEdge.load(artifacts["int4-exact-lora"]), fp32_adapters, adapter)
     int8_error = median_logits_error(Phi4MMEdge.load(artifacts["int4-exact-lora8"]), fp32_adapters, adapter)
     print(f"{adapter}: int4 base {base_error:.4f}, int4 adapters {int4_error:.4f}, int8 adapters {int8_error:.4f}")

@@ -72,15 +72,17 @@ def test_the_default_export_keeps_the_fp32_accuracy_per_modality(exports):
     assert default["all"]["mean_kl"] > fp32["all"]["mean_kl"]  # int4 is measured, not free
 
 
-def test_an_8_bit_token_table_brings_the_answers_closer_to_the_reference(exports):
-    """--token-table int8: measured on all 500 items, KL 9.70e-4 against the default's 2.86e-3 and
-    agreement 91% against 78% (the int4 table is the largest single loss: quant_sensitivity). On
-    these 32 items the margin is smaller but the order must hold."""
-    default = evaluate(exports("trained", "default"), "cpu", limit=LIMIT, progress=False)
-    table8 = evaluate(exports("trained", "table8", ExportOptions(token_table="int8")), "cpu", limit=LIMIT,
+@pytest.mark.parametrize("table", ["int4-rescored", "int8"])
+def test_a_rescored_or_8_bit_token_table_brings_the_answers_closer_to_the_reference(exports, table):
+    """The plain int4 table is the int4 export's largest single loss (quant_sensitivity). Measured
+    on all 500 items with the norm gains folded: KL 2.67e-3 with it, 5.78e-4 rescored (the
+    default), 6.10e-4 with --token-table int8; agreement 78% against 93%. On these 32 items the
+    margin is smaller but the order must hold: under 0.75x the int4 table's KL, agreement not lower."""
+    table4 = evaluate(exports("trained", "table4", ExportOptions(token_table="int4")), "cpu", limit=LIMIT,
                       progress=False)
-    assert table8["all"]["mean_kl"] < 0.75 * default["all"]["mean_kl"], (table8["all"], default["all"])
-    assert table8["all"]["agreement"] >= default["all"]["agreement"]
+    better = evaluate(exports("trained", table, ExportOptions(token_table=table)), "cpu", limit=LIMIT, progress=False)
+    assert better["all"]["mean_kl"] < 0.75 * table4["all"]["mean_kl"], (better["all"], table4["all"])
+    assert better["all"]["agreement"] >= table4["all"]["agreement"]
 
 
 def test_folded_norm_gains_are_the_same_function_in_float(exports, trained):
@@ -104,14 +106,16 @@ def test_folded_norm_gains_are_the_same_function_in_float(exports, trained):
 
 
 def test_folding_the_norm_gains_removes_the_outlier_variants_int4_loss(exports):
-    """The default int4 export folds the gains (norm_gains.py); `keep` is the export before it.
-    Measured on all 500 items of the outlier variant: KL 2.67e-3 folded against 9.01e-3 kept
+    """The default int4 export folds the gains (norm_gains.py); `keep` is the export before it (both
+    with the plain int4 token table here, as measured). Measured on all 500 items of the outlier
+    variant: KL 2.67e-3 folded against 9.01e-3 kept
     (the trained model's own default: 2.86e-3), 0.30x. On these 32 items it measured 0.56x
     (1.86e-3 against 3.32e-3); the bound, 0.7x, leaves room for the few items' spread while a fold
     that did nothing (1.0x) or a wrong one (larger) fails."""
-    folded = evaluate(exports("outliers", "default"), "cpu", limit=LIMIT, progress=False)
-    kept = evaluate(exports("outliers", "kept", ExportOptions(norm_gains="keep")), "cpu", limit=LIMIT,
-                    progress=False)
+    folded = evaluate(exports("outliers", "folded-table4", ExportOptions(token_table="int4")), "cpu", limit=LIMIT,
+                      progress=False)
+    kept = evaluate(exports("outliers", "kept-table4", ExportOptions(norm_gains="keep", token_table="int4")), "cpu",
+                    limit=LIMIT, progress=False)
     assert folded["all"]["mean_kl"] < 0.7 * kept["all"]["mean_kl"], (folded["all"], kept["all"])
 
 
