@@ -72,10 +72,13 @@ def add_arguments(parser) -> None:
                              "images and audio than int4, closer to the checkpoint, ~1.6x the int4 encoder bytes), "
                              "fp32 with an fp32 base")
     parser.add_argument("--token-table", choices=["auto", "int4", "int4-rescored", "int8"], default="auto",
-                        help="an int4 export's token table, which the tied lm_head reads too; auto: int4. int8 (CPU "
-                             "only) cuts the divergence from fp32 to a third on the trained reference model (README "
-                             "'The trained reference model'), but doubles the table's bytes (0.38 -> 0.69 GB at full "
-                             "size) and its lm_head runs ~3x slower on AVX2 (benchmarks/weight_format_cost.py)")
+                        help="an int4 export's token table, which the tied lm_head reads too. auto: int4-rescored on "
+                             "the CPU (the int4 table plus its int4 residual: the lm_head scores every token at int4 "
+                             "speed, then recomputes its 32 best logits at 8-bit precision; 0.38 -> 0.77 GB at full "
+                             "size), int4 on the NPU and DirectML. int4: the table alone, which loses ~5%% of fp32's "
+                             "text and ~7%% of its image answers on the trained reference model (README 'The trained "
+                             "reference model'). int8 (CPU only): as accurate as rescored, but its lm_head runs ~2x "
+                             "slower on AVX2 (benchmarks/weight_format_cost.py)")
     parser.add_argument("--norm-gains", choices=["auto", "fold", "keep"], default="auto",
                         help="auto (fold for an int4 export): move the decoder's RMSNorm gains into the linears that "
                              "read them, the same function in float; the int4 roundings then no longer see a gain's "
