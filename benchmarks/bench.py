@@ -373,8 +373,9 @@ def main(args) -> dict:
     own_runs, peer_runs = [], {name: [] for name, _ in runs}
     for _ in range(args.rounds):
         try:
-            own_runs.append(run_peer("ours_run.py",
-                                     [artifact, ",".join(map(str, lengths)), repeats, DECODE_TOKENS, threads]))
+            # on the provider the in-process figures were measured on (--provider qnn reaches it too)
+            own_runs.append(run_peer("ours_run.py", [artifact, ",".join(map(str, lengths)), repeats, DECODE_TOKENS,
+                                                     threads, results["provider"]]))
         except Phi4MMError as error:
             failures["ours, own process"] = str(error)
         for name, measure in runs:

@@ -27,6 +27,7 @@ def test_bench_quick_reports_every_figure(tmp_path):
     assert all(0 < s["min"] <= s["median"] <= s["max"] for s in spreads)
     assert results["adapter_swap_ms"]["n"] == 100
     own = results["own_process"]  # one load in a fresh process: the figures compared with the peers'
+    assert own["provider"] == results["provider"]  # the same provider in its own process (--provider reaches it)
     assert 0 < own["load_s"] < 60 and own["peak_rss_mb"] > 50 \
            and set(own["adapter_decode_tokens_per_s"]) == {"vision", "speech"}
     assert results["peak_rss_mb"] > 0 and results["artifact_mb"]["decoder.onnx.data"] > 0

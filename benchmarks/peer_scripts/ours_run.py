@@ -1,5 +1,6 @@
 """phi4mm-edge in its own process, on the peers' workload: python ours_run.py ARTIFACT LENGTHS
-REPEATS DECODE_TOKENS THREADS. Prints one JSON line like the peer scripts, so load time and peak
+REPEATS DECODE_TOKENS THREADS [PROVIDER] (the provider the in-process bench ran on; default
+auto). Prints one JSON line like the peer scripts, so load time and peak
 RSS are measured the same way for everyone: a fresh interpreter, one load (warm: the artifact
 was verified before), its prompts, decode with no adapter, then with each adapter it has."""
 
@@ -13,10 +14,12 @@ from peer_common import peak_rss_mb
 from phi4mm_edge.runtime import Phi4MMEdge
 
 folder, lengths, repeats, decode_tokens, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+provider = sys.argv[6] if len(sys.argv) > 6 else "auto"
 lengths = [int(n) for n in lengths.split(",")]
 started = time.perf_counter()
-model = Phi4MMEdge.load(folder, threads=threads, context_length=max(lengths) + decode_tokens + 8)
-result = {"load_s": time.perf_counter() - started, "ttft_s": {}, "decode_tokens_per_s": [], "adapter_decode_tokens_per_s": {}}
+model = Phi4MMEdge.load(folder, provider=provider, threads=threads, context_length=max(lengths) + decode_tokens + 8)
+result = {"load_s": time.perf_counter() - started, "provider": model.provider, "ttft_s": {}, "decode_tokens_per_s": [],
+          "adapter_decode_tokens_per_s": {}}
 for n in lengths:
     ids = np.random.default_rng(0).integers(0, 199_000, n).tolist()  # bench.prompt(n)
     times = []
