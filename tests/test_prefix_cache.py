@@ -203,9 +203,13 @@ def first_logits(model, messages, images, reuse: bool):
 # (under INT8_MIN_POSITIONS), so it cannot equal a fresh prefill bit for bit there. What holds:
 # the reused cache mixes int8-made and int4-made positions, so the follow-up's logits are
 # no further from the fresh int8 prompt run's than the int4 path is (20% slack for the mix; a wrong
-# position or stale cache entry is off by ~100%, far beyond).
+# position or stale cache entry is off by ~100%, far beyond). Measured over the plain int4 token
+# table: the default's rescored lm_head recomputes the 32 best logits of each run, and where two
+# runs' hidden states differ their top sets differ, so a few logits jump by the int4 head's own
+# rounding (~40% of a logit on the random tiny model): that moved these distances 1.5-2x (ratio
+# 1.38), hiding what the test measures (plain table: ratio 1.12, norm gains folded).
 def test_on_the_int8_prompt_path_a_follow_up_stays_within_that_paths_own_error(artifacts, photo):
-    artifact = artifacts["int4"]
+    artifact = artifacts["int4-table4"]
     question = "<|image_1|>Tell me about it."
     model = Phi4MMEdge.load(artifact, prefill="int8")
     first = answer(model, question, images=[photo])
