@@ -93,7 +93,7 @@ FORMATS = {
     "b64 lvl4, int8 table": (64, 4, "int8", 64),
     "b32 lvl0, int4 table": (32, 0, "int4", 32),
 }
-TABLE_BITS = {"int4": 4, "int4-rescored": 8, "int8": 8}  # stored bits a weight (a residual is 4 more)
+TABLE_BITS = {"int4": 4, "int4-rescored": 8, "int8": 8}  # stored bits a weight (rescored: 4 + the 4-bit residual)
 
 
 def measure(repeats: int, threads: int | None, rows: tuple[int, ...] = (1, 256)) -> dict:

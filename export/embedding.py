@@ -11,7 +11,7 @@ decoder's MatMulNBits reads the very same bytes: one quantized copy on disk, in 
 that both graphs point at.
 
 "Rescored" tables (--token-table int4-rescored) add the int4 table's residual, itself in int4
-blocks (quant/int4.quantize_residual: table + residual is as fine as 8-bit blocks). The
+blocks (quant/int4.quantize_residual: table + residual is about as fine as 8-bit blocks). The
 embedding adds the two rows it gathers; the tied lm_head scores every token with the int4 table
 (MatMulNBits at the int4 speed), then recomputes its `rescore_top` best logits exactly in fp32
 from table + residual rows and the unrounded hidden state, and writes them back. The choice

@@ -92,7 +92,14 @@ class ExportOptions:
 
     @property
     def table(self) -> str:
-        """The token table's storage, "auto" decided by the target's row."""
+        """The token table's storage, "auto" decided by the target's row: int4-rescored on the
+        CPU. The int4 table alone costs more answers than every int4 decoder layer together
+        (fake-quantized one part at a time on 500 held-out items of the trained reference model:
+        text 69 of fp32's 72 right answers with only the table at int4, 71 with only the layers).
+        Rescored (embedding.py) and 8-bit tables both give fp32's answers back (KL 5.8e-4 and
+        6.1e-4 against the int4 table's 2.7e-3, norm gains folded); the rescored lm_head runs at
+        the int4 one's speed, the 8-bit one ~1.9x slower on AVX2 (MLAS has no fast 8-bit
+        MatMulNBits there: benchmarks/weight_format_cost.py). README "The trained reference model"."""
         return self.row.token_tables[0] if self.token_table == "auto" else self.token_table
 
     def rescore_top(self, text) -> int:
@@ -103,15 +110,7 @@ class ExportOptions:
 
     @property
     def token_table_bits(self) -> int:
-        """The bits of an int4 export's token table, which a tied lm_head reads too; "auto" is the
-        target's first choice: 4 everywhere. 8 (CPU only) is the one int4-export change that moves
-        answers on the trained reference model: the int4 table alone costs more than every int4
-        decoder layer together (fake-quantized one part at a time on 500 held-out items: text 69 of
-        fp32's 72 right answers with only the table at int4, 71 with only the layers), and the
-        8-bit table cuts the default's KL to a third (README "The trained reference model"). It is
-        not the default because its lm_head is ~3x slower on AVX2 (MLAS has no fast 8-bit
-        MatMulNBits there: benchmarks/weight_format_cost.py), a quarter more time per decode step
-        at full size, for accuracy that is within an item of int4's on text."""
+        """The bits of an int4 export's token table codes (a rescored table's residual is 4 more)."""
         return 8 if self.table == "int8" else 4
 
     @property
