@@ -285,8 +285,8 @@ class Checkpoint:
                             f"{adapter} adapter tensor {key} has A {a.shape}, B {b.shape}; expected A ({rank}, {in_features}) "
                             f"and B ({out_features}, {rank}): the adapter does not belong to this model"
                         )
-                    scale = self.input_scale(key) if folded else None
-                    yield (layer, target), (a if scale is None else a * scale[None, :]), b
+                    gain = self.input_scale(key) if folded else None
+                    yield (layer, target), (a if gain is None else a * gain[None, :]), b
 
         return LoraAdapter(adapter, rank, alpha, scale, pairs)
 

@@ -63,10 +63,9 @@ def add_arguments(parser) -> None:
                              "decoder's bytes on disk and in RAM) for ~2x faster prompts on AVX2/ARM-dotprod CPUs; "
                              "with the norm gains folded (the default) as faithful as int4 on the trained reference "
                              "model and its outlier variant (500 held-out items: fp32's answers, KL 5.1e-4); with "
-                             "--norm-gains "
-                             "keep its per-row activation rounding meets 100x hidden channels: 1.4x the divergence and "
-                             "0.71 of fp32's image accuracy on the outlier variant (README 'The trained reference "
-                             "model')")
+                             "--norm-gains keep its per-row activation rounding meets 100x hidden channels: 1.4x the "
+                             "divergence and 0.71 of fp32's image accuracy on the outlier variant (README 'The trained "
+                             "reference model')")
     parser.add_argument("--prefill-weight-bits", choices=["auto", "7", "8"], default="auto",
                         help="the int8 prompt graph's weights: 7 runs on every CPU; 8 is twice as fine, at the same "
                              "speed, but runs only where int8 dot products do not saturate (VNNI, AMX, ARM dotprod; "
@@ -81,9 +80,9 @@ def add_arguments(parser) -> None:
                              "the CPU (the int4 table plus its int4 residual: the lm_head scores every token at int4 "
                              "speed, then recomputes its 32 best logits at 8-bit precision; 0.38 -> 0.77 GB at full "
                              "size), int4 on the NPU and DirectML. int4: the table alone, which loses 7%% of fp32's "
-                             "image answers on the trained reference model (README 'The trained "
-                             "reference model'). int8 (CPU only): as accurate as rescored, but its lm_head runs ~2x "
-                             "slower on AVX2 (benchmarks/weight_format_cost.py)")
+                             "image answers on the trained reference model (README 'The trained reference model'). "
+                             "int8 (CPU only): as accurate as rescored, but its lm_head runs ~2x slower on AVX2 "
+                             "(benchmarks/weight_format_cost.py)")
     parser.add_argument("--norm-gains", choices=["auto", "fold", "keep"], default="auto",
                         help="auto (fold for an int4 export): move the decoder's RMSNorm gains into the linears that "
                              "read them, the same function in float; the int4 roundings then no longer see a gain's "

@@ -63,14 +63,23 @@ def quantize(weight: np.ndarray, block_size: int, symmetric: bool = True) -> Int
     temporaries never approach the weight's own size."""
     if block_size not in BLOCK_SIZES:
         raise ValueError(f"block size {block_size} is not one of {BLOCK_SIZES}")
+    return _joined([_quantize_rows(weight[rows], block_size, symmetric) for rows in row_chunks(weight)])
+
+
+def row_chunks(weight: np.ndarray) -> list[slice]:
+    """Slices of `weight`'s rows [N, K] of at most ~CHUNK_ELEMENTS weights each (at least one row)."""
     n, k = weight.shape
     rows = max(1, CHUNK_ELEMENTS // max(k, 1))
-    if n > rows:
-        parts = [_quantize_rows(weight[i : i + rows], block_size, symmetric) for i in range(0, n, rows)]
-        zero_points = None if symmetric else np.concatenate([p.zero_points for p in parts])
-        return Int4Weight(np.concatenate([p.packed for p in parts]), np.concatenate([p.scales for p in parts]),
-                          zero_points, (n, k), block_size)
-    return _quantize_rows(weight, block_size, symmetric)
+    return [slice(i, i + rows) for i in range(0, n, rows)]
+
+
+def _joined(parts: list[Int4Weight]) -> Int4Weight:
+    """The quantized row slices `parts`, in order, as one weight (the one part itself when alone)."""
+    if len(parts) == 1:
+        return parts[0]
+    zero_points = None if parts[0].zero_points is None else np.concatenate([p.zero_points for p in parts])
+    return Int4Weight(np.concatenate([p.packed for p in parts]), np.concatenate([p.scales for p in parts]),
+                      zero_points, (sum(p.shape[0] for p in parts), parts[0].shape[1]), parts[0].block_size)
 
 
 def quantize_residual(weight: np.ndarray, coarse: Int4Weight) -> Int4Weight:
@@ -80,19 +89,15 @@ def quantize_residual(weight: np.ndarray, coarse: Int4Weight) -> Int4Weight:
     +8th level opposite the extreme), so the residual's step is at most max|w| / 64 and two-step
     values err by at most max|w| / 64 (typically half a step of max|w| / 128, as 8-bit blocks;
     Gaussian weights: RMS error 1.1x 8-bit blocks', 1/15 of int4's). Done a slice of rows at a time."""
-    n, k = weight.shape
-    rows = max(1, CHUNK_ELEMENTS // max(k, 1))
-    parts = [_quantize_rows(weight[i : i + rows] - dequantize(row_slice(coarse, i, i + rows)), coarse.block_size,
-                            True) for i in range(0, n, rows)]
-    return Int4Weight(np.concatenate([p.packed for p in parts]), np.concatenate([p.scales for p in parts]), None,
-                      (n, k), coarse.block_size)
+    return _joined([_quantize_rows(weight[rows] - dequantize(row_slice(coarse, rows)), coarse.block_size, True)
+                    for rows in row_chunks(weight)])
 
 
-def row_slice(q: Int4Weight, start: int, stop: int) -> Int4Weight:
-    """Rows start..stop-1 of a quantized weight (views, no copy)."""
-    stop = min(stop, q.shape[0])
-    zero_points = None if q.zero_points is None else q.zero_points[start:stop]
-    return Int4Weight(q.packed[start:stop], q.scales[start:stop], zero_points, (stop - start, q.shape[1]), q.block_size)
+def row_slice(q: Int4Weight, rows: slice) -> Int4Weight:
+    """Some rows of a quantized weight (views, no copy)."""
+    packed = q.packed[rows]
+    zero_points = None if q.zero_points is None else q.zero_points[rows]
+    return Int4Weight(packed, q.scales[rows], zero_points, (packed.shape[0], q.shape[1]), q.block_size)
 
 
 def _quantize_rows(weight: np.ndarray, block_size: int, symmetric: bool) -> Int4Weight:

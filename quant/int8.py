@@ -83,10 +83,8 @@ class Int8Blocks:
 def quantize_blocks(weight: np.ndarray, block_size: int) -> Int8Blocks:
     """Symmetric 8-bit blocks of `block_size` along K (K padded with zeros to whole blocks). A
     large weight (the 200064 x 3072 token table) is done a slice of rows at a time, as in int4.py."""
-    n, k = weight.shape
-    rows = max(1, int4.CHUNK_ELEMENTS // max(k, 1))
-    parts = [_block_rows(weight[i : i + rows], block_size) for i in range(0, n, rows)]
-    return Int8Blocks(np.concatenate([q for q, _ in parts]), np.concatenate([s for _, s in parts]), (n, k),
+    parts = [_block_rows(weight[rows], block_size) for rows in int4.row_chunks(weight)]
+    return Int8Blocks(np.concatenate([q for q, _ in parts]), np.concatenate([s for _, s in parts]), weight.shape,
                       block_size)
 
 

@@ -50,31 +50,26 @@ def small_crop_checkpoint(checkpoints, tmp_path_factory):
 def artifacts(checkpoints, tmp_path_factory):
     """Exports: fp32 of both layouts (fp32 adapters, bound as inputs), int4 as it ships (accuracy
     level 4, int4 adapters in the graph, the int8 prompt graph), and at level 0 (fp32
-    activations) int4 with fp32 adapters and int4 with int4 adapters."""
+    activations) int4 with fp32 adapters and int4 with int4 adapters; two with the plain int4
+    token table (not rescored)."""
     root = tmp_path_factory.mktemp("artifacts")
     made = {}
-    # the yardstick of test_quantized_adapters_cost_no_more_than_the_int4_base_does: every base
-    # weight at int4, the token table too (not rescored)
-    export(checkpoints["native"], root / "int4-exact-table4",
-           ExportOptions(Precision(weights="int4", block_size=32, accuracy_level=0), adapter_precision="fp32",
-                         token_table="int4"), show_progress=False)
-    made["int4-exact-table4"] = root / "int4-exact-table4"
-    # the int8 prompt path over a plain int4 table (test_prefix_cache: a rescored lm_head's top set
-    # moves between two runs whose hidden states differ, which would swamp the cache's own error)
-    export(checkpoints["native"], root / "int4-table4", ExportOptions(Precision(weights="int4", block_size=32),
-                                                                      prefill="int8", token_table="int4"),
-           show_progress=False)
-    made["int4-table4"] = root / "int4-table4"
-    for name, layout, precision, prefill, adapters in (
-        ("fp32-native", "native", Precision(weights="fp32"), "int4", "fp32"),
-        ("fp32-original", "original", Precision(weights="fp32"), "int4", "fp32"),
-        ("int4", "native", Precision(weights="int4", block_size=32), "int8", "int4"),
-        ("int4-exact", "native", Precision(weights="int4", block_size=32, accuracy_level=0), "int4", "fp32"),
-        ("int4-exact-lora", "native", Precision(weights="int4", block_size=32, accuracy_level=0), "int4", "int4"),
-        ("int4-exact-lora8", "native", Precision(weights="int4", block_size=32, accuracy_level=0), "int4", "int8"),
+    int4, exact = Precision(weights="int4", block_size=32), Precision(weights="int4", block_size=32, accuracy_level=0)
+    for name, layout, options in (
+        ("fp32-native", "native", ExportOptions(Precision(weights="fp32"), adapter_precision="fp32")),
+        ("fp32-original", "original", ExportOptions(Precision(weights="fp32"), adapter_precision="fp32")),
+        ("int4", "native", ExportOptions(int4, adapter_precision="int4", prefill="int8")),
+        ("int4-exact", "native", ExportOptions(exact, adapter_precision="fp32")),
+        ("int4-exact-lora", "native", ExportOptions(exact, adapter_precision="int4")),
+        ("int4-exact-lora8", "native", ExportOptions(exact, adapter_precision="int8")),
+        # the yardstick of test_quantized_adapters_cost_no_more_than_the_int4_base_does: every base
+        # weight at int4, the token table too
+        ("int4-exact-table4", "native", ExportOptions(exact, adapter_precision="fp32", token_table="int4")),
+        # the int8 prompt path over a plain int4 table (test_prefix_cache: a rescored lm_head's top
+        # set moves between two runs whose hidden states differ, which would swamp the cache's own error)
+        ("int4-table4", "native", ExportOptions(int4, prefill="int8", token_table="int4")),
     ):
-        export(checkpoints[layout], root / name, ExportOptions(precision, adapter_precision=adapters, prefill=prefill),
-               show_progress=False)
+        export(checkpoints[layout], root / name, options, show_progress=False)
         made[name] = root / name
     return made
 
